@@ -1,0 +1,129 @@
+"""The billing context: credit accounts and their ledger.
+
+Every method is a use case: load, call the aggregate, save once. Commands are retried on an
+optimistic-concurrency conflict (see :mod:`application.retry`); reactions to other contexts'
+events are saved with a tracking record so a redelivery records nothing new.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import datetime
+from typing import ClassVar
+from uuid import UUID
+
+from eventsourcing.application import AggregateNotFoundError
+from eventsourcing.persistence import Tracking
+
+from application.base import PixevoApplication, command
+from application.logs import topic_of
+from domain.billing import CreditAccount
+from domain.credits import Cause, account_id_for
+from domain.ledger import AccountPosition, LedgerEntry, entry_id, replay
+
+
+class AccountNotFound(LookupError):
+    pass
+
+
+class BillingApplication(PixevoApplication):
+    name = "billing"
+    snapshotting_intervals: ClassVar = {CreditAccount: CreditAccount.snapshot_every}
+
+    # -- commands --------------------------------------------------------------------------
+
+    @command
+    def open_account(self, user_id: UUID) -> UUID:
+        account_id = account_id_for(user_id)
+        try:
+            self.repository.get(account_id)
+        except AggregateNotFoundError:
+            self.save(CreditAccount.open(user_id))
+        return account_id
+
+    @command
+    def deposit(
+        self, user_id: UUID, kind: str, amount: int, cause: Cause, reason: str = ""
+    ) -> LedgerEntry | None:
+        """Adds credits; returns the new ledger entry, or ``None`` if this cause already paid in."""
+        account = self._account_or_open(user_id)
+        if not account.deposit(kind, amount, cause, reason):
+            return None
+        deposited = account.pending_events[-1]
+        self.save(account)
+        return LedgerEntry(
+            id=entry_id(account.id, account.version), account_id=account.id,
+            at=deposited.timestamp, kind=kind, amount=amount, balance_after=account.balance,
+            available_after=account.available, cause=cause, hold_id=None, version=account.version,
+        )
+
+    @command
+    def place_hold(self, user_id: UUID, amount: int, cause: Cause) -> UUID:
+        account = self._account(user_id)
+        hold_id = account.place_hold(amount, cause)
+        self.save(account)
+        return hold_id
+
+    @command
+    def capture(self, user_id: UUID, hold_id: UUID, amount: int) -> bool:
+        account = self._account(user_id)
+        captured = account.capture(hold_id, amount)
+        self.save(account)
+        return captured
+
+    @command
+    def release(self, user_id: UUID, hold_id: UUID) -> bool:
+        account = self._account(user_id)
+        released = account.release(hold_id)
+        self.save(account)
+        return released
+
+    @command
+    def place_hold_for(self, tracking: Tracking, user_id: UUID, amount: int, cause: Cause) -> bool:
+        """A reaction: places the hold and records ``tracking`` in the same transaction."""
+        account = self._account(user_id)
+        account.place_hold(amount, cause)
+        return self.save_tracked(tracking, account)
+
+    # -- queries over the event store (audit, replay) ---------------------------------------
+
+    def position(self, user_id: UUID, at: datetime | None = None) -> AccountPosition:
+        return self.history(user_id, at)[0]
+
+    def history(
+        self, user_id: UUID, at: datetime | None = None
+    ) -> tuple[AccountPosition, list[LedgerEntry]]:
+        """The account's position and every ledger entry, replayed from its stored events."""
+        account_id = account_id_for(user_id)
+        events = list(self.events.get(account_id))
+        if not events:
+            raise AccountNotFound(f"no credit account for user {user_id}")
+        return replay(account_id, events, until=at)
+
+    def account_user_ids(self) -> Iterator[UUID]:
+        """Every account holder, in the order their accounts were opened."""
+        topic = topic_of(CreditAccount.Opened)
+        start = 1
+        while True:
+            batch = self.recorder.select_notifications(start, 500, topics=[topic])
+            for notification in batch:
+                event = self.decode(notification)
+                assert isinstance(event, CreditAccount.Opened)
+                yield event.user_id
+            if len(batch) < 500:
+                return
+            start = batch[-1].id + 1
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _account(self, user_id: UUID) -> CreditAccount:
+        try:
+            return self.load(account_id_for(user_id), CreditAccount)
+        except AggregateNotFoundError:
+            raise AccountNotFound(f"no credit account for user {user_id}") from None
+
+    def _account_or_open(self, user_id: UUID) -> CreditAccount:
+        try:
+            return self.load(account_id_for(user_id), CreditAccount)
+        except AggregateNotFoundError:
+            return CreditAccount.open(user_id)

@@ -1,0 +1,63 @@
+"""Reactions: processors that turn one context's events into another's commands.
+
+The event store is the outbox. The dispatcher follows each application's notification log and
+enqueues ``(reaction, upstream, notification id)`` messages; a worker calls :meth:`Reactor.react`,
+which reads that notification back from the store and hands the event to the reaction. A
+reaction records its effects *with a tracking record of the event* (see
+:meth:`application.base.PixevoApplication.save_tracked`), so delivering the same message twice
+records one effect.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Mapping
+from typing import Any, ClassVar
+from uuid import UUID
+
+from eventsourcing.domain import DomainEventProtocol
+from eventsourcing.persistence import Tracking
+
+from application.base import PixevoApplication
+
+
+class UnknownReaction(LookupError):
+    pass
+
+
+class Reaction(ABC):
+    #: Unique name, used in messages and logs.
+    name: ClassVar[str]
+    #: The application whose events it reacts to, and to which of them.
+    upstream: ClassVar[str]
+    topics: ClassVar[tuple[str, ...]]
+
+    @abstractmethod
+    def handle(self, event: DomainEventProtocol[UUID], tracking: Tracking) -> bool:
+        """Records the effect of ``event`` with ``tracking``; ``False`` if it was already done."""
+
+
+class Reactor:
+    """Looks up reactions by name and feeds them events read back from the store."""
+
+    def __init__(
+        self, applications: Mapping[str, PixevoApplication], reactions: Iterable[Reaction]
+    ) -> None:
+        self.applications = dict(applications)
+        self.reactions = {reaction.name: reaction for reaction in reactions}
+
+    def subscriptions(self, upstream: str) -> dict[str, tuple[str, ...]]:
+        """``{reaction name: topics}`` of the reactions following ``upstream``."""
+        return {r.name: r.topics for r in self.reactions.values() if r.upstream == upstream}
+
+    def react(self, reaction_name: str, upstream: str, notification_id: int) -> bool:
+        try:
+            reaction = self.reactions[reaction_name]
+            app = self.applications[upstream]
+        except KeyError as missing:
+            raise UnknownReaction(f"no reaction or application {missing}") from None
+        found = app.recorder.select_notifications(notification_id, 1, stop=notification_id)
+        if not found:
+            raise LookupError(f"{upstream} has no notification {notification_id}")
+        event: Any = app.decode(found[0])
+        return reaction.handle(event, Tracking(upstream, notification_id))

@@ -1,0 +1,1 @@
+"""The pure domain model: aggregates, events, value objects and domain errors."""

@@ -1,0 +1,125 @@
+"""The ledger view of a credit account's events.
+
+A pure fold shared by the audit tool (replaying the event store) and the ledger projection
+(building read tables), so both tell the same story: each movement becomes a ledger entry with
+the balance and the available credits right after it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from uuid import NAMESPACE_OID, UUID, uuid5
+
+from domain.billing import CreditAccount
+from domain.credits import Cause
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerEntry:
+    id: UUID
+    account_id: UUID
+    at: datetime
+    kind: str  # grant | purchase | earning | refund | hold | capture | release
+    amount: int  # units, always positive: ``kind`` says which way it moved
+    balance_after: int
+    available_after: int
+    cause: Cause
+    hold_id: UUID | None
+    version: int
+
+
+@dataclass(frozen=True, slots=True)
+class OpenHoldView:
+    id: UUID
+    amount: int
+    cause: Cause
+    placed_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class AccountPosition:
+    """Where an account stands after some prefix of its events."""
+
+    account_id: UUID
+    user_id: UUID | None = None
+    balance: int = 0
+    holds: dict[UUID, OpenHoldView] = field(default_factory=dict)
+    version: int = 0
+    updated_at: datetime | None = None
+
+    @property
+    def held(self) -> int:
+        return sum(hold.amount for hold in self.holds.values())
+
+    @property
+    def available(self) -> int:
+        return self.balance - self.held
+
+
+def entry_id(account_id: UUID, version: int, part: str = "") -> UUID:
+    return uuid5(NAMESPACE_OID, f"ledger:{account_id}:{version}{part}")
+
+
+def apply(
+    position: AccountPosition, event: object
+) -> tuple[AccountPosition, list[LedgerEntry]]:
+    """The position after ``event`` and the ledger entries it makes (none for ``Opened``)."""
+    if isinstance(event, CreditAccount.Opened):
+        return replace(
+            position, user_id=event.user_id, version=event.originator_version,
+            updated_at=event.timestamp,
+        ), []
+    if not isinstance(event, CreditAccount.Event):
+        return position, []
+    account_id, version, at = event.originator_id, event.originator_version, event.timestamp
+    holds = dict(position.holds)
+    balance = position.balance
+    moves: list[tuple[str, int, Cause, UUID | None]] = []
+    if isinstance(event, CreditAccount.Deposited):
+        balance += event.amount
+        moves.append((event.kind, event.amount, Cause(event.cause_type, event.cause_id), None))
+    elif isinstance(event, CreditAccount.HoldPlaced):
+        cause = Cause(event.cause_type, event.cause_id)
+        holds[event.hold_id] = OpenHoldView(event.hold_id, event.amount, cause, at)
+        moves.append(("hold", event.amount, cause, event.hold_id))
+    elif isinstance(event, CreditAccount.HoldCaptured):
+        cause = holds.pop(event.hold_id).cause
+        balance -= event.amount
+        moves.append(("capture", event.amount, cause, event.hold_id))
+        if event.released:
+            moves.append(("release", event.released, cause, event.hold_id))
+    elif isinstance(event, CreditAccount.HoldReleased):
+        cause = holds.pop(event.hold_id).cause
+        moves.append(("release", event.amount, cause, event.hold_id))
+    after = replace(position, balance=balance, holds=holds, version=version, updated_at=at)
+    entries = [
+        LedgerEntry(
+            id=entry_id(account_id, version, ":release" if i else ""),
+            account_id=account_id, at=at, kind=kind, amount=amount,
+            balance_after=after.balance, available_after=after.available,
+            cause=cause, hold_id=hold_id, version=version,
+        )
+        for i, (kind, amount, cause, hold_id) in enumerate(moves)
+    ]
+    return after, entries
+
+
+def replay(
+    account_id: UUID, events: Iterable[object], until: datetime | None = None
+) -> tuple[AccountPosition, list[LedgerEntry]]:
+    """Folds an account's events (optionally only those up to ``until``) into its ledger."""
+    position = AccountPosition(account_id)
+    entries: list[LedgerEntry] = []
+    for event in _until(events, until):
+        position, made = apply(position, event)
+        entries.extend(made)
+    return position, entries
+
+
+def _until(events: Iterable[object], until: datetime | None) -> Iterator[object]:
+    for event in events:
+        if until is not None and getattr(event, "timestamp", until) > until:
+            return
+        yield event

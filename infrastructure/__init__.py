@@ -1,0 +1,1 @@
+"""Adapters to the outside world: PostgreSQL, Redis, Dramatiq, HTTP providers, storage, logging."""

@@ -1,0 +1,30 @@
+"""Dramatiq actors. Thin: decode the message, call one use case."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import dramatiq
+
+from application.reactions import Reactor
+
+REACTIONS_QUEUE = "reactions"
+
+
+def declare_react_actor(
+    broker: dramatiq.Broker, reactor: Callable[[], Reactor]
+) -> dramatiq.Actor[..., None]:
+    """The actor that hands one dispatched notification to one reaction."""
+
+    def react(reaction: str, upstream: str, notification_id: int) -> None:
+        reactor().react(reaction, upstream, notification_id)
+
+    return dramatiq.actor(
+        react,
+        actor_name="react",
+        queue_name=REACTIONS_QUEUE,
+        broker=broker,
+        max_retries=20,
+        min_backoff=200,
+        max_backoff=60_000,
+    )

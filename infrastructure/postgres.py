@@ -1,0 +1,70 @@
+"""The event store on PostgreSQL: settings for the library, and our recorder subclasses."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from eventsourcing.persistence import Notification
+from eventsourcing.postgres import PostgresDatastore, PostgresProcessRecorder
+from psycopg.conninfo import conninfo_to_dict
+
+from application.logs import read_after
+
+
+def connection_params(database_url: str) -> dict[str, str]:
+    """``POSTGRES_*`` keys of the eventsourcing library for a PostgreSQL URL."""
+    info = conninfo_to_dict(database_url)
+    return {
+        "POSTGRES_DBNAME": str(info.get("dbname") or info.get("user") or "postgres"),
+        "POSTGRES_HOST": str(info.get("host") or "localhost"),
+        "POSTGRES_PORT": str(info.get("port") or "5432"),
+        "POSTGRES_USER": str(info.get("user") or "postgres"),
+        "POSTGRES_PASSWORD": str(info.get("password") or ""),
+    }
+
+
+def eventstore_env(database_url: str, schema: str, *, pool_size: int = 2, max_overflow: int = 8) -> dict[str, str]:
+    """The library environment for one bounded context, whose tables live in ``schema``."""
+    return {
+        "PERSISTENCE_MODULE": "eventsourcing.postgres",
+        **connection_params(database_url),
+        "POSTGRES_SCHEMA": schema,
+        "POSTGRES_POOL_SIZE": str(pool_size),
+        "POSTGRES_MAX_OVERFLOW": str(max_overflow),
+        "POSTGRES_CONNECT_TIMEOUT": "10",
+        "POSTGRES_LOCK_TIMEOUT": "5",
+        "POSTGRES_IDLE_IN_TRANSACTION_SESSION_TIMEOUT": "5",
+        "POSTGRES_PRE_PING": "y",
+        # Reactions may arrive out of order (parallel workers), so tracking records are one row
+        # per processed notification rather than a single high-water mark.
+        "SINGLE_ROW_TRACKING": "n",
+        "PROCESS_RECORDER_TOPIC": f"{__name__}:EventStoreRecorder",
+        "AGGREGATE_CACHE_MAXSIZE": "5000",
+    }
+
+
+def datastore(database_url: str, schema: str, *, pool_size: int = 1, max_overflow: int = 4,
+              single_row_tracking: bool = True) -> PostgresDatastore:
+    params = connection_params(database_url)
+    return PostgresDatastore(
+        dbname=params["POSTGRES_DBNAME"],
+        host=params["POSTGRES_HOST"],
+        port=params["POSTGRES_PORT"],
+        user=params["POSTGRES_USER"],
+        password=params["POSTGRES_PASSWORD"],
+        schema=schema,
+        pool_size=pool_size,
+        max_overflow=max_overflow,
+        connect_timeout=10,
+        idle_in_transaction_session_timeout=30,
+        pre_ping=True,
+        single_row_tracking=single_row_tracking,
+    )
+
+
+class EventStoreRecorder(PostgresProcessRecorder):
+    """The recorder of every Pixevo application: its events, plus tracking of what it processed."""
+
+    def read_after(
+        self, position: int, limit: int, topics: Sequence[str] = ()
+    ) -> tuple[list[Notification], int]:
+        return read_after(self, position, limit, topics)

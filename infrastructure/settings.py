@@ -1,0 +1,76 @@
+"""Settings, read once from the environment (and nowhere else).
+
+| variable                 | default        | meaning                                                   |
+|--------------------------|----------------|-----------------------------------------------------------|
+| PIXEVO_DATABASE_URL      | (embedded)     | PostgreSQL URL; unset: an embedded server in the data dir |
+| PIXEVO_REDIS_URL         | (embedded)     | Redis URL; unset: an embedded server in the data dir      |
+| PIXEVO_DATA_DIR          | ./.pixevo      | embedded servers' data, object storage, the admin key     |
+| PIXEVO_HTTP_HOST / _PORT | 127.0.0.1/8000 | where the API listens                                     |
+| PIXEVO_LOG_FORMAT        | console        | ``console`` (readable) or ``json`` (production)           |
+| PIXEVO_LOG_LEVEL         | INFO           | a logging level name                                      |
+| PIXEVO_REDIS_NAMESPACE   | pixevo         | prefix of every Redis key and the Dramatiq namespace      |
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+LOG_FORMATS = ("console", "json")
+
+
+class SettingsError(ValueError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    database_url: str | None = None
+    redis_url: str | None = None
+    data_dir: Path = Path(".pixevo")
+    http_host: str = "127.0.0.1"
+    http_port: int = 8000
+    log_format: str = "console"
+    log_level: str = "INFO"
+    redis_namespace: str = "pixevo"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        log_format = env.get("PIXEVO_LOG_FORMAT", "console").lower()
+        if log_format not in LOG_FORMATS:
+            raise SettingsError(f"PIXEVO_LOG_FORMAT must be one of {LOG_FORMATS}, not {log_format!r}")
+        port = env.get("PIXEVO_HTTP_PORT", "8000")
+        if not port.isdigit() or not 0 < int(port) < 65536:
+            raise SettingsError(f"PIXEVO_HTTP_PORT must be a TCP port, not {port!r}")
+        return cls(
+            database_url=env.get("PIXEVO_DATABASE_URL") or None,
+            redis_url=env.get("PIXEVO_REDIS_URL") or None,
+            data_dir=Path(env.get("PIXEVO_DATA_DIR") or ".pixevo").absolute(),
+            http_host=env.get("PIXEVO_HTTP_HOST", "127.0.0.1"),
+            http_port=int(port),
+            log_format=log_format,
+            log_level=env.get("PIXEVO_LOG_LEVEL", "INFO").upper(),
+            redis_namespace=env.get("PIXEVO_REDIS_NAMESPACE", "pixevo"),
+        )
+
+    def with_urls(self, database_url: str, redis_url: str) -> Settings:
+        return replace(self, database_url=database_url, redis_url=redis_url)
+
+    def as_env(self) -> dict[str, str]:
+        """The variables that give a child process these same settings."""
+        env = {
+            "PIXEVO_DATA_DIR": str(self.data_dir),
+            "PIXEVO_HTTP_HOST": self.http_host,
+            "PIXEVO_HTTP_PORT": str(self.http_port),
+            "PIXEVO_LOG_FORMAT": self.log_format,
+            "PIXEVO_LOG_LEVEL": self.log_level,
+            "PIXEVO_REDIS_NAMESPACE": self.redis_namespace,
+        }
+        if self.database_url:
+            env["PIXEVO_DATABASE_URL"] = self.database_url
+        if self.redis_url:
+            env["PIXEVO_REDIS_URL"] = self.redis_url
+        return env

@@ -1,0 +1,135 @@
+"""The composition root: reads settings once and builds everything else from them.
+
+Nothing connects at import time; each part is built on first use, so a process builds only
+what it runs (the API never builds a broker's workers, a worker never opens the async pool).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from functools import cached_property
+
+import dramatiq
+import psycopg_pool
+
+from application.base import PixevoApplication
+from application.billing import BillingApplication
+from application.reactions import Reaction, Reactor
+from application.users import Users
+from infrastructure import embedded
+from infrastructure.actors import declare_react_actor
+from infrastructure.broker import make_broker
+from infrastructure.dispatcher import Dispatcher
+from infrastructure.identity import PostgresUserStore
+from infrastructure.logging import configure_logging
+from infrastructure.migrations import migrate
+from infrastructure.postgres import datastore, eventstore_env
+from infrastructure.settings import Settings
+from projections.base import ProjectionView
+from projections.ledger import LedgerView
+from projections.runner import ProjectionRunner
+
+#: Every bounded context: its name (schema and table prefix) and application class.
+APPLICATIONS: Mapping[str, type[PixevoApplication]] = {"billing": BillingApplication}
+#: Every projection, by name.
+PROJECTIONS: Mapping[str, type[ProjectionView]] = {"ledger": LedgerView}
+
+ReactionFactory = Callable[["Container"], Reaction]
+
+
+class Container:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        reactions: Iterable[ReactionFactory] = (),
+        applications: Mapping[str, type[PixevoApplication]] | None = None,
+    ) -> None:
+        assert settings.database_url and settings.redis_url, "resolve() the settings first"
+        self.settings = settings
+        self.database_url: str = settings.database_url
+        self.redis_url: str = settings.redis_url
+        self._reaction_factories = list(reactions)
+        self._application_classes = {**APPLICATIONS, **(applications or {})}
+
+    # -- write side ------------------------------------------------------------------------
+
+    @cached_property
+    def applications(self) -> dict[str, PixevoApplication]:
+        return {
+            name: cls(env=eventstore_env(self.database_url, schema=name))
+            for name, cls in self._application_classes.items()
+        }
+
+    @property
+    def billing(self) -> BillingApplication:
+        app = self.applications["billing"]
+        assert isinstance(app, BillingApplication)
+        return app
+
+    @cached_property
+    def pool(self) -> psycopg_pool.ConnectionPool:
+        return psycopg_pool.ConnectionPool(self.database_url, min_size=1, max_size=8, open=True)
+
+    @cached_property
+    def users(self) -> Users:
+        return Users(PostgresUserStore(self.pool), self.billing)
+
+    # -- reactions -------------------------------------------------------------------------
+
+    @cached_property
+    def reactor(self) -> Reactor:
+        return Reactor(self.applications, [make(self) for make in self._reaction_factories])
+
+    @cached_property
+    def broker(self) -> dramatiq.Broker:
+        broker = make_broker(self.redis_url, self.settings.redis_namespace)
+        dramatiq.set_broker(broker)
+        return broker
+
+    @cached_property
+    def react_actor(self) -> dramatiq.Actor[..., None]:
+        return declare_react_actor(self.broker, lambda: self.reactor)
+
+    def enqueue_reaction(self, reaction: str, upstream: str, notification_id: int) -> None:
+        self.react_actor.send(reaction, upstream, notification_id)
+
+    def dispatchers(self) -> list[Dispatcher]:
+        return [
+            Dispatcher(
+                self.database_url, name, app.recorder, self.reactor.subscriptions(name),
+                self.enqueue_reaction,
+            )
+            for name, app in self.applications.items()
+        ]
+
+    # -- read side -------------------------------------------------------------------------
+
+    def projection(self, name: str, schema: str | None = None) -> ProjectionRunner:
+        view_class = PROJECTIONS[name]
+        view = view_class(datastore(self.database_url, schema or view_class.live_schema()))
+        upstream = self.applications[view_class.upstream]
+        return ProjectionRunner(view, upstream.recorder, upstream.mapper,
+                                database_url=self.database_url)
+
+    def close(self) -> None:
+        for app in self.__dict__.get("applications", {}).values():
+            app.close()
+        if "pool" in self.__dict__:
+            self.pool.close()
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """The settings, with the embedded servers started for whatever URL is not configured."""
+    settings = Settings.from_env(environ)
+    configure_logging(settings.log_format, settings.log_level)
+    return embedded.resolve(settings)
+
+
+def build(settings: Settings | None = None, *, reactions: Iterable[ReactionFactory] = (),
+          applications: Mapping[str, type[PixevoApplication]] | None = None,
+          run_migrations: bool = True) -> Container:
+    settings = settings or load_settings()
+    if run_migrations:
+        migrate(settings.database_url or "")
+    return Container(settings, reactions=reactions, applications=applications)

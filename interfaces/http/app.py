@@ -1,0 +1,96 @@
+"""The app factory: the single place where the web app is wired."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import redis.asyncio as aioredis
+import structlog
+from litestar import Litestar
+from litestar.di import Provide
+from litestar.middleware import DefineMiddleware
+from litestar.openapi.config import OpenAPIConfig
+from litestar.openapi.plugins import SwaggerRenderPlugin
+from litestar.openapi.spec import Components, SecurityScheme
+from litestar.types import ASGIApp, Receive, Scope, Send
+from psycopg_pool import AsyncConnectionPool
+
+from interfaces.bootstrap import Container
+from interfaces.http import problems
+from interfaces.http.auth import PUBLIC_PATHS, ApiKeyAuthentication
+from interfaces.http.routes import ROUTES
+
+MAX_BODY_BYTES = 1_000_000
+log = structlog.get_logger(__name__)
+
+
+def request_context(app: ASGIApp) -> ASGIApp:
+    """Binds a request id (the client's ``X-Request-ID`` or a new one) for every log line."""
+
+    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        given = headers.get(b"x-request-id", b"").decode("latin-1")
+        request_id = given if 0 < len(given) <= 64 and given.isprintable() else uuid.uuid4().hex
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(request_id=request_id, path=scope.get("path"))
+
+        async def send_with_id(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                message.setdefault("headers", [])
+                message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
+            await send(message)
+
+        await app(scope, receive, send_with_id)
+
+    return middleware
+
+
+def create_app(container: Container) -> Litestar:
+    @asynccontextmanager
+    async def resources(app: Litestar) -> AsyncIterator[None]:
+        pool = AsyncConnectionPool(container.database_url, min_size=2, max_size=16, open=False,
+                                   timeout=5)
+        await pool.open(wait=False)
+        client = aioredis.Redis.from_url(container.redis_url, socket_timeout=2)
+        app.state.pool, app.state.redis = pool, client
+        try:
+            yield
+        finally:
+            await client.aclose()
+            await pool.close()
+
+    return Litestar(
+        route_handlers=ROUTES,
+        lifespan=[resources],
+        dependencies={"container": Provide(lambda: container, sync_to_thread=False)},
+        middleware=[
+            request_context,
+            DefineMiddleware(ApiKeyAuthentication, exclude=PUBLIC_PATHS),
+        ],
+        exception_handlers={Exception: problems.handle},
+        request_max_body_size=MAX_BODY_BYTES,
+        openapi_config=OpenAPIConfig(
+            title="Pixevo API", version="1", path="/schema",
+            render_plugins=[SwaggerRenderPlugin()],
+            components=Components(security_schemes={
+                "BearerAuth": SecurityScheme(type="http", scheme="bearer",
+                                             description="Authorization: Bearer <api key>"),
+            }),
+            security=[{"BearerAuth": []}],
+        ),
+        logging_config=None,
+        debug=False,
+    )
+
+
+def app_from_environment() -> Litestar:
+    """For ``uvicorn --factory interfaces.http.app:app_from_environment`` (production)."""
+    from interfaces.bootstrap import build, load_settings  # noqa: PLC0415
+
+    return create_app(build(load_settings(), run_migrations=False))

@@ -1,0 +1,114 @@
+"""The one place where errors become HTTP problem details (RFC 9457).
+
+Every error category maps to one status; anything a client sent gets a 4xx saying what is
+wrong. A 500 is reserved for our own faults, and is logged with the request's context.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+import structlog
+from eventsourcing.persistence import OperationalError as StoreUnavailable
+from litestar import Request, Response
+from litestar.exceptions import HTTPException, ValidationException
+from psycopg import OperationalError as DatabaseUnavailable
+from redis.exceptions import ConnectionError as RedisUnavailable
+
+from application.billing import AccountNotFound
+from application.retry import ConcurrencyConflict
+from application.users import EmailTaken, InvalidEmail
+from domain.errors import HoldClosed, InsufficientCredits, InvalidAmount, UnknownHold
+
+log = structlog.get_logger(__name__)
+MEDIA_TYPE = "application/problem+json"
+
+TITLES = {
+    400: "Malformed request", 401: "Unauthorized", 402: "Insufficient credits",
+    403: "Forbidden", 404: "Not found", 405: "Method not allowed", 409: "Conflict",
+    413: "Request body too large", 415: "Unsupported media type", 422: "Invalid request",
+    429: "Too many requests", 500: "Internal error", 503: "Service unavailable",
+}
+
+#: Our errors, by category, and the status each answers with.
+STATUS_FOR: dict[type[Exception], int] = {
+    InsufficientCredits: 402,
+    InvalidAmount: 422,
+    InvalidEmail: 422,
+    AccountNotFound: 404,
+    UnknownHold: 404,
+    HoldClosed: 409,
+    EmailTaken: 409,
+    ConcurrencyConflict: 409,
+    StoreUnavailable: 503,
+    DatabaseUnavailable: 503,
+    RedisUnavailable: 503,
+}
+
+
+class FieldError(msgspec.Struct):
+    field: str
+    message: str
+
+
+class Problem(msgspec.Struct, omit_defaults=True):
+    type: str
+    title: str
+    status: int
+    detail: str
+    errors: list[FieldError] | None = None
+
+
+class ProblemError(Exception):
+    """Raised by handlers for a problem with no better-named error class."""
+
+    def __init__(self, status: int, detail: str, *, errors: list[FieldError] | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        self.errors = errors
+        self.headers = headers or {}
+
+
+def problem_response(status: int, detail: str, *, errors: list[FieldError] | None = None,
+                     headers: dict[str, str] | None = None) -> Response[Problem]:
+    title = TITLES.get(status, "Error")
+    slug = title.lower().replace(" ", "-")
+    if status == 503:
+        headers = {"Retry-After": "5", **(headers or {})}
+    return Response(
+        Problem(type=f"/problems/{slug}", title=title, status=status, detail=detail,
+                errors=errors),
+        status_code=status, media_type=MEDIA_TYPE, headers=headers,
+    )
+
+
+def _validation_errors(extra: Any) -> list[FieldError]:
+    errors = []
+    for item in extra if isinstance(extra, list) else []:
+        if isinstance(item, dict):
+            field = str(item.get("key") or item.get("source") or "body")
+            errors.append(FieldError(field=field, message=str(item.get("message", "invalid"))))
+    return errors
+
+
+def handle(request: Request[Any, Any, Any], exc: Exception) -> Response[Problem]:
+    if isinstance(exc, ProblemError):
+        return problem_response(exc.status, exc.detail, errors=exc.errors, headers=exc.headers)
+    if isinstance(exc, ValidationException):
+        errors = _validation_errors(exc.extra)
+        detail = errors[0].message if errors else str(exc.detail)
+        return problem_response(400, detail, errors=errors or None)
+    if isinstance(exc, HTTPException):
+        status = exc.status_code if exc.status_code < 500 else 503
+        return problem_response(status, str(exc.detail), headers=exc.headers)
+    for error_class, status in STATUS_FOR.items():
+        if isinstance(exc, error_class):
+            if status >= 500:
+                log.warning("dependency.unavailable", error=str(exc))
+                return problem_response(status, "a dependency is unavailable; try again shortly")
+            return problem_response(status, str(exc))
+    log.exception("request.failed", path=request.url.path)
+    return problem_response(500, "an internal error occurred; it has been logged")

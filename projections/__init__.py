@@ -1,0 +1,1 @@
+"""Read models: each projection owns its tables, its event handlers and its queries."""

@@ -1,0 +1,69 @@
+"""What a projection is, to the runner that feeds it.
+
+A projection lives in a schema of its own (``proj_<name>``) holding its read tables *and* its
+tracking table, so a rebuild can build a complete fresh copy in another schema and swap the two
+by renaming, in one transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
+
+from eventsourcing.domain import DomainEventProtocol
+from eventsourcing.postgres import PostgresDatastore, PostgresTrackingRecorder
+from psycopg import Cursor
+from psycopg.rows import DictRow
+from psycopg.sql import SQL, Composed, Identifier
+
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+
+
+class NotifiedEvent(Protocol):
+    """A decoded event with its position in the upstream notification log."""
+
+    notification_id: int
+    event: DomainEventProtocol[Any]
+
+
+class ProjectionView(PostgresTrackingRecorder):
+    """A tracking recorder that also owns read tables (DDL from ``migrations/projections``)."""
+
+    #: The projection's name; its schema is ``proj_<name>``.
+    projection_name: ClassVar[str]
+    #: Name of the application whose log it follows, and the topics it handles.
+    upstream: ClassVar[str]
+    topics: ClassVar[Sequence[str]]
+
+    def __init__(self, datastore: PostgresDatastore, **kwargs: Any) -> None:
+        kwargs.setdefault("tracking_table_name", f"{self.projection_name}_tracking")
+        super().__init__(datastore, **kwargs)
+        self.sql_create_statements.insert(
+            0, SQL("CREATE SCHEMA IF NOT EXISTS {}").format(Identifier(self.schema))
+        )
+        self.sql_create_statements.extend(self.table_statements())
+
+    @classmethod
+    def live_schema(cls) -> str:
+        return f"proj_{cls.projection_name}"
+
+    @property
+    def schema(self) -> str:
+        return self.datastore.schema
+
+    def table(self, name: str) -> Composed:
+        return SQL("{}.{}").format(Identifier(self.schema), Identifier(name))
+
+    def table_statements(self) -> list[Composed]:
+        """The projection's DDL: ``migrations/projections/<name>.sql`` in this view's schema."""
+        ddl = (MIGRATIONS_DIR / "projections" / f"{self.projection_name}.sql").read_text()
+        return [SQL(ddl).format(schema=Identifier(self.schema))]  # type: ignore[arg-type]
+
+    def project(self, curs: Cursor[DictRow], batch: Sequence[NotifiedEvent]) -> None:
+        """Writes what the batch changes, on the runner's cursor (inside its transaction)."""
+        raise NotImplementedError
+
+    def on_start(self, curs: Cursor[DictRow]) -> None:  # noqa: B027 - optional hook
+        """Runs once when a runner starts (for example, to create partitions ahead of time)."""

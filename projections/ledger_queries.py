@@ -1,0 +1,85 @@
+"""Queries over the ledger projection's tables, for the API (async, read-only)."""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+from uuid import UUID
+
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool
+
+from projections.ledger import LedgerView
+
+SCHEMA = LedgerView.live_schema()
+
+
+class BadCursor(ValueError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Balance:
+    balance: Decimal
+    held: Decimal
+    available: Decimal
+    holds: list[dict[str, Any]]
+
+
+async def balance(pool: AsyncConnectionPool, user_id: UUID) -> Balance:
+    async with pool.connection() as conn:
+        cur = conn.cursor(row_factory=dict_row)
+        await cur.execute(
+            f"SELECT balance, held, available FROM {SCHEMA}.credit_balances WHERE user_id = %s",
+            [user_id],
+        )
+        row = await cur.fetchone()
+        if row is None:
+            return Balance(Decimal("0.0000"), Decimal("0.0000"), Decimal("0.0000"), [])
+        await cur.execute(
+            f"SELECT hold_id AS id, amount, cause_type, cause_id, created_at "
+            f"FROM {SCHEMA}.credit_holds WHERE user_id = %s ORDER BY created_at, hold_id",
+            [user_id],
+        )
+        holds = await cur.fetchall()
+    return Balance(row["balance"], row["held"], row["available"], list(holds))
+
+
+def encode_cursor(at: datetime, entry_id: UUID) -> str:
+    return base64.urlsafe_b64encode(f"{at.isoformat()}|{entry_id}".encode()).decode()
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, UUID]:
+    try:
+        at, _, entry_id = base64.urlsafe_b64decode(cursor.encode()).decode().partition("|")
+        return datetime.fromisoformat(at), UUID(entry_id)
+    except (ValueError, UnicodeError) as error:
+        raise BadCursor("the cursor is not one this API issued") from error
+
+
+async def ledger_page(
+    pool: AsyncConnectionPool, user_id: UUID, limit: int, cursor: str | None
+) -> tuple[list[dict[str, Any]], str | None]:
+    """Newest first; a keyset cursor on (created_at, id)."""
+    params: list[Any] = [user_id]
+    after = ""
+    if cursor:
+        at, entry_id = decode_cursor(cursor)
+        after = "AND (created_at, id) < (%s, %s)"
+        params += [at, entry_id]
+    params.append(limit + 1)
+    async with pool.connection() as conn:
+        cur = conn.cursor(row_factory=dict_row)
+        await cur.execute(
+            f"SELECT id, created_at, kind, amount, balance_after, available_after, cause_type, "
+            f"cause_id FROM {SCHEMA}.ledger_entries WHERE user_id = %s {after} "
+            f"ORDER BY created_at DESC, id DESC LIMIT %s",
+            params,
+        )
+        rows = await cur.fetchall()
+    page = rows[:limit]
+    next_cursor = encode_cursor(page[-1]["created_at"], page[-1]["id"]) if len(rows) > limit else None
+    return page, next_cursor
