@@ -30,7 +30,7 @@ T = TypeVar("T")
 
 
 class PixevoApplication(Application[UUID]):
-    def construct_env(self, name: str, env: Mapping[str, str] | None = None) -> Environment:  # type: ignore[override]
+    def construct_env(self, name: str, env: Mapping[str, str] | None = None) -> Environment:
         merged: dict[str, str] = dict(type(self).env)
         if type(self).is_snapshotting_enabled or type(self).snapshotting_intervals:
             merged["IS_SNAPSHOTTING_ENABLED"] = "y"
@@ -42,12 +42,14 @@ class PixevoApplication(Application[UUID]):
 
     @property
     def process_recorder(self) -> ProcessRecorder:
-        return cast(ProcessRecorder, self.recorder)
+        return cast("ProcessRecorder", self.recorder)
 
     def load(self, aggregate_id: UUID, kind: type[A]) -> A:
-        aggregate = self.repository.get(aggregate_id)
+        aggregate: object = self.repository.get(aggregate_id)
         if not isinstance(aggregate, kind):
-            raise TypeError(f"{aggregate_id} is a {type(aggregate).__name__}, not a {kind.__name__}")
+            raise TypeError(
+                f"{aggregate_id} is a {type(aggregate).__name__}, not a {kind.__name__}"
+            )
         return aggregate
 
     def decode(self, notification: Notification) -> DomainEventProtocol[UUID]:

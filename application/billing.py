@@ -52,9 +52,16 @@ class BillingApplication(PixevoApplication):
         deposited = account.pending_events[-1]
         self.save(account)
         return LedgerEntry(
-            id=entry_id(account.id, account.version), account_id=account.id,
-            at=deposited.timestamp, kind=kind, amount=amount, balance_after=account.balance,
-            available_after=account.available, cause=cause, hold_id=None, version=account.version,
+            id=entry_id(account.id, account.version),
+            account_id=account.id,
+            at=deposited.timestamp,
+            kind=kind,
+            amount=amount,
+            balance_after=account.balance,
+            available_after=account.available,
+            cause=cause,
+            hold_id=None,
+            version=account.version,
         )
 
     @command
@@ -87,15 +94,21 @@ class BillingApplication(PixevoApplication):
 
     # -- queries over the event store (audit, replay) ---------------------------------------
 
-    def position(self, user_id: UUID, at: datetime | None = None) -> AccountPosition:
-        return self.history(user_id, at)[0]
+    def position(
+        self, user_id: UUID, at: datetime | None = None, version: int | None = None
+    ) -> AccountPosition:
+        return self.history(user_id, at, version)[0]
 
     def history(
-        self, user_id: UUID, at: datetime | None = None
+        self, user_id: UUID, at: datetime | None = None, version: int | None = None
     ) -> tuple[AccountPosition, list[LedgerEntry]]:
-        """The account's position and every ledger entry, replayed from its stored events."""
+        """The account's position and ledger entries, replayed from its stored events.
+
+        ``at`` stops at an instant, ``version`` at an event (for comparing with a projection
+        that has got that far).
+        """
         account_id = account_id_for(user_id)
-        events = list(self.events.get(account_id))
+        events = list(self.events.get(account_id, lte=version))
         if not events:
             raise AccountNotFound(f"no credit account for user {user_id}")
         return replay(account_id, events, until=at)
@@ -108,8 +121,8 @@ class BillingApplication(PixevoApplication):
             batch = self.recorder.select_notifications(start, 500, topics=[topic])
             for notification in batch:
                 event = self.decode(notification)
-                assert isinstance(event, CreditAccount.Opened)
-                yield event.user_id
+                if isinstance(event, CreditAccount.Opened):
+                    yield event.user_id
             if len(batch) < 500:
                 return
             start = batch[-1].id + 1

@@ -28,9 +28,7 @@ class ConcurrencyConflict(Exception):
     """The aggregate kept changing under the command; the caller may try again later."""
 
 
-def retry_on_conflict(
-    fn: Callable[P, T], *, attempts: int = MAX_ATTEMPTS
-) -> Callable[P, T]:
+def retry_on_conflict(fn: Callable[P, T], *, attempts: int = MAX_ATTEMPTS) -> Callable[P, T]:
     @functools.wraps(fn)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
         for attempt in range(attempts):

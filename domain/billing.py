@@ -134,7 +134,11 @@ class CreditAccount(Aggregate):
             return hold_id
         self.check_available(amount)
         self.trigger_event(
-            self.HoldPlaced, hold_id=hold_id, amount=amount, cause_type=cause.type, cause_id=cause.id
+            self.HoldPlaced,
+            hold_id=hold_id,
+            amount=amount,
+            cause_type=cause.type,
+            cause_id=cause.id,
         )
         return hold_id
 

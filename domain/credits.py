@@ -21,7 +21,7 @@ _ACCOUNT_NAMESPACE = UUID("0b6c2f7e-90a4-4a63-8f0e-5d6c7b8a9f10")
 
 
 def to_units(credits: Decimal | int | str) -> int:
-    """Exact credits (``"2.5"``, ``Decimal("0.0001")``, ``3``) to units; rejects anything inexact."""
+    """Exact credits (``"2.5"``, ``Decimal("0.0001")``, ``3``) to units; refuses inexact ones."""
     try:
         scaled = Decimal(credits) * UNITS_PER_CREDIT
         exact = scaled.is_finite() and scaled == scaled.to_integral_value()
@@ -30,7 +30,9 @@ def to_units(credits: Decimal | int | str) -> int:
     if exact and abs(scaled) > MAX_UNITS * UNITS_PER_CREDIT:
         raise InvalidAmount(f"an amount may not exceed {format_credits(MAX_UNITS)} credits")
     if not exact:
-        raise InvalidAmount(f"{credits!r} is not an amount of credits with at most 4 decimal places")
+        raise InvalidAmount(
+            f"{credits!r} is not an amount of credits with at most 4 decimal places"
+        )
     return int(scaled)
 
 

@@ -1,10 +1,10 @@
 """Domain errors.
 
-    DomainError
-     ├── InvalidAmount          an amount that is not a positive exact number of credits
-     ├── InsufficientCredits    a hold bigger than what is available
-     ├── UnknownHold            a capture or release of a hold the account never placed
-     └── HoldClosed             a capture of a released hold, or a release of a captured one
+DomainError
+ ├── InvalidAmount          an amount that is not a positive exact number of credits
+ ├── InsufficientCredits    a hold bigger than what is available
+ ├── UnknownHold            a capture or release of a hold the account never placed
+ └── HoldClosed             a capture of a released hold, or a release of a captured one
 """
 
 from __future__ import annotations

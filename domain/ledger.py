@@ -62,13 +62,13 @@ def entry_id(account_id: UUID, version: int, part: str = "") -> UUID:
     return uuid5(NAMESPACE_OID, f"ledger:{account_id}:{version}{part}")
 
 
-def apply(
-    position: AccountPosition, event: object
-) -> tuple[AccountPosition, list[LedgerEntry]]:
+def apply(position: AccountPosition, event: object) -> tuple[AccountPosition, list[LedgerEntry]]:
     """The position after ``event`` and the ledger entries it makes (none for ``Opened``)."""
     if isinstance(event, CreditAccount.Opened):
         return replace(
-            position, user_id=event.user_id, version=event.originator_version,
+            position,
+            user_id=event.user_id,
+            version=event.originator_version,
             updated_at=event.timestamp,
         ), []
     if not isinstance(event, CreditAccount.Event):
@@ -97,9 +97,15 @@ def apply(
     entries = [
         LedgerEntry(
             id=entry_id(account_id, version, ":release" if i else ""),
-            account_id=account_id, at=at, kind=kind, amount=amount,
-            balance_after=after.balance, available_after=after.available,
-            cause=cause, hold_id=hold_id, version=version,
+            account_id=account_id,
+            at=at,
+            kind=kind,
+            amount=amount,
+            balance_after=after.balance,
+            available_after=after.available,
+            cause=cause,
+            hold_id=hold_id,
+            version=version,
         )
         for i, (kind, amount, cause, hold_id) in enumerate(moves)
     ]

@@ -22,15 +22,19 @@ MAINTENANCE_CHANCE = 100_000  # per million fetches
 class LogContext(Middleware):
     """Binds the message's ids to structlog's context for the message's lifetime."""
 
-    def before_process_message(self, broker: dramatiq.Broker, message: dramatiq.Message) -> None:
+    def before_process_message(self, _broker: dramatiq.Broker, message: dramatiq.Message) -> None:
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(
-            message_id=message.message_id, actor=message.actor_name,
-            **{k: v for k, v in message.kwargs.items() if k.endswith("_id") or k == "reaction"},
+            message_id=message.message_id,
+            actor=message.actor_name,
+            **{
+                k: v
+                for k, v in message.kwargs.items()
+                if k.endswith("_id") or k in ("reaction", "upstream")
+            },
         )
 
-    def after_process_message(self, broker: dramatiq.Broker, message: dramatiq.Message,
-                              *, result: Any = None, exception: BaseException | None = None) -> None:
+    def after_process_message(self, *_: Any, **__: Any) -> None:
         structlog.contextvars.clear_contextvars()
 
     after_skip_message = after_process_message

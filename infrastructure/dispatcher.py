@@ -20,8 +20,8 @@ from collections.abc import Callable, Mapping
 import psycopg
 import structlog
 from dramatiq.errors import BrokerError
-from redis.exceptions import RedisError
 from eventsourcing.persistence import ApplicationRecorder
+from redis.exceptions import RedisError
 
 from application.logs import read_after
 
@@ -88,7 +88,11 @@ class Dispatcher:
                 try:
                     moved = self.dispatch_batch(conn)
                     backoff = 0.5
-                except (RedisError, BrokerError, OSError) as error:  # Redis down: retry, lose nothing
+                except (
+                    RedisError,
+                    BrokerError,
+                    OSError,
+                ) as error:  # Redis down: retry, lose nothing
                     log.warning("dispatcher.enqueue_failed", error=str(error), retry_in=backoff)
                     self.stopping.wait(backoff)
                     backoff = min(max_backoff, backoff * 2)

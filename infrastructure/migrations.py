@@ -28,7 +28,9 @@ def migrate(database_url: str) -> list[str]:
             for path in pending(conn):
                 with conn.transaction():
                     conn.execute(path.read_text())  # type: ignore[call-overload]
-                    conn.execute("INSERT INTO public.pixevo_migrations (name) VALUES (%s)", [path.name])
+                    conn.execute(
+                        "INSERT INTO public.pixevo_migrations (name) VALUES (%s)", [path.name]
+                    )
                 done.append(path.name)
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", [_LOCK_KEY])

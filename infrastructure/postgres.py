@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+
 from eventsourcing.persistence import Notification
 from eventsourcing.postgres import PostgresDatastore, PostgresProcessRecorder
 from psycopg.conninfo import conninfo_to_dict
@@ -22,7 +23,9 @@ def connection_params(database_url: str) -> dict[str, str]:
     }
 
 
-def eventstore_env(database_url: str, schema: str, *, pool_size: int = 2, max_overflow: int = 8) -> dict[str, str]:
+def eventstore_env(
+    database_url: str, schema: str, *, pool_size: int = 2, max_overflow: int = 8
+) -> dict[str, str]:
     """The library environment for one bounded context, whose tables live in ``schema``."""
     return {
         "PERSISTENCE_MODULE": "eventsourcing.postgres",
@@ -42,8 +45,14 @@ def eventstore_env(database_url: str, schema: str, *, pool_size: int = 2, max_ov
     }
 
 
-def datastore(database_url: str, schema: str, *, pool_size: int = 1, max_overflow: int = 4,
-              single_row_tracking: bool = True) -> PostgresDatastore:
+def datastore(
+    database_url: str,
+    schema: str,
+    *,
+    pool_size: int = 1,
+    max_overflow: int = 4,
+    single_row_tracking: bool = True,
+) -> PostgresDatastore:
     params = connection_params(database_url)
     return PostgresDatastore(
         dbname=params["POSTGRES_DBNAME"],

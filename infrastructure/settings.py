@@ -1,14 +1,12 @@
 """Settings, read once from the environment (and nowhere else).
 
-| variable                 | default        | meaning                                                   |
-|--------------------------|----------------|-----------------------------------------------------------|
-| PIXEVO_DATABASE_URL      | (embedded)     | PostgreSQL URL; unset: an embedded server in the data dir |
-| PIXEVO_REDIS_URL         | (embedded)     | Redis URL; unset: an embedded server in the data dir      |
-| PIXEVO_DATA_DIR          | ./.pixevo      | embedded servers' data, object storage, the admin key     |
-| PIXEVO_HTTP_HOST / _PORT | 127.0.0.1/8000 | where the API listens                                     |
-| PIXEVO_LOG_FORMAT        | console        | ``console`` (readable) or ``json`` (production)           |
-| PIXEVO_LOG_LEVEL         | INFO           | a logging level name                                      |
-| PIXEVO_REDIS_NAMESPACE   | pixevo         | prefix of every Redis key and the Dramatiq namespace      |
+PIXEVO_DATABASE_URL       PostgreSQL URL; unset: an embedded server in the data dir
+PIXEVO_REDIS_URL          Redis URL; unset: an embedded server in the data dir
+PIXEVO_DATA_DIR           embedded servers' data, the admin key (default ./.pixevo)
+PIXEVO_HTTP_HOST / _PORT  where the API listens (default 127.0.0.1 / 8000)
+PIXEVO_LOG_FORMAT         console (readable, default) or json (production)
+PIXEVO_LOG_LEVEL          a logging level name (default INFO)
+PIXEVO_REDIS_NAMESPACE    prefix of Redis keys and of Dramatiq queues (default pixevo)
 """
 
 from __future__ import annotations
@@ -41,7 +39,9 @@ class Settings:
         env = os.environ if environ is None else environ
         log_format = env.get("PIXEVO_LOG_FORMAT", "console").lower()
         if log_format not in LOG_FORMATS:
-            raise SettingsError(f"PIXEVO_LOG_FORMAT must be one of {LOG_FORMATS}, not {log_format!r}")
+            raise SettingsError(
+                f"PIXEVO_LOG_FORMAT must be one of {LOG_FORMATS}, not {log_format!r}"
+            )
         port = env.get("PIXEVO_HTTP_PORT", "8000")
         if not port.isdigit() or not 0 < int(port) < 65536:
             raise SettingsError(f"PIXEVO_HTTP_PORT must be a TCP port, not {port!r}")
@@ -55,6 +55,12 @@ class Settings:
             log_level=env.get("PIXEVO_LOG_LEVEL", "INFO").upper(),
             redis_namespace=env.get("PIXEVO_REDIS_NAMESPACE", "pixevo"),
         )
+
+    def urls(self) -> tuple[str, str]:
+        """(database URL, Redis URL), once :func:`infrastructure.embedded.resolve` filled them."""
+        if not (self.database_url and self.redis_url):
+            raise SettingsError("the database and Redis URLs are not resolved yet")
+        return self.database_url, self.redis_url
 
     def with_urls(self, database_url: str, redis_url: str) -> Settings:
         return replace(self, database_url=database_url, redis_url=redis_url)

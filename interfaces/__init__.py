@@ -1,1 +1,1 @@
-"""Entry points: the HTTP API, the ``pixevo`` command, worker processes; and the composition root."""
+"""Entry points (HTTP API, ``pixevo`` command, worker processes) and the composition root."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from functools import cached_property
+from typing import cast
 
 import dramatiq
 import psycopg_pool
@@ -35,6 +36,8 @@ APPLICATIONS: Mapping[str, type[PixevoApplication]] = {"billing": BillingApplica
 PROJECTIONS: Mapping[str, type[ProjectionView]] = {"ledger": LedgerView}
 
 ReactionFactory = Callable[["Container"], Reaction]
+#: The reactions the platform runs (the first real ones arrive with generations).
+REACTIONS: tuple[ReactionFactory, ...] = ()
 
 
 class Container:
@@ -45,10 +48,8 @@ class Container:
         reactions: Iterable[ReactionFactory] = (),
         applications: Mapping[str, type[PixevoApplication]] | None = None,
     ) -> None:
-        assert settings.database_url and settings.redis_url, "resolve() the settings first"
         self.settings = settings
-        self.database_url: str = settings.database_url
-        self.redis_url: str = settings.redis_url
+        self.database_url, self.redis_url = settings.urls()
         self._reaction_factories = list(reactions)
         self._application_classes = {**APPLICATIONS, **(applications or {})}
 
@@ -63,9 +64,7 @@ class Container:
 
     @property
     def billing(self) -> BillingApplication:
-        app = self.applications["billing"]
-        assert isinstance(app, BillingApplication)
-        return app
+        return cast("BillingApplication", self.applications["billing"])
 
     @cached_property
     def pool(self) -> psycopg_pool.ConnectionPool:
@@ -92,12 +91,17 @@ class Container:
         return declare_react_actor(self.broker, lambda: self.reactor)
 
     def enqueue_reaction(self, reaction: str, upstream: str, notification_id: int) -> None:
-        self.react_actor.send(reaction, upstream, notification_id)
+        self.react_actor.send_with_options(
+            kwargs={"reaction": reaction, "upstream": upstream, "notification_id": notification_id}
+        )
 
     def dispatchers(self) -> list[Dispatcher]:
         return [
             Dispatcher(
-                self.database_url, name, app.recorder, self.reactor.subscriptions(name),
+                self.database_url,
+                name,
+                app.recorder,
+                self.reactor.subscriptions(name),
                 self.enqueue_reaction,
             )
             for name, app in self.applications.items()
@@ -109,8 +113,9 @@ class Container:
         view_class = PROJECTIONS[name]
         view = view_class(datastore(self.database_url, schema or view_class.live_schema()))
         upstream = self.applications[view_class.upstream]
-        return ProjectionRunner(view, upstream.recorder, upstream.mapper,
-                                database_url=self.database_url)
+        return ProjectionRunner(
+            view, upstream.recorder, upstream.mapper, database_url=self.database_url
+        )
 
     def close(self) -> None:
         for app in self.__dict__.get("applications", {}).values():
@@ -126,10 +131,26 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     return embedded.resolve(settings)
 
 
-def build(settings: Settings | None = None, *, reactions: Iterable[ReactionFactory] = (),
-          applications: Mapping[str, type[PixevoApplication]] | None = None,
-          run_migrations: bool = True) -> Container:
+def build(
+    settings: Settings | None = None,
+    *,
+    reactions: Iterable[ReactionFactory] = (),
+    applications: Mapping[str, type[PixevoApplication]] | None = None,
+    run_migrations: bool = True,
+) -> Container:
     settings = settings or load_settings()
     if run_migrations:
-        migrate(settings.database_url or "")
+        migrate(settings.urls()[0])
     return Container(settings, reactions=reactions, applications=applications)
+
+
+def worker_container(
+    reactions: Iterable[ReactionFactory] = (),
+    applications: Mapping[str, type[PixevoApplication]] | None = None,
+) -> Container:
+    """The container of a Dramatiq worker process: the broker set, the actors declared."""
+    container = build(
+        load_settings(), reactions=reactions, applications=applications, run_migrations=False
+    )
+    container.react_actor  # noqa: B018 - declaring the actor registers it with the broker
+    return container

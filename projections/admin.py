@@ -40,8 +40,9 @@ def status(runner: ProjectionRunner) -> ProjectionStatus:
         oldest = runner.mapper.to_domain_event(pending[0])
         lag_seconds = max(0.0, (datetime.now(UTC) - oldest.timestamp).total_seconds())
         lag_events = _count_after(runner, position)
-    return ProjectionStatus(view.projection_name, view.upstream, position, head, lag_events,
-                            lag_seconds)
+    return ProjectionStatus(
+        view.projection_name, view.upstream, position, head, lag_events, lag_seconds
+    )
 
 
 def _count_after(runner: ProjectionRunner, position: int) -> int:
@@ -52,8 +53,9 @@ def _count_after(runner: ProjectionRunner, position: int) -> int:
     )
     with upstream.datastore.transaction(commit=False) as curs:  # type: ignore[attr-defined]
         curs.execute(
-            SQL("SELECT count(*) AS n FROM {} WHERE notification_id > %s AND topic = ANY(%s)")
-            .format(table),
+            SQL(
+                "SELECT count(*) AS n FROM {} WHERE notification_id > %s AND topic = ANY(%s)"
+            ).format(table),
             [position, list(runner.view.topics)],
         )
         row = curs.fetchone()
@@ -81,7 +83,7 @@ def rebuild(
     retired = f"{live_schema}_retired"
     with live.view.datastore.transaction(commit=True) as curs:
         curs.execute("SELECT pg_advisory_xact_lock(%s)", [lock_key(live.name)])
-        while fresh._batch(curs):  # noqa: SLF001 - the last events, under the lock
+        while fresh._batch(curs):
             pass
         curs.execute(SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(Identifier(retired)))
         curs.execute(

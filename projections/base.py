@@ -17,7 +17,6 @@ from psycopg import Cursor
 from psycopg.rows import DictRow
 from psycopg.sql import SQL, Composed, Identifier
 
-
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
 
@@ -36,6 +35,9 @@ class ProjectionView(PostgresTrackingRecorder):
     #: Name of the application whose log it follows, and the topics it handles.
     upstream: ClassVar[str]
     topics: ClassVar[Sequence[str]]
+    #: Tables range-partitioned by month on ``created_at``: partitions are made ahead at start.
+    partitioned_tables: ClassVar[tuple[str, ...]] = ()
+    months_ahead: ClassVar[int] = 3
 
     def __init__(self, datastore: PostgresDatastore, **kwargs: Any) -> None:
         kwargs.setdefault("tracking_table_name", f"{self.projection_name}_tracking")
@@ -65,5 +67,10 @@ class ProjectionView(PostgresTrackingRecorder):
         """Writes what the batch changes, on the runner's cursor (inside its transaction)."""
         raise NotImplementedError
 
-    def on_start(self, curs: Cursor[DictRow]) -> None:  # noqa: B027 - optional hook
-        """Runs once when a runner starts (for example, to create partitions ahead of time)."""
+    def on_start(self, curs: Cursor[DictRow]) -> None:
+        """Runs once when a runner starts: creates this month's and the next months' partitions."""
+        for table in self.partitioned_tables:
+            curs.execute(
+                "SELECT public.pixevo_ensure_monthly_partitions(%s::regclass, 1, %s)",
+                [f"{self.schema}.{table}", self.months_ahead],
+            )

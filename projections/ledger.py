@@ -36,12 +36,7 @@ class LedgerView(ProjectionView):
             CreditAccount.HoldReleased,
         )
     )
-
-    def on_start(self, curs: Cursor[DictRow]) -> None:
-        curs.execute(
-            "SELECT public.pixevo_ensure_monthly_partitions(%s::regclass, 1, 3)",
-            [f"{self.schema}.ledger_entries"],
-        )
+    partitioned_tables = ("ledger_entries",)
 
     def project(self, curs: Cursor[DictRow], batch: Sequence[NotifiedEvent]) -> None:
         events = [item.event for item in batch]
@@ -71,8 +66,10 @@ class LedgerView(ProjectionView):
         )
         for row in curs.fetchall():
             holds.setdefault(row["account_id"], {})[row["hold_id"]] = OpenHoldView(
-                row["hold_id"], to_units(row["amount"]),
-                Cause(row["cause_type"], row["cause_id"]), row["created_at"],
+                row["hold_id"],
+                to_units(row["amount"]),
+                Cause(row["cause_type"], row["cause_id"]),
+                row["created_at"],
             )
         curs.execute(
             f"SELECT * FROM {self.schema}.credit_balances WHERE account_id = ANY(%s)",
@@ -80,9 +77,12 @@ class LedgerView(ProjectionView):
         )
         return {
             row["account_id"]: AccountPosition(
-                account_id=row["account_id"], user_id=row["user_id"],
-                balance=to_units(row["balance"]), holds=holds.get(row["account_id"], {}),
-                version=row["version"], updated_at=row["updated_at"],
+                account_id=row["account_id"],
+                user_id=row["user_id"],
+                balance=to_units(row["balance"]),
+                holds=holds.get(row["account_id"], {}),
+                version=row["version"],
+                updated_at=row["updated_at"],
             )
             for row in curs.fetchall()
         }
@@ -98,24 +98,41 @@ class LedgerView(ProjectionView):
             )
 
     def _write_entries(
-        self, curs: Cursor[DictRow], entries: list[LedgerEntry],
+        self,
+        curs: Cursor[DictRow],
+        entries: list[LedgerEntry],
         positions: dict[UUID, AccountPosition],
     ) -> None:
         if not entries:
             return
         columns: dict[str, list[Any]] = {
-            "id": [], "created_at": [], "account_id": [], "user_id": [], "kind": [],
-            "amount": [], "balance_after": [], "available_after": [], "cause_type": [],
-            "cause_id": [], "hold_id": [], "version": [],
+            "id": [],
+            "created_at": [],
+            "account_id": [],
+            "user_id": [],
+            "kind": [],
+            "amount": [],
+            "balance_after": [],
+            "available_after": [],
+            "cause_type": [],
+            "cause_id": [],
+            "hold_id": [],
+            "version": [],
         }
         for e in entries:
             for name, value in (
-                ("id", e.id), ("created_at", e.at), ("account_id", e.account_id),
-                ("user_id", positions[e.account_id].user_id), ("kind", e.kind),
-                ("amount", to_credits(e.amount)), ("balance_after", to_credits(e.balance_after)),
+                ("id", e.id),
+                ("created_at", e.at),
+                ("account_id", e.account_id),
+                ("user_id", positions[e.account_id].user_id),
+                ("kind", e.kind),
+                ("amount", to_credits(e.amount)),
+                ("balance_after", to_credits(e.balance_after)),
                 ("available_after", to_credits(e.available_after)),
-                ("cause_type", e.cause.type), ("cause_id", e.cause.id),
-                ("hold_id", e.hold_id), ("version", e.version),
+                ("cause_type", e.cause.type),
+                ("cause_id", e.cause.id),
+                ("hold_id", e.hold_id),
+                ("version", e.version),
             ):
                 columns[name].append(value)
         curs.execute(
@@ -140,9 +157,12 @@ class LedgerView(ProjectionView):
             "held = excluded.held, available = excluded.available, version = excluded.version, "
             "updated_at = excluded.updated_at WHERE b.version < excluded.version",
             [
-                [p.account_id for p in opened], [p.user_id for p in opened],
-                [to_credits(p.balance) for p in opened], [to_credits(p.held) for p in opened],
-                [to_credits(p.available) for p in opened], [p.version for p in opened],
+                [p.account_id for p in opened],
+                [p.user_id for p in opened],
+                [to_credits(p.balance) for p in opened],
+                [to_credits(p.held) for p in opened],
+                [to_credits(p.available) for p in opened],
+                [p.version for p in opened],
                 [p.updated_at for p in opened],
             ],
         )
@@ -156,9 +176,12 @@ class LedgerView(ProjectionView):
                 "SELECT * FROM unnest(%s::uuid[], %s::uuid[], %s::uuid[], %s::numeric[], "
                 "%s::text[], %s::text[], %s::timestamptz[])",
                 [
-                    [h.id for _, h in holds], [p.account_id for p, _ in holds],
-                    [p.user_id for p, _ in holds], [to_credits(h.amount) for _, h in holds],
-                    [h.cause.type for _, h in holds], [h.cause.id for _, h in holds],
+                    [h.id for _, h in holds],
+                    [p.account_id for p, _ in holds],
+                    [p.user_id for p, _ in holds],
+                    [to_credits(h.amount) for _, h in holds],
+                    [h.cause.type for _, h in holds],
+                    [h.cause.id for _, h in holds],
                     [h.placed_at for _, h in holds],
                 ],
             )

@@ -81,5 +81,7 @@ async def ledger_page(
         )
         rows = await cur.fetchall()
     page = rows[:limit]
-    next_cursor = encode_cursor(page[-1]["created_at"], page[-1]["id"]) if len(rows) > limit else None
+    next_cursor = (
+        encode_cursor(page[-1]["created_at"], page[-1]["id"]) if len(rows) > limit else None
+    )
     return page, next_cursor

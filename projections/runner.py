@@ -80,7 +80,7 @@ class ProjectionRunner:
             return self._batch(curs)
 
     def _batch(self, curs: Cursor[DictRow]) -> int:
-        position = self.view._max_tracking_id(self.view.upstream, curs) or 0  # noqa: SLF001
+        position = self.view._max_tracking_id(self.view.upstream, curs) or 0
         notifications, covered = read_after(
             self.upstream, position, self.batch_size, self.view.topics
         )
@@ -89,7 +89,7 @@ class ProjectionRunner:
         batch = [Notified(n.id, self.mapper.to_domain_event(n)) for n in notifications]
         if batch:
             self.view.project(curs, batch)
-        self.view._insert_tracking(curs, Tracking(self.view.upstream, covered))  # noqa: SLF001
+        self.view._insert_tracking(curs, Tracking(self.view.upstream, covered))
         return covered - position
 
     def catch_up(self, progress: Callable[[int], None] | None = None) -> int:
@@ -102,7 +102,9 @@ class ProjectionRunner:
     def run_forever(self, poll_interval: float = 1.0) -> None:
         """Catches up, then waits for the upstream's NOTIFY (or the poll interval) and repeats."""
         channel = getattr(self.upstream, "channel_name", None)
-        listener = self._listen(channel) if channel and self.database_url else None
+        listener = (
+            self._listen(self.database_url, channel) if channel and self.database_url else None
+        )
         try:
             while not self.stopping.is_set():
                 if self.run_batch():
@@ -116,9 +118,9 @@ class ProjectionRunner:
             if listener is not None:
                 listener.close()
 
-    def _listen(self, channel: str) -> psycopg.Connection[Any]:
-        assert self.database_url is not None
-        conn = psycopg.connect(self.database_url, autocommit=True)
+    @staticmethod
+    def _listen(database_url: str, channel: str) -> psycopg.Connection[Any]:
+        conn = psycopg.connect(database_url, autocommit=True)
         conn.execute(f'LISTEN "{channel}"')
         return conn
 

@@ -30,8 +30,12 @@ def database_url(servers: tuple[str, str]) -> Iterator[str]:
 @pytest.fixture
 def settings(database_url: str, redis_url: str, tmp_path: Path) -> Iterator[Settings]:
     with scratch_namespace(redis_url) as namespace:
-        yield Settings(database_url=database_url, redis_url=redis_url, data_dir=tmp_path,
-                       redis_namespace=namespace)
+        yield Settings(
+            database_url=database_url,
+            redis_url=redis_url,
+            data_dir=tmp_path,
+            redis_namespace=namespace,
+        )
 
 
 @pytest.fixture

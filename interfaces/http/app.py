@@ -54,8 +54,9 @@ def request_context(app: ASGIApp) -> ASGIApp:
 def create_app(container: Container) -> Litestar:
     @asynccontextmanager
     async def resources(app: Litestar) -> AsyncIterator[None]:
-        pool = AsyncConnectionPool(container.database_url, min_size=2, max_size=16, open=False,
-                                   timeout=5)
+        pool = AsyncConnectionPool(
+            container.database_url, min_size=2, max_size=16, open=False, timeout=5
+        )
         await pool.open(wait=False)
         client = aioredis.Redis.from_url(container.redis_url, socket_timeout=2)
         app.state.pool, app.state.redis = pool, client
@@ -76,12 +77,17 @@ def create_app(container: Container) -> Litestar:
         exception_handlers={Exception: problems.handle},
         request_max_body_size=MAX_BODY_BYTES,
         openapi_config=OpenAPIConfig(
-            title="Pixevo API", version="1", path="/schema",
+            title="Pixevo API",
+            version="1",
+            path="/schema",
             render_plugins=[SwaggerRenderPlugin()],
-            components=Components(security_schemes={
-                "BearerAuth": SecurityScheme(type="http", scheme="bearer",
-                                             description="Authorization: Bearer <api key>"),
-            }),
+            components=Components(
+                security_schemes={
+                    "BearerAuth": SecurityScheme(
+                        type="http", scheme="bearer", description="Authorization: Bearer <api key>"
+                    ),
+                }
+            ),
             security=[{"BearerAuth": []}],
         ),
         logging_config=None,

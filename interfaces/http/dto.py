@@ -10,7 +10,9 @@ import msgspec
 
 #: No NUL bytes (PostgreSQL text cannot hold them) and no control characters but tab/newline.
 Text = Annotated[str, msgspec.Meta(max_length=500, pattern=r"^[^\x00-\x08\x0b\x0c\x0e-\x1f]*$")]
-Email = Annotated[str, msgspec.Meta(min_length=3, max_length=320, pattern=r"^[^@\s\x00]+@[^@\s\x00]+$")]
+Email = Annotated[
+    str, msgspec.Meta(min_length=3, max_length=320, pattern=r"^[^@\s\x00]+@[^@\s\x00]+$")
+]
 #: Credits as a decimal string with at most 4 places (or a JSON integer), bounded.
 Credits = Annotated[str, msgspec.Meta(pattern=r"^\d{1,9}(\.\d{1,4})?$", examples=["2.5000"])]
 WholeCredits = Annotated[int, msgspec.Meta(ge=0, le=100_000_000)]

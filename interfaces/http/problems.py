@@ -25,10 +25,19 @@ log = structlog.get_logger(__name__)
 MEDIA_TYPE = "application/problem+json"
 
 TITLES = {
-    400: "Malformed request", 401: "Unauthorized", 402: "Insufficient credits",
-    403: "Forbidden", 404: "Not found", 405: "Method not allowed", 409: "Conflict",
-    413: "Request body too large", 415: "Unsupported media type", 422: "Invalid request",
-    429: "Too many requests", 500: "Internal error", 503: "Service unavailable",
+    400: "Malformed request",
+    401: "Unauthorized",
+    402: "Insufficient credits",
+    403: "Forbidden",
+    404: "Not found",
+    405: "Method not allowed",
+    409: "Conflict",
+    413: "Request body too large",
+    415: "Unsupported media type",
+    422: "Invalid request",
+    429: "Too many requests",
+    500: "Internal error",
+    503: "Service unavailable",
 }
 
 #: Our errors, by category, and the status each answers with.
@@ -63,8 +72,14 @@ class Problem(msgspec.Struct, omit_defaults=True):
 class ProblemError(Exception):
     """Raised by handlers for a problem with no better-named error class."""
 
-    def __init__(self, status: int, detail: str, *, errors: list[FieldError] | None = None,
-                 headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        detail: str,
+        *,
+        errors: list[FieldError] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(detail)
         self.status = status
         self.detail = detail
@@ -72,16 +87,22 @@ class ProblemError(Exception):
         self.headers = headers or {}
 
 
-def problem_response(status: int, detail: str, *, errors: list[FieldError] | None = None,
-                     headers: dict[str, str] | None = None) -> Response[Problem]:
+def problem_response(
+    status: int,
+    detail: str,
+    *,
+    errors: list[FieldError] | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response[Problem]:
     title = TITLES.get(status, "Error")
     slug = title.lower().replace(" ", "-")
     if status == 503:
         headers = {"Retry-After": "5", **(headers or {})}
     return Response(
-        Problem(type=f"/problems/{slug}", title=title, status=status, detail=detail,
-                errors=errors),
-        status_code=status, media_type=MEDIA_TYPE, headers=headers,
+        Problem(type=f"/problems/{slug}", title=title, status=status, detail=detail, errors=errors),
+        status_code=status,
+        media_type=MEDIA_TYPE,
+        headers=headers,
     )
 
 

@@ -33,7 +33,10 @@ def _credits(value: Decimal) -> str:
 
 def _entry(entry: DomainEntry) -> dto.LedgerEntry:
     return dto.LedgerEntry(
-        id=entry.id, at=entry.at, kind=entry.kind, amount=format_credits(entry.amount),
+        id=entry.id,
+        at=entry.at,
+        kind=entry.kind,
+        amount=format_credits(entry.amount),
         balance_after=format_credits(entry.balance_after),
         available_after=format_credits(entry.available_after),
         cause=dto.Cause(entry.cause.type, entry.cause.id),
@@ -64,7 +67,8 @@ class Health(Controller):
         ok = all(v == "ok" for v in checks.values())
         return Response(
             dto.Health(status="ok" if ok else "unavailable", checks=checks),
-            status_code=200 if ok else 503, headers=None if ok else {"Retry-After": "5"},
+            status_code=200 if ok else 503,
+            headers=None if ok else {"Retry-After": "5"},
         )
 
 
@@ -84,19 +88,25 @@ class Credits(Controller):
     async def balance(self, request: Request[User, Any, Any], state: State) -> dto.CreditsView:
         found = await ledger_queries.balance(state.pool, request.user.id)
         return dto.CreditsView(
-            balance=_credits(found.balance), available=_credits(found.available),
+            balance=_credits(found.balance),
+            available=_credits(found.available),
             held=_credits(found.held),
             holds=[
-                dto.Hold(id=h["id"], amount=_credits(h["amount"]),
-                         cause=dto.Cause(h["cause_type"], h["cause_id"]),
-                         created_at=h["created_at"])
+                dto.Hold(
+                    id=h["id"],
+                    amount=_credits(h["amount"]),
+                    cause=dto.Cause(h["cause_type"], h["cause_id"]),
+                    created_at=h["created_at"],
+                )
                 for h in found.holds
             ],
         )
 
     @get("/ledger")
     async def ledger(
-        self, request: Request[User, Any, Any], state: State,
+        self,
+        request: Request[User, Any, Any],
+        state: State,
         limit: Annotated[int, Parameter(ge=1, le=200)] = 50,
         cursor: Annotated[str | None, Parameter(max_length=200)] = None,
     ) -> dto.LedgerPage:
@@ -109,7 +119,10 @@ class Credits(Controller):
         return dto.LedgerPage(
             items=[
                 dto.LedgerEntry(
-                    id=r["id"], at=r["created_at"], kind=r["kind"], amount=_credits(r["amount"]),
+                    id=r["id"],
+                    at=r["created_at"],
+                    kind=r["kind"],
+                    amount=_credits(r["amount"]),
                     balance_after=_credits(r["balance_after"]),
                     available_after=_credits(r["available_after"]),
                     cause=dto.Cause(r["cause_type"], r["cause_id"]),
@@ -122,16 +135,21 @@ class Credits(Controller):
 
 class Admin(Controller):
     path = "/v1/admin"
-    guards = [admin_only]  # noqa: RUF012 - Litestar's declarative layer attribute
+    guards = [admin_only]
 
     @post("/users", status_code=201, sync_to_thread=True)
-    def create_user(self, data: JSONBody[dto.CreateUser], container: NamedDependency[Container]) -> dto.CreatedUser:
+    def create_user(
+        self, data: JSONBody[dto.CreateUser], container: NamedDependency[Container]
+    ) -> dto.CreatedUser:
         created = container.users.create(data.email, str(data.credits), admin=data.admin)
         return dto.CreatedUser(user_id=created.user_id, api_key=created.api_key)
 
     @post("/credits/grants", status_code=201, sync_to_thread=True)
     def grant(
-        self, data: JSONBody[dto.Grant], container: NamedDependency[Container], idempotency_key: IdempotencyKey = None,
+        self,
+        data: JSONBody[dto.Grant],
+        container: NamedDependency[Container],
+        idempotency_key: IdempotencyKey = None,
     ) -> dto.LedgerEntry:
         if not container.users.exists(data.user_id):
             raise ProblemError(404, f"no user {data.user_id}")

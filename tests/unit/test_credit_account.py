@@ -34,8 +34,8 @@ def test_hold_reserves_and_capture_spends_at_most_the_hold() -> None:
     assert (account.balance, account.held, account.available) == (100_000, 40_000, 60_000)
     assert account.capture(hold, to_units("2.5"))
     assert (account.balance, account.held, account.available) == (75_000, 0, 75_000)
+    other = account.place_hold(to_units(1), Cause("generation", "g2"))
     with pytest.raises(InvalidAmount):
-        other = account.place_hold(to_units(1), Cause("generation", "g2"))
         account.capture(other, to_units(2))
 
 

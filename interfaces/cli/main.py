@@ -1,0 +1,99 @@
+"""``pixevo``: run the platform and operate it.
+
+pixevo up                               everything, in the foreground (embedded default)
+pixevo api | worker | dispatcher        one production process each
+pixevo projections run|status|rebuild   the read side
+pixevo migrate | partitions ensure      the database
+pixevo users create --email E ...       a user and their API key (JSON on stdout)
+pixevo audit ledger USER | verify       billing disputes: replay from the event store
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from interfaces.cli import audit, operate, up
+
+Command = Callable[[argparse.Namespace], int]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pixevo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("up", help="run everything in the foreground").set_defaults(run=up.run)
+    sub.add_parser("migrate", help="apply database migrations").set_defaults(run=operate.migrate)
+    api = sub.add_parser("api", help="serve the HTTP API")
+    api.add_argument("--workers", type=int, default=1)
+    api.set_defaults(run=operate.api)
+    worker = sub.add_parser("worker", help="run Dramatiq workers")
+    worker.add_argument("--processes", type=int, default=1)
+    worker.add_argument("--threads", type=int, default=8)
+    worker.set_defaults(run=operate.worker)
+    sub.add_parser("dispatcher", help="relay events to the workers").set_defaults(
+        run=operate.dispatcher
+    )
+
+    projections = sub.add_parser("projections", help="the read side").add_subparsers(
+        dest="action", required=True
+    )
+    run = projections.add_parser("run", help="keep projections up to date")
+    run.add_argument("names", nargs="*")
+    run.set_defaults(run=operate.projections_run)
+    projections.add_parser("status", help="position and lag of each").set_defaults(
+        run=operate.projections_status
+    )
+    rebuild = projections.add_parser("rebuild", help="rebuild one and swap it in")
+    rebuild.add_argument("name")
+    rebuild.set_defaults(run=operate.projections_rebuild)
+
+    partitions = sub.add_parser("partitions", help="monthly partitions").add_subparsers(
+        dest="action", required=True
+    )
+    ensure = partitions.add_parser("ensure", help="create partitions ahead of time")
+    ensure.add_argument("--months-ahead", type=int, default=3)
+    ensure.set_defaults(run=operate.partitions_ensure)
+
+    users = sub.add_parser("users", help="users and keys").add_subparsers(
+        dest="action", required=True
+    )
+    create = users.add_parser("create", help="create a user; prints {user_id, api_key}")
+    create.add_argument("--email", required=True)
+    create.add_argument("--credits", default="0")
+    create.add_argument("--admin", action="store_true")
+    create.set_defaults(run=operate.users_create)
+
+    audits = sub.add_parser("audit", help="billing audit").add_subparsers(
+        dest="action", required=True
+    )
+    ledger = audits.add_parser("ledger", help="an account's timeline from the event store")
+    ledger.add_argument("user_id")
+    ledger.add_argument("--at", help="RFC 3339 timestamp: the position at that instant")
+    ledger.add_argument("--json", action="store_true")
+    ledger.set_defaults(run=audit.ledger)
+    audits.add_parser(
+        "verify", help="replay every account; compare with credit_balances"
+    ).set_defaults(run=audit.verify)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        code: int = args.run(args)
+    except operate.CommandError as error:
+        print(f"pixevo: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+def print_json(value: Any) -> None:
+    print(json.dumps(value, default=str))

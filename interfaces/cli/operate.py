@@ -1,0 +1,155 @@
+"""Operator commands: one production process each, and the database chores."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from application.users import EmailTaken, InvalidEmail
+from domain.errors import InvalidAmount
+from interfaces.bootstrap import PROJECTIONS, REACTIONS, Container, build, load_settings
+from projections import admin
+
+
+class CommandError(Exception):
+    pass
+
+
+def container(*, run_migrations: bool = True) -> Container:
+    return build(load_settings(), reactions=REACTIONS, run_migrations=run_migrations)
+
+
+def run_until_signalled(workers: list[Any], target: Callable[[Any], None]) -> int:
+    """Runs ``target(worker)`` on a thread per worker until SIGINT/SIGTERM, then stops them."""
+    threads = [threading.Thread(target=target, args=(w,), daemon=True) for w in workers]
+
+    def stop(*_: object) -> None:
+        for worker in workers:
+            worker.stop()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        while thread.is_alive():
+            thread.join(0.5)
+    return 0
+
+
+def migrate(_: argparse.Namespace) -> int:
+    from infrastructure.migrations import migrate as apply  # noqa: PLC0415
+
+    settings = load_settings()
+    for name in apply(settings.urls()[0]):
+        print(f"applied {name}")
+    return 0
+
+
+def api(args: argparse.Namespace) -> int:
+    import uvicorn  # noqa: PLC0415
+
+    settings = load_settings()
+    os.environ.update(settings.as_env())  # the factory (and each uvicorn worker) reads these
+    uvicorn.run(
+        "interfaces.http.app:app_from_environment",
+        factory=True,
+        host=settings.http_host,
+        port=settings.http_port,
+        workers=args.workers,
+        log_config=None,
+        access_log=False,
+    )
+    return 0
+
+
+def worker(args: argparse.Namespace) -> int:
+    settings = load_settings()
+    env = {**os.environ, **settings.as_env()}
+    argv = [
+        sys.executable,
+        "-m",
+        "dramatiq",
+        "interfaces.worker",
+        "--skip-logging",
+        "--processes",
+        str(args.processes),
+        "--threads",
+        str(args.threads),
+    ]
+    os.execve(sys.executable, argv, env)  # noqa: S606 - replaces this process by design
+
+
+def dispatcher(_: argparse.Namespace) -> int:
+    return run_until_signalled(container().dispatchers(), lambda d: d.run_forever())
+
+
+def projections_run(args: argparse.Namespace) -> int:
+    names = args.names or list(PROJECTIONS)
+    unknown = set(names) - set(PROJECTIONS)
+    if unknown:
+        raise CommandError(f"unknown projection(s): {', '.join(sorted(unknown))}")
+    c = container()
+    return run_until_signalled([c.projection(n) for n in names], lambda r: r.run_forever())
+
+
+def projections_status(_: argparse.Namespace) -> int:
+    c = container()
+    print(
+        f"{'projection':<12} {'upstream':<10} {'position':>10} {'head':>10} "
+        f"{'lag events':>11} {'lag seconds':>12}"
+    )
+    for name in PROJECTIONS:
+        s = admin.status(c.projection(name))
+        print(
+            f"{s.name:<12} {s.upstream:<10} {s.position:>10} {s.head:>10} "
+            f"{s.lag_events:>11} {s.lag_seconds:>12.1f}"
+        )
+    return 0
+
+
+def projections_rebuild(args: argparse.Namespace) -> int:
+    if args.name not in PROJECTIONS:
+        raise CommandError(f"unknown projection {args.name!r}; known: {', '.join(PROJECTIONS)}")
+    c = container()
+    live = c.projection(args.name)
+    fresh = c.projection(args.name, schema=f"{live.view.schema}_rebuild")
+
+    def progress(position: int, head: int) -> None:
+        percent = 100.0 * position / head if head else 100.0
+        print(f"\rrebuilding {args.name}: {position}/{head} ({percent:5.1f}%)", end="", flush=True)
+
+    position = admin.rebuild(live, fresh, progress)
+    print(f"\nrebuilt {args.name} up to notification {position}; swapped in")
+    return 0
+
+
+def partitions_ensure(args: argparse.Namespace) -> int:
+    c = container()
+    for name in PROJECTIONS:
+        c.projection(name).start()  # its tables exist before their partitions
+    with c.pool.connection() as conn:
+        for name, view_class in PROJECTIONS.items():
+            for table in view_class.partitioned_tables:
+                row = conn.execute(
+                    "SELECT public.pixevo_ensure_monthly_partitions(%s::regclass, 1, %s)",
+                    [f"{view_class.live_schema()}.{table}", args.months_ahead],
+                ).fetchone()
+                print(f"{name}.{table}: {row[0] if row else 0} partition(s) created")
+    return 0
+
+
+def users_create(args: argparse.Namespace) -> int:
+    c = container()
+    try:
+        created = c.users.create(args.email, args.credits, admin=args.admin)
+    except (EmailTaken, InvalidEmail, InvalidAmount) as error:
+        raise CommandError(str(error)) from None
+    print(json.dumps({"user_id": str(created.user_id), "api_key": created.api_key}))
+    return 0
