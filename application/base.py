@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import TypeVar, cast
+from typing import Protocol, TypeVar, cast, runtime_checkable
 from uuid import UUID
 
 from eventsourcing.application import Application, ProcessingEvent
@@ -26,6 +26,15 @@ from eventsourcing.utils import Environment
 from application.retry import retry_on_conflict
 
 A = TypeVar("A", bound=Aggregate)
+
+
+@runtime_checkable
+class ExactTracking(Protocol):
+    """A recorder that can tell whether one particular notification was processed."""
+
+    def has_processed(self, application_name: str, notification_id: int) -> bool: ...
+
+
 T = TypeVar("T")
 
 
@@ -74,6 +83,10 @@ class PixevoApplication(Application[UUID]):
         return True
 
     def already_processed(self, tracking: Tracking) -> bool:
+        recorder = self.recorder
+        if isinstance(recorder, ExactTracking):
+            return recorder.has_processed(tracking.application_name, tracking.notification_id)
+        # in-memory recorders (unit tests) process in order, where "at or beyond" is exact
         return self.process_recorder.has_tracking_id(
             tracking.application_name, tracking.notification_id
         )

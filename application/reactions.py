@@ -25,6 +25,12 @@ class UnknownReaction(LookupError):
     pass
 
 
+def tracking_name(upstream: str, reaction: str) -> str:
+    """Each reaction tracks its own progress through an upstream log (two reactions in one
+    application may both handle the same event)."""
+    return f"{upstream}->{reaction}"
+
+
 class Reaction(ABC):
     #: Unique name, used in messages and logs.
     name: ClassVar[str]
@@ -60,4 +66,6 @@ class Reactor:
         if not found:
             raise LookupError(f"{upstream} has no notification {notification_id}")
         event: Any = app.decode(found[0])
-        return reaction.handle(event, Tracking(upstream, notification_id))
+        return reaction.handle(
+            event, Tracking(tracking_name(upstream, reaction_name), notification_id)
+        )

@@ -48,24 +48,32 @@ class Dispatcher:
         self.batch_size = batch_size
         self.stopping = threading.Event()
         self._topics = sorted({t for topics in self.subscriptions.values() for t in topics})
+        self._conn: psycopg.Connection[tuple[int]] | None = None
 
-    def position(self, conn: psycopg.Connection[tuple[int]]) -> int:
-        row = conn.execute(
+    @property
+    def conn(self) -> psycopg.Connection[tuple[int]]:
+        """The dispatcher's own session (autocommit): its position and its leadership lock."""
+        if self._conn is None or self._conn.closed:
+            self._conn = psycopg.connect(self.database_url, autocommit=True)
+        return self._conn
+
+    def position(self) -> int:
+        row = self.conn.execute(
             "SELECT notification_id FROM reactions.dispatch_positions WHERE application_name = %s",
             [self.application_name],
         ).fetchone()
         return int(row[0]) if row else 0
 
-    def dispatch_batch(self, conn: psycopg.Connection[tuple[int]]) -> int:
+    def dispatch_batch(self) -> int:
         """Enqueues the next batch and records the new position; returns how far it moved."""
-        position = self.position(conn)
+        position = self.position()
         notifications, covered = read_after(self.recorder, position, self.batch_size, self._topics)
         for notification in notifications:
             for reaction, topics in self.subscriptions.items():
                 if notification.topic in topics:
                     self.enqueue(reaction, self.application_name, notification.id)
         if covered > position:
-            conn.execute(
+            self.conn.execute(
                 "INSERT INTO reactions.dispatch_positions (application_name, notification_id) "
                 "VALUES (%s, %s) ON CONFLICT (application_name) DO UPDATE SET "
                 "notification_id = GREATEST(reactions.dispatch_positions.notification_id, "
@@ -80,13 +88,13 @@ class Dispatcher:
             self.stopping.wait()
             return
         channel = getattr(self.recorder, "channel_name", self.application_name)
-        with psycopg.connect(self.database_url, autocommit=True) as conn:
+        with self.conn as conn:
             self._become_leader(conn)
             conn.execute(f'LISTEN "{channel}"')
             backoff = 0.5
             while not self.stopping.is_set():
                 try:
-                    moved = self.dispatch_batch(conn)
+                    moved = self.dispatch_batch()
                     backoff = 0.5
                 except (
                     RedisError,
@@ -111,3 +119,7 @@ class Dispatcher:
 
     def stop(self) -> None:
         self.stopping.set()
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from eventsourcing.persistence import Notification
 from eventsourcing.postgres import PostgresDatastore, PostgresProcessRecorder
 from psycopg.conninfo import conninfo_to_dict
+from psycopg.sql import SQL, Identifier
 
 from application.logs import read_after
 
@@ -71,7 +73,26 @@ def datastore(
 
 
 class EventStoreRecorder(PostgresProcessRecorder):
-    """The recorder of every Pixevo application: its events, plus tracking of what it processed."""
+    """The recorder of every Pixevo application: its events, plus tracking of what it processed.
+
+    Reactions run on parallel workers, so they may process an upstream log out of order: the
+    tracking table keeps one row per processed notification (``SINGLE_ROW_TRACKING=n``), and
+    :meth:`has_processed` asks about *that* notification, where the library's
+    ``has_tracking_id`` answers "has anything at or beyond it been processed".
+    """
+
+    def __init__(self, datastore: PostgresDatastore, **kwargs: Any) -> None:
+        super().__init__(datastore, **kwargs)
+        self.has_processed_statement = SQL(
+            "SELECT 1 FROM {}.{} WHERE application_name = %s AND notification_id = %s"
+        ).format(Identifier(datastore.schema), Identifier(self.tracking_table_name))
+
+    def has_processed(self, application_name: str, notification_id: int) -> bool:
+        with self.datastore.get_connection() as conn, conn.cursor() as curs:
+            curs.execute(
+                self.has_processed_statement, [application_name, notification_id], prepare=True
+            )
+            return curs.fetchone() is not None
 
     def read_after(
         self, position: int, limit: int, topics: Sequence[str] = ()

@@ -11,7 +11,9 @@ from functools import cached_property
 from typing import cast
 
 import dramatiq
+import psycopg
 import psycopg_pool
+from psycopg import sql
 
 from application.base import PixevoApplication
 from application.billing import BillingApplication
@@ -57,6 +59,9 @@ class Container:
 
     @cached_property
     def applications(self) -> dict[str, PixevoApplication]:
+        with psycopg.connect(self.database_url, autocommit=True) as conn:
+            for name in self._application_classes:  # each context's tables in its own schema
+                conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(name)))
         return {
             name: cls(env=eventstore_env(self.database_url, schema=name))
             for name, cls in self._application_classes.items()
