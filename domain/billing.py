@@ -38,11 +38,18 @@ class CreditAccount(Aggregate):
         user_id: UUID
 
     class Deposited(Aggregate.Event):
+        """v2 added ``reason`` (v1 deposits, stored before it existed, read as ``""``)."""
+
+        class_version = 2
         kind: str
         amount: int
         cause_type: str
         cause_id: str
         reason: str
+
+        @staticmethod
+        def upcast_v1_v2(state: dict[str, Any]) -> None:
+            state["reason"] = ""
 
         def apply(self, aggregate: Any) -> None:
             account: CreditAccount = aggregate

@@ -7,6 +7,7 @@ PIXEVO_HTTP_HOST / _PORT  where the API listens (default 127.0.0.1 / 8000)
 PIXEVO_LOG_FORMAT         console (readable, default) or json (production)
 PIXEVO_LOG_LEVEL          a logging level name (default INFO)
 PIXEVO_REDIS_NAMESPACE    prefix of Redis keys and of Dramatiq queues (default pixevo)
+PIXEVO_PROJECTION_BATCH   events per projection transaction (default 1000)
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ class Settings:
     log_format: str = "console"
     log_level: str = "INFO"
     redis_namespace: str = "pixevo"
+    projection_batch: int = 1000
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -45,6 +47,9 @@ class Settings:
         port = env.get("PIXEVO_HTTP_PORT", "8000")
         if not port.isdigit() or not 0 < int(port) < 65536:
             raise SettingsError(f"PIXEVO_HTTP_PORT must be a TCP port, not {port!r}")
+        batch = env.get("PIXEVO_PROJECTION_BATCH", "1000")
+        if not batch.isdigit() or not 0 < int(batch) <= 100_000:
+            raise SettingsError(f"PIXEVO_PROJECTION_BATCH must be 1..100000, not {batch!r}")
         return cls(
             database_url=env.get("PIXEVO_DATABASE_URL") or None,
             redis_url=env.get("PIXEVO_REDIS_URL") or None,
@@ -54,6 +59,7 @@ class Settings:
             log_format=log_format,
             log_level=env.get("PIXEVO_LOG_LEVEL", "INFO").upper(),
             redis_namespace=env.get("PIXEVO_REDIS_NAMESPACE", "pixevo"),
+            projection_batch=int(batch),
         )
 
     def urls(self) -> tuple[str, str]:
@@ -74,6 +80,7 @@ class Settings:
             "PIXEVO_LOG_FORMAT": self.log_format,
             "PIXEVO_LOG_LEVEL": self.log_level,
             "PIXEVO_REDIS_NAMESPACE": self.redis_namespace,
+            "PIXEVO_PROJECTION_BATCH": str(self.projection_batch),
         }
         if self.database_url:
             env["PIXEVO_DATABASE_URL"] = self.database_url

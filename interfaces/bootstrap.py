@@ -119,7 +119,11 @@ class Container:
         view = view_class(datastore(self.database_url, schema or view_class.live_schema()))
         upstream = self.applications[view_class.upstream]
         return ProjectionRunner(
-            view, upstream.recorder, upstream.mapper, database_url=self.database_url
+            view,
+            upstream.recorder,
+            upstream.mapper,
+            batch_size=self.settings.projection_batch,
+            database_url=self.database_url,
         )
 
     def close(self) -> None:

@@ -47,14 +47,22 @@ class WithDatastore:
     single_row_tracking: ClassVar[bool] = True
 
     def datastore(self) -> PostgresDatastore:
-        store = datastore(self.database_url, self.schema, pool_size=4, max_overflow=8,
-                          single_row_tracking=self.single_row_tracking)
+        store = datastore(
+            self.database_url,
+            self.schema,
+            pool_size=4,
+            max_overflow=8,
+            single_row_tracking=self.single_row_tracking,
+        )
         self.stores.append(store)
         return store
 
     def create_recorder(self) -> Any:
-        recorder = EventStoreRecorder(self.datastore(), events_table_name="stored_events",
-                                      tracking_table_name="notification_tracking")
+        recorder = EventStoreRecorder(
+            self.datastore(),
+            events_table_name="stored_events",
+            tracking_table_name="notification_tracking",
+        )
         recorder.create_table()
         return recorder
 
@@ -68,7 +76,9 @@ class TestEventStoreAsProcessRecorder(WithDatastore, suites.ProcessRecorderTestC
     pass
 
 
-class TestEventStoreIdsDoNotInterleave(WithDatastore, suites.NonInterleavingNotificationIDsBaseCase):
+class TestEventStoreIdsDoNotInterleave(
+    WithDatastore, suites.NonInterleavingNotificationIDsBaseCase
+):
     insert_num = 300
 
 

@@ -90,11 +90,20 @@ def test_dispatcher_crashing_mid_batch_resends_but_nothing_counts_twice(
         probe.enqueue_reaction(reaction, upstream, notification_id)
 
     [billing] = [d for d in probe.dispatchers() if d.application_name == "billing"]
-    crashing = Dispatcher(probe.database_url, "billing", billing.recorder, billing.subscriptions,
-                          crash_after_150, batch_size=100)
-    with pytest.raises(Crash):
+    crashing = Dispatcher(
+        probe.database_url,
+        "billing",
+        billing.recorder,
+        billing.subscriptions,
+        crash_after_150,
+        batch_size=100,
+    )
+    def dispatch_until_it_crashes() -> None:
         while crashing.dispatch_batch():
             pass
+
+    with pytest.raises(Crash):
+        dispatch_until_it_crashes()
     crashing.close()
     resumed_from = billing.position()
     assert 0 < resumed_from < (probe.billing.recorder.max_notification_id() or 0)
@@ -109,10 +118,15 @@ def test_redis_down_loses_nothing_and_the_dispatcher_catches_up(
 ) -> None:
     dead = make_broker(f"redis://127.0.0.1:{free_port()}/0", "nowhere")
     down = Dispatcher(
-        probe.database_url, "billing", probe.billing.recorder,
+        probe.database_url,
+        "billing",
+        probe.billing.recorder,
         probe.reactor.subscriptions("billing"),
-        lambda r, u, n: dead.enqueue(probe.react_actor.message_with_options(
-            kwargs={"reaction": r, "upstream": u, "notification_id": n})),
+        lambda r, u, n: dead.enqueue(
+            probe.react_actor.message_with_options(
+                kwargs={"reaction": r, "upstream": u, "notification_id": n}
+            )
+        ),
     )
     total = deposits(probe, users=3, each=4)  # commands keep working: they never touch Redis
     with pytest.raises(RedisError):

@@ -29,8 +29,9 @@ def child_env(settings: Settings, **extra: str) -> dict[str, str]:
 @contextmanager
 def running(argv: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
     with log.open("wb") as out:
-        process = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
+        process = subprocess.Popen(
+            argv, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
         try:
             yield process
         finally:
@@ -44,8 +45,17 @@ def running(argv: list[str], env: dict[str, str], log: Path) -> Iterator[subproc
 
 
 def dramatiq_worker(module: str, *, processes: int = 1, threads: int = 4) -> list[str]:
-    return [sys.executable, "-m", "dramatiq", module, "--skip-logging",
-            "--processes", str(processes), "--threads", str(threads)]
+    return [
+        sys.executable,
+        "-m",
+        "dramatiq",
+        module,
+        "--skip-logging",
+        "--processes",
+        str(processes),
+        "--threads",
+        str(threads),
+    ]
 
 
 def wait_for(condition: Callable[[], bool], timeout: float = 30.0, interval: float = 0.1) -> bool:

@@ -1,0 +1,131 @@
+"""The ``pixevo`` command as an operator runs it: a real process on the test database."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from domain.credits import Cause, to_units
+from infrastructure.settings import Settings
+from interfaces.bootstrap import Container
+from tests.support.processes import ROOT, child_env
+
+pytestmark = pytest.mark.integration
+
+
+def pixevo(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "interfaces.cli", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=child_env(settings, PIXEVO_LOG_LEVEL="WARNING"),
+        check=False,
+    )
+
+
+def test_users_create_prints_exactly_one_json_object(
+    settings: Settings, container: Container
+) -> None:
+    done = pixevo(
+        settings, "users", "create", "--email", "op@example.com", "--credits", "2.5", "--admin"
+    )
+    assert done.returncode == 0, done.stderr
+    created = json.loads(done.stdout)
+    assert set(created) == {"user_id", "api_key"}
+    assert done.stdout.count("\n") == 1
+    assert container.billing.position(created["user_id"]).balance == to_units("2.5")
+    again = pixevo(settings, "users", "create", "--email", "OP@example.com")
+    assert again.returncode == 2
+    assert "exists" in again.stderr
+    assert again.stdout == ""
+    bad = pixevo(settings, "users", "create", "--email", "nope", "--credits", "1.00001")
+    assert bad.returncode == 2
+    assert bad.stdout == ""
+
+
+def test_audit_ledger_replays_the_timeline_and_any_instant(
+    settings: Settings, container: Container
+) -> None:
+    user = container.users.create("dispute@example.com", credits=10).user_id
+    hold = container.billing.place_hold(user, to_units(4), Cause("generation", "g-17"))
+    time.sleep(0.01)
+    before_capture = datetime.now(UTC)
+    time.sleep(0.01)
+    container.billing.capture(user, hold, to_units(3))
+
+    done = pixevo(settings, "audit", "ledger", str(user), "--json")
+    assert done.returncode == 0, done.stderr
+    report: dict[str, Any] = json.loads(done.stdout)
+    assert [e["kind"] for e in report["timeline"]] == ["grant", "hold", "capture", "release"]
+    assert report["timeline"][1]["cause"] == {"type": "generation", "id": "g-17"}
+    assert report["position"]["balance"] == "7.0000"
+
+    then = pixevo(
+        settings, "audit", "ledger", str(user), "--json", "--at", before_capture.isoformat()
+    )
+    past = json.loads(then.stdout)["position"]
+    assert (past["balance"], past["held"], past["available"]) == ("10.0000", "4.0000", "6.0000")
+    assert past["holds"][0]["cause"]["id"] == "g-17"
+
+    text = pixevo(settings, "audit", "ledger", str(user))
+    assert "capture" in text.stdout
+    assert "generation:g-17" in text.stdout
+    assert pixevo(settings, "audit", "ledger", "not-a-uuid").returncode == 2
+
+
+def test_audit_verify_finds_a_tampered_read_table(settings: Settings, container: Container) -> None:
+    honest = container.users.create("honest@example.com", credits=5).user_id
+    victim = container.users.create("victim@example.com", credits=5).user_id
+    container.billing.place_hold(honest, to_units(1), Cause("generation", "g"))
+    container.projection("ledger").catch_up()
+    clean = pixevo(settings, "audit", "verify")
+    assert clean.returncode == 0, clean.stdout + clean.stderr
+    assert "0 difference(s)" in clean.stdout
+
+    with container.pool.connection() as conn:
+        conn.execute(
+            "UPDATE proj_ledger.credit_balances SET balance = balance + 1, "
+            "available = available + 1 WHERE user_id = %s",
+            [victim],
+        )
+    tampered = pixevo(settings, "audit", "verify")
+    assert tampered.returncode == 1
+    assert f"DIFF user {victim}" in tampered.stdout
+    assert str(honest) not in tampered.stdout
+
+    # a projection that merely lags is not reported as wrong
+    container.billing.deposit(honest, "grant", to_units(1), Cause("later", "1"))
+    lagging = pixevo(settings, "audit", "verify")
+    assert f"DIFF user {honest}" not in lagging.stdout
+
+
+def test_projections_status_rebuild_and_partitions(
+    settings: Settings, container: Container
+) -> None:
+    container.users.create("p@example.com", credits=1)
+    status = pixevo(settings, "projections", "status")
+    assert status.returncode == 0, status.stderr
+    assert "ledger" in status.stdout
+    assert "billing" in status.stdout
+    rebuilt = pixevo(settings, "projections", "rebuild", "ledger")
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    assert "swapped in" in rebuilt.stdout
+    assert pixevo(settings, "projections", "rebuild", "nope").returncode == 2
+    ensured = pixevo(settings, "partitions", "ensure", "--months-ahead", "6")
+    assert ensured.returncode == 0, ensured.stderr
+    with container.pool.connection() as conn:
+        parts = conn.execute(
+            "SELECT count(*) FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhparent "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = 'proj_ledger' AND c.relname = 'ledger_entries'"
+        ).fetchone()
+    assert parts is not None
+    assert parts[0] >= 8  # last month, this month, six ahead
