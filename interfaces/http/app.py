@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -40,13 +41,23 @@ def request_context(app: ASGIApp) -> ASGIApp:
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(request_id=request_id, path=scope.get("path"))
 
+        status = 500
+        started = time.perf_counter()
+
         async def send_with_id(message: Any) -> None:
+            nonlocal status
             if message["type"] == "http.response.start":
+                status = message["status"]
                 message.setdefault("headers", [])
                 message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
             await send(message)
 
-        await app(scope, receive, send_with_id)
+        try:
+            await app(scope, receive, send_with_id)
+        finally:
+            if scope["type"] == "http":
+                log.info("http.request", method=scope.get("method"), status=status,
+                         duration_ms=round((time.perf_counter() - started) * 1000, 2))
 
     return middleware
 
