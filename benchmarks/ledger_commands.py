@@ -16,7 +16,7 @@ What it measures
     accounts, so no two threads ever touch the same aggregate (no optimistic-concurrency retries).
 
 Command
-    .venv/bin/python -m benchmarks.ledger_commands [--ops 2000] [--repeats 5] [--accounts 200]
+    .venv/bin/python -m benchmarks.ledger_commands [--ops 3000] [--repeats 5] [--accounts 200]
         [--threads 4] [--payload-bytes 200] [--seed 1]
 
 Target
@@ -205,7 +205,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--ops", type=int, default=2000, help="operations per measurement")
+    parser.add_argument("--ops", type=int, default=3000, help="operations per measurement")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--accounts", type=int, default=200, help="funded accounts")
     parser.add_argument("--threads", type=int, default=4, help="the multi-thread variant")

@@ -38,7 +38,9 @@ def eventstore_env(
         "POSTGRES_CONNECT_TIMEOUT": "10",
         "POSTGRES_LOCK_TIMEOUT": "5",
         "POSTGRES_IDLE_IN_TRANSACTION_SESSION_TIMEOUT": "5",
-        "POSTGRES_PRE_PING": "y",
+        # no pre-ping: it costs a round trip per checkout, and the library's recorder methods
+        # already retry on connection errors
+        "POSTGRES_PRE_PING": "n",
         # Reactions may arrive out of order (parallel workers), so tracking records are one row
         # per processed notification rather than a single high-water mark.
         "SINGLE_ROW_TRACKING": "n",

@@ -7,7 +7,7 @@ PIXEVO_HTTP_HOST / _PORT  where the API listens (default 127.0.0.1 / 8000)
 PIXEVO_LOG_FORMAT         console (readable, default) or json (production)
 PIXEVO_LOG_LEVEL          a logging level name (default INFO)
 PIXEVO_REDIS_NAMESPACE    prefix of Redis keys and of Dramatiq queues (default pixevo)
-PIXEVO_PROJECTION_BATCH   events per projection transaction (default 1000)
+PIXEVO_PROJECTION_BATCH   events per projection transaction (default 2000)
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ class Settings:
     log_format: str = "console"
     log_level: str = "INFO"
     redis_namespace: str = "pixevo"
-    projection_batch: int = 1000
+    projection_batch: int = 2000
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -47,7 +47,7 @@ class Settings:
         port = env.get("PIXEVO_HTTP_PORT", "8000")
         if not port.isdigit() or not 0 < int(port) < 65536:
             raise SettingsError(f"PIXEVO_HTTP_PORT must be a TCP port, not {port!r}")
-        batch = env.get("PIXEVO_PROJECTION_BATCH", "1000")
+        batch = env.get("PIXEVO_PROJECTION_BATCH", "2000")
         if not batch.isdigit() or not 0 < int(batch) <= 100_000:
             raise SettingsError(f"PIXEVO_PROJECTION_BATCH must be 1..100000, not {batch!r}")
         return cls(

@@ -56,8 +56,12 @@ def request_context(app: ASGIApp) -> ASGIApp:
             await app(scope, receive, send_with_id)
         finally:
             if scope["type"] == "http":
-                log.info("http.request", method=scope.get("method"), status=status,
-                         duration_ms=round((time.perf_counter() - started) * 1000, 2))
+                log.info(
+                    "http.request",
+                    method=scope.get("method"),
+                    status=status,
+                    duration_ms=round((time.perf_counter() - started) * 1000, 2),
+                )
 
     return middleware
 
@@ -65,8 +69,14 @@ def request_context(app: ASGIApp) -> ASGIApp:
 def create_app(container: Container) -> Litestar:
     @asynccontextmanager
     async def resources(app: Litestar) -> AsyncIterator[None]:
+        # autocommit: the API only reads, one statement at a time; no BEGIN/COMMIT round trips
         pool = AsyncConnectionPool(
-            container.database_url, min_size=2, max_size=16, open=False, timeout=5
+            container.database_url,
+            min_size=2,
+            max_size=16,
+            open=False,
+            timeout=5,
+            kwargs={"autocommit": True},
         )
         await pool.open(wait=False)
         client = aioredis.Redis.from_url(container.redis_url, socket_timeout=2)

@@ -16,8 +16,9 @@ from tests.support.processes import child_env, free_port, running, wait_for
 pytestmark = pytest.mark.integration
 
 
-def test_json_logs_bind_request_and_user(settings: Settings, container: Container,
-                                         tmp_path: Path) -> None:
+def test_json_logs_bind_request_and_user(
+    settings: Settings, container: Container, tmp_path: Path
+) -> None:
     user = container.users.create("logs@example.com")
     port = free_port()
     env = child_env(settings, PIXEVO_HTTP_PORT=str(port), PIXEVO_LOG_FORMAT="json")
@@ -32,8 +33,10 @@ def test_json_logs_bind_request_and_user(settings: Settings, container: Containe
                 return False
 
         assert wait_for(healthy, timeout=30), log.read_text()
-        response = httpx.get(f"{base}/v1/me", headers={
-            "Authorization": f"Bearer {user.api_key}", "X-Request-ID": "req-42"})
+        response = httpx.get(
+            f"{base}/v1/me",
+            headers={"Authorization": f"Bearer {user.api_key}", "X-Request-ID": "req-42"},
+        )
         assert response.status_code == 200
         assert response.headers["x-request-id"] == "req-42"
         assert wait_for(lambda: "req-42" in log.read_text(), timeout=10)

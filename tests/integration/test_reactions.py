@@ -98,6 +98,7 @@ def test_dispatcher_crashing_mid_batch_resends_but_nothing_counts_twice(
         crash_after_150,
         batch_size=100,
     )
+
     def dispatch_until_it_crashes() -> None:
         while crashing.dispatch_batch():
             pass
