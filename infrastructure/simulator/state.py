@@ -1,0 +1,143 @@
+"""The simulator's memory: jobs, faults and counters, per provider."""
+
+from __future__ import annotations
+
+import math
+import random
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+
+from application.catalogue import Catalogue, ModelSpec
+
+
+class Faults(msgspec.Struct, kw_only=True):
+    """What a provider does wrong, set through ``POST /_sim/faults/{provider}``."""
+
+    error_rate: float = 0.0  # share of submissions answered 500
+    rate_limited: int = 0  # the next N submissions answer 429 ...
+    retry_after_s: float = 1.0  # ... with this Retry-After
+    hang: bool = False  # jobs never finish (sync calls hang up to hang_s)
+    hang_s: float = 30.0
+    outage: bool = False  # every call answers 503
+    reject_content: str | None = None  # prompts containing this end content-rejected
+    latency_scale: float | None = None  # multiplies the model's latency; 0 = instant
+
+
+@dataclass
+class Job:
+    id: str
+    provider: str
+    model: ModelSpec
+    input: dict[str, Any]
+    created: float
+    latency_s: float
+    seed: int
+    cancelled: bool = False
+    rejected: bool = False
+    hung: bool = False
+
+    @property
+    def width(self) -> int:
+        return int(self.input.get("width") or 1024)
+
+    @property
+    def height(self) -> int:
+        return int(self.input.get("height") or 1024)
+
+    def progress(self, now: float) -> float:
+        if self.latency_s <= 0:
+            return 1.0
+        return min(1.0, max(0.0, (now - self.created) / self.latency_s))
+
+    def status(self, now: float) -> str:
+        """starting -> processing -> succeeded | failed | canceled (predictions vocabulary)."""
+        if self.cancelled:
+            return "canceled"
+        done = self.progress(now)
+        if self.hung:
+            return "processing" if done > 0.1 else "starting"
+        if done >= 1.0:
+            return "failed" if self.rejected else "succeeded"
+        return "processing" if done > 0.1 else "starting"
+
+
+@dataclass
+class Counters:
+    submissions: int = 0
+    by_model: dict[str, int] = field(default_factory=dict)
+    cancels: int = 0
+    rejected_429: int = 0
+    errors: int = 0
+
+
+class Simulator:
+    def __init__(self, catalogue: Catalogue, latency_scale: float = 1.0) -> None:
+        self.catalogue = catalogue
+        self.latency_scale = latency_scale
+        self.jobs: dict[str, Job] = {}
+        self.faults: dict[str, Faults] = {}
+        self.counters: dict[str, Counters] = {}
+        self._lock = threading.Lock()
+        self._rng = random.Random(0)  # noqa: S311 - simulated failures, not security
+
+    def faults_for(self, provider: str) -> Faults:
+        return self.faults.get(provider) or Faults()
+
+    def admit(self, provider: str) -> tuple[int, dict[str, str]] | None:
+        """The failure a submission meets, as (HTTP status, headers), or ``None``."""
+        with self._lock:
+            faults = self.faults_for(provider)
+            counters = self.counters.setdefault(provider, Counters())
+            if faults.outage:
+                counters.errors += 1
+                return 503, {}
+            if faults.rate_limited > 0:
+                faults.rate_limited -= 1
+                counters.rejected_429 += 1
+                return 429, {"Retry-After": f"{faults.retry_after_s:g}"}
+            if faults.error_rate and self._rng.random() < faults.error_rate:
+                counters.errors += 1
+                return 500, {}
+        return None
+
+    def submit(self, provider: str, model: ModelSpec, payload: dict[str, Any]) -> Job:
+        faults = self.faults_for(provider)
+        scale = faults.latency_scale if faults.latency_scale is not None else self.latency_scale
+        seed = int(payload.get("seed") if payload.get("seed") is not None else 0)
+        job_id = uuid.uuid4().hex
+        prompt = str(payload.get("prompt", ""))
+        job = Job(
+            id=job_id,
+            provider=provider,
+            model=model,
+            input=payload,
+            created=time.monotonic(),
+            latency_s=_latency(model, job_id) * scale,
+            seed=seed,
+            rejected=bool(faults.reject_content and faults.reject_content in prompt),
+            hung=faults.hang,
+        )
+        with self._lock:
+            counters = self.counters.setdefault(provider, Counters())
+            counters.submissions += 1
+            counters.by_model[model.key] = counters.by_model.get(model.key, 0) + 1
+            self.jobs[job_id] = job
+        return job
+
+    def cancel(self, job: Job) -> None:
+        with self._lock:
+            job.cancelled = True
+            self.counters.setdefault(job.provider, Counters()).cancels += 1
+
+
+def _latency(model: ModelSpec, job_id: str) -> float:
+    """Seconds, drawn from a log-normal fitted to the model's p50 and p95."""
+    p50, p95 = model.timing.p50_ms / 1000, model.timing.p95_ms / 1000
+    sigma = max(0.01, math.log(max(p95, p50 * 1.01) / p50) / 1.645)
+    rng = random.Random(job_id)  # noqa: S311
+    return float(p50 * math.exp(rng.gauss(0, sigma)))
