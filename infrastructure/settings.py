@@ -8,13 +8,15 @@ PIXEVO_LOG_FORMAT         console (readable, default) or json (production)
 PIXEVO_LOG_LEVEL          a logging level name (default INFO)
 PIXEVO_REDIS_NAMESPACE    prefix of Redis keys and of Dramatiq queues (default pixevo)
 PIXEVO_PROJECTION_BATCH   events per projection transaction (default 2000)
+PIXEVO_SIMULATOR_PORT     where ``pixevo up`` runs the provider simulator (default 8001)
+PIXEVO_PROVIDER_<NAME>_URL / _KEY   a provider's base URL and API key (default: the simulator)
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 LOG_FORMATS = ("console", "json")
@@ -35,6 +37,8 @@ class Settings:
     log_level: str = "INFO"
     redis_namespace: str = "pixevo"
     projection_batch: int = 2000
+    simulator_port: int = 8001
+    providers: dict[str, tuple[str, str]] = field(default_factory=dict)  # name: (url, key)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -50,6 +54,17 @@ class Settings:
         batch = env.get("PIXEVO_PROJECTION_BATCH", "2000")
         if not batch.isdigit() or not 0 < int(batch) <= 100_000:
             raise SettingsError(f"PIXEVO_PROJECTION_BATCH must be 1..100000, not {batch!r}")
+        sim_port = env.get("PIXEVO_SIMULATOR_PORT", "8001")
+        if not sim_port.isdigit() or not 0 < int(sim_port) < 65536:
+            raise SettingsError(f"PIXEVO_SIMULATOR_PORT must be a TCP port, not {sim_port!r}")
+        providers = {
+            key[len("PIXEVO_PROVIDER_") : -len("_URL")].lower(): (
+                value,
+                env.get(key[: -len("_URL")] + "_KEY", ""),
+            )
+            for key, value in env.items()
+            if key.startswith("PIXEVO_PROVIDER_") and key.endswith("_URL")
+        }
         return cls(
             database_url=env.get("PIXEVO_DATABASE_URL") or None,
             redis_url=env.get("PIXEVO_REDIS_URL") or None,
@@ -60,6 +75,8 @@ class Settings:
             log_level=env.get("PIXEVO_LOG_LEVEL", "INFO").upper(),
             redis_namespace=env.get("PIXEVO_REDIS_NAMESPACE", "pixevo"),
             projection_batch=int(batch),
+            simulator_port=int(sim_port),
+            providers=providers,
         )
 
     def urls(self) -> tuple[str, str]:
@@ -67,6 +84,11 @@ class Settings:
         if not (self.database_url and self.redis_url):
             raise SettingsError("the database and Redis URLs are not resolved yet")
         return self.database_url, self.redis_url
+
+    def provider(self, name: str) -> tuple[str, str]:
+        """(base URL, API key) of a provider: configured, or the simulator's route for it."""
+        default = (f"http://127.0.0.1:{self.simulator_port}/{name}", f"sim-{name}-key")
+        return self.providers.get(name, default)
 
     def with_urls(self, database_url: str, redis_url: str) -> Settings:
         return replace(self, database_url=database_url, redis_url=redis_url)
@@ -81,7 +103,11 @@ class Settings:
             "PIXEVO_LOG_LEVEL": self.log_level,
             "PIXEVO_REDIS_NAMESPACE": self.redis_namespace,
             "PIXEVO_PROJECTION_BATCH": str(self.projection_batch),
+            "PIXEVO_SIMULATOR_PORT": str(self.simulator_port),
         }
+        for name, (url, key) in self.providers.items():
+            env[f"PIXEVO_PROVIDER_{name.upper()}_URL"] = url
+            env[f"PIXEVO_PROVIDER_{name.upper()}_KEY"] = key
         if self.database_url:
             env["PIXEVO_DATABASE_URL"] = self.database_url
         if self.redis_url:

@@ -43,3 +43,49 @@ def container(settings: Settings) -> Iterator[Container]:
     container = build(settings)
     yield container
     container.close()
+
+
+@pytest.fixture(scope="session")
+def simulator_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The provider simulator as a real HTTP server process (latencies scaled down 50x)."""
+    import os  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    import httpx  # noqa: PLC0415
+
+    from tests.support.processes import ROOT, free_port, running, wait_for  # noqa: PLC0415
+
+    port = free_port()
+    log = tmp_path_factory.mktemp("simulator") / "simulator.log"
+    argv = [
+        sys.executable,
+        "-m",
+        "interfaces.cli",
+        "simulator",
+        "--port",
+        str(port),
+        "--latency-scale",
+        "0.02",
+    ]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PIXEVO_LOG_LEVEL": "WARNING"}
+    url = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        try:
+            return httpx.get(f"{url}/_sim/stats").status_code == 200
+        except httpx.TransportError:
+            return False
+
+    with running(argv, env, log):
+        assert wait_for(up, timeout=30), log.read_text()
+        yield url
+
+
+@pytest.fixture
+def simulator(simulator_url: str) -> Iterator[str]:
+    """The simulator with no faults set, before and after the test."""
+    import httpx  # noqa: PLC0415
+
+    httpx.delete(f"{simulator_url}/_sim/faults")
+    yield simulator_url
+    httpx.delete(f"{simulator_url}/_sim/faults")

@@ -6,7 +6,7 @@ queue       (provider "fal")        POST /fal/{model}, GET /fal/requests/{id}/st
                                     (SSE with previews), GET /fal/requests/{id},
                                     PUT /fal/requests/{id}/cancel
 images      (provider "openai")     POST /openai/v1/images/generations (base64, synchronous)
-files                               GET /files/{id}.{ext}, GET /files/{id}/preview-{n}.jpg
+files                               GET /files/{id}.{ext}, GET /files/{id}/preview/{n}
 admin                               POST /_sim/faults/{provider}, DELETE /_sim/faults,
                                     GET /_sim/stats
 """
@@ -184,7 +184,7 @@ async def queue_stream(request: Request[Any, Any, Any], job_id: str) -> ServerSe
                 step = int(status["progress"] * 4)
                 if step > previews:
                     previews = step
-                    status["preview"] = {"url": f"{base}/files/{job.id}/preview-{step}.jpg"}
+                    status["preview"] = {"url": f"{base}/files/{job.id}/preview/{step}"}
             yield ServerSentEventMessage(data=msgspec.json.encode(status).decode())
             if status["status"] in ("COMPLETED", "ERROR", "CANCELLED"):
                 return
@@ -270,7 +270,7 @@ async def file(request: Request[Any, Any, Any], name: str) -> Response[bytes]:
     return Response(data, media_type=media)
 
 
-@get("/files/{job_id:str}/preview-{step:int}.jpg")
+@get("/files/{job_id:str}/preview/{step:int}")
 async def preview_file(request: Request[Any, Any, Any], job_id: str, step: int) -> Response[bytes]:
     job = _job_any(_sim(request), job_id)
     data = await asyncio.to_thread(

@@ -39,6 +39,15 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("dispatcher", help="relay events to the workers").set_defaults(
         run=operate.dispatcher
     )
+    simulator = sub.add_parser("simulator", help="serve the provider simulator")
+    simulator.add_argument("--port", type=int, help="default: PIXEVO_SIMULATOR_PORT")
+    simulator.add_argument(
+        "--latency-scale",
+        type=float,
+        default=1.0,
+        help="multiply every model's latency (0: instant)",
+    )
+    simulator.set_defaults(run=operate.simulator)
 
     projections = sub.add_parser("projections", help="the read side").add_subparsers(
         dest="action", required=True

@@ -13,6 +13,8 @@ from typing import Any
 
 from application.users import EmailTaken, InvalidEmail
 from domain.errors import InvalidAmount
+from infrastructure.logging import configure_logging
+from infrastructure.settings import Settings
 from interfaces.bootstrap import PROJECTIONS, REACTIONS, Container, build, load_settings
 from projections import admin
 
@@ -84,6 +86,23 @@ def worker(args: argparse.Namespace) -> int:
         str(args.threads),
     ]
     os.execve(sys.executable, argv, env)  # noqa: S606 - replaces this process by design
+
+
+def simulator(args: argparse.Namespace) -> int:
+    import uvicorn  # noqa: PLC0415
+
+    from infrastructure.simulator.app import create_simulator  # noqa: PLC0415
+
+    settings = Settings.from_env()
+    configure_logging(settings.log_format, settings.log_level)
+    uvicorn.run(
+        create_simulator(latency_scale=args.latency_scale),
+        host="127.0.0.1",
+        port=args.port or settings.simulator_port,
+        log_config=None,
+        access_log=False,
+    )
+    return 0
 
 
 def dispatcher(_: argparse.Namespace) -> int:

@@ -55,6 +55,7 @@ def _commands() -> dict[str, list[str]]:
         "projections": [*pixevo, "projections", "run"],
         "dispatcher": [*pixevo, "dispatcher"],
         "worker": [*pixevo, "worker", "--processes", "1", "--threads", "8"],
+        "simulator": [*pixevo, "simulator"],
     }
 
 

@@ -1,0 +1,87 @@
+"""What every adapter shares: an httpx client and the mapping of HTTP failures to our kinds."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import httpx
+
+from application.catalogue import ModelSpec
+from application.providers import Output, ProviderFailure
+
+_CONTENT_MARKERS = ("content_policy", "nsfw", "safety", "flagged")
+
+
+def retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("retry-after")
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None
+
+
+def failure_for(response: httpx.Response) -> ProviderFailure:
+    status, text = response.status_code, response.text[:500]
+    if status == 429:
+        return ProviderFailure("rate_limited", text, retry_after_s=retry_after(response))
+    if status in (408, 504):
+        return ProviderFailure("timeout", text)
+    if status >= 500:
+        return ProviderFailure("unavailable", f"HTTP {status}: {text}")
+    if any(marker in text.lower() for marker in _CONTENT_MARKERS):
+        return ProviderFailure("content_rejected", text)
+    return ProviderFailure("invalid_request", f"HTTP {status}: {text}")
+
+
+class HttpAdapter:
+    """Base of the three adapters: one client per adapter, errors mapped in one place."""
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        *,
+        client: httpx.Client | None = None,
+        auth_scheme: str = "Bearer",
+        poll_interval_s: float = 0.25,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.client = client or httpx.Client(timeout=httpx.Timeout(30.0, connect=5.0))
+        self.headers = {"Authorization": f"{auth_scheme} {api_key}"}
+        self.poll_interval_s = poll_interval_s
+
+    @contextmanager
+    def _mapped(self) -> Iterator[None]:
+        try:
+            yield
+        except httpx.TimeoutException as error:
+            raise ProviderFailure("timeout", str(error) or "timed out") from None
+        except httpx.TransportError as error:
+            raise ProviderFailure("unavailable", str(error) or type(error).__name__) from None
+
+    def _call(self, method: str, path_or_url: str, *, timeout: float, **kwargs: Any) -> Any:
+        url = path_or_url if "://" in path_or_url else self.base_url + path_or_url
+        with self._mapped():
+            response = self.client.request(
+                method, url, headers=self.headers, timeout=timeout, **kwargs
+            )
+        if response.status_code >= 400:
+            raise failure_for(response)
+        return response.json() if response.content else None
+
+    def fetch(self, output: Output) -> bytes:
+        if output.data is not None:
+            return output.data
+        if output.url is None:
+            raise ProviderFailure("provider_error", "the output has neither data nor a URL")
+        with self._mapped():
+            response = self.client.get(output.url, headers=self.headers, timeout=60)
+        if response.status_code >= 400:
+            raise failure_for(response)
+        return response.content
+
+    def _deadline(self, model: ModelSpec) -> float:
+        return time.monotonic() + model.timeouts.total_s
