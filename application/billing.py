@@ -18,7 +18,7 @@ from eventsourcing.persistence import Tracking
 from application.base import PixevoApplication, command
 from application.logs import topic_of
 from domain.billing import CreditAccount
-from domain.credits import Cause, account_id_for
+from domain.credits import Cause, account_id_for, hold_id_for
 from domain.ledger import AccountPosition, LedgerEntry, entry_id, replay
 
 
@@ -66,29 +66,40 @@ class BillingApplication(PixevoApplication):
 
     @command
     def place_hold(self, user_id: UUID, amount: int, cause: Cause) -> UUID:
-        account = self._account(user_id)
+        account = self.load_account(user_id)
         hold_id = account.place_hold(amount, cause)
         self.save(account)
         return hold_id
 
     @command
     def capture(self, user_id: UUID, hold_id: UUID, amount: int) -> bool:
-        account = self._account(user_id)
+        account = self.load_account(user_id)
         captured = account.capture(hold_id, amount)
         self.save(account)
         return captured
 
     @command
     def release(self, user_id: UUID, hold_id: UUID) -> bool:
-        account = self._account(user_id)
+        account = self.load_account(user_id)
         released = account.release(hold_id)
         self.save(account)
         return released
 
     @command
+    def release_cause(self, user_id: UUID, cause: Cause) -> bool:
+        """Releases the hold this cause placed, if it is open; a no-op otherwise."""
+        account = self.load_account(user_id)
+        hold_id = hold_id_for(cause)
+        if str(hold_id) not in account.holds:
+            return False
+        account.release(hold_id)
+        self.save(account)
+        return True
+
+    @command
     def place_hold_for(self, tracking: Tracking, user_id: UUID, amount: int, cause: Cause) -> bool:
         """A reaction: places the hold and records ``tracking`` in the same transaction."""
-        account = self._account(user_id)
+        account = self.load_account(user_id)
         account.place_hold(amount, cause)
         return self.save_tracked(tracking, account)
 
@@ -129,7 +140,7 @@ class BillingApplication(PixevoApplication):
 
     # -- helpers ---------------------------------------------------------------------------
 
-    def _account(self, user_id: UUID) -> CreditAccount:
+    def load_account(self, user_id: UUID) -> CreditAccount:
         try:
             return self.load(account_id_for(user_id), CreditAccount)
         except AggregateNotFoundError:

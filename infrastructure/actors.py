@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 import dramatiq
 
+from application.ports import Deferral
 from application.reactions import Reactor
 
 REACTIONS_QUEUE = "reactions"
@@ -17,14 +18,18 @@ def declare_react_actor(
     """The actor that hands one dispatched notification to one reaction."""
 
     def react(reaction: str, upstream: str, notification_id: int) -> None:
-        reactor().react(reaction, upstream, notification_id)
+        try:
+            reactor().react(reaction, upstream, notification_id)
+        except Deferral as deferral:  # wait durably in the broker, then run again
+            raise dramatiq.Retry(str(deferral), delay=int(deferral.delay_s * 1000)) from None
 
     return dramatiq.actor(
         react,
         actor_name="react",
         queue_name=REACTIONS_QUEUE,
         broker=broker,
-        max_retries=20,
+        max_retries=100,
+        time_limit=30 * 60 * 1000,  # a video may take many minutes
         min_backoff=200,
         max_backoff=60_000,
     )

@@ -17,29 +17,48 @@ from psycopg import sql
 
 from application.base import PixevoApplication
 from application.billing import BillingApplication
+from application.catalogue import Catalogue, default_catalogue
+from application.generation_saga import (
+    CancelAtProvider,
+    FundGeneration,
+    Generate,
+    SettleGeneration,
+)
+from application.generations import GenerationsApplication
 from application.reactions import Reaction, Reactor
 from application.users import Users
 from infrastructure import embedded
 from infrastructure.actors import declare_react_actor
+from infrastructure.breakers import RedisCircuitBreakers
 from infrastructure.broker import make_broker
 from infrastructure.dispatcher import Dispatcher
 from infrastructure.identity import PostgresUserStore
 from infrastructure.logging import configure_logging
 from infrastructure.migrations import migrate
 from infrastructure.postgres import datastore, eventstore_env
+from infrastructure.providers import Providers
 from infrastructure.settings import Settings
+from infrastructure.storage import LocalBlobStore
 from projections.base import ProjectionView
 from projections.ledger import LedgerView
 from projections.runner import ProjectionRunner
 
 #: Every bounded context: its name (schema and table prefix) and application class.
-APPLICATIONS: Mapping[str, type[PixevoApplication]] = {"billing": BillingApplication}
+APPLICATIONS: Mapping[str, type[PixevoApplication]] = {
+    "billing": BillingApplication,
+    "generations": GenerationsApplication,
+}
 #: Every projection, by name.
 PROJECTIONS: Mapping[str, type[ProjectionView]] = {"ledger": LedgerView}
 
 ReactionFactory = Callable[["Container"], Reaction]
-#: The reactions the platform runs (the first real ones arrive with generations).
-REACTIONS: tuple[ReactionFactory, ...] = ()
+#: The reactions the platform runs.
+REACTIONS: tuple[ReactionFactory, ...] = (
+    lambda c: FundGeneration(c.generations, c.billing),
+    lambda c: Generate(c.generations, c.providers, c.breakers, c.blobs),
+    lambda c: CancelAtProvider(c.generations, c.providers),
+    lambda c: SettleGeneration(c.generations, c.billing),
+)
 
 
 class Container:
@@ -70,6 +89,26 @@ class Container:
     @property
     def billing(self) -> BillingApplication:
         return cast("BillingApplication", self.applications["billing"])
+
+    @property
+    def generations(self) -> GenerationsApplication:
+        return cast("GenerationsApplication", self.applications["generations"])
+
+    @cached_property
+    def catalogue(self) -> Catalogue:
+        return default_catalogue()
+
+    @cached_property
+    def providers(self) -> Providers:
+        return Providers(self.catalogue, self.settings.provider)
+
+    @cached_property
+    def breakers(self) -> RedisCircuitBreakers:
+        return RedisCircuitBreakers(self.redis_url, f"{self.settings.redis_namespace}:breaker")
+
+    @cached_property
+    def blobs(self) -> LocalBlobStore:
+        return LocalBlobStore(self.settings.data_dir / "blobs")
 
     @cached_property
     def pool(self) -> psycopg_pool.ConnectionPool:

@@ -1,0 +1,136 @@
+"""The generation context's use cases: request (idempotently), quote, cancel; and the saga's
+steps that reactions drive (fund, submit, produce, complete, fail)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from typing import Any, ClassVar
+from uuid import UUID, uuid5
+
+from eventsourcing.application import AggregateNotFoundError
+
+from application.base import PixevoApplication, command
+from application.catalogue import Catalogue, UnknownModel, default_catalogue
+from application.normalise import GenerationRequest, InvalidRequest, Normalised, normalise
+from domain.generation import Generation, IdempotencyKey
+from domain.ids import uuid7
+
+_KEY_NAMESPACE = UUID("3f0b8c1e-6d2a-4b7f-9a5e-1c2d3e4f5a6b")
+
+
+class GenerationNotFound(LookupError):
+    pass
+
+
+class IdempotencyConflict(Exception):
+    """The same ``Idempotency-Key`` with a different body (HTTP 409)."""
+
+
+def _digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def fingerprint(normalised: Normalised) -> str:
+    """Identical normalised requests (any user) share a fingerprint: the cache key."""
+    return _digest(
+        [
+            normalised.model,
+            normalised.prompt,
+            normalised.negative_prompt,
+            normalised.params,
+            normalised.output_format,
+        ]
+    )
+
+
+class GenerationsApplication(PixevoApplication):
+    name = "generations"
+    snapshotting_intervals: ClassVar = {Generation: Generation.snapshot_every}
+
+    def __init__(
+        self, env: Mapping[str, str] | None = None, catalogue: Catalogue | None = None
+    ) -> None:
+        super().__init__(env)
+        self.catalogue = catalogue or default_catalogue()
+
+    def quote(self, request: GenerationRequest) -> Normalised:
+        try:
+            spec = self.catalogue.get(request.model)
+        except UnknownModel as unknown:
+            raise InvalidRequest("model", str(unknown)) from None
+        return normalise(spec, request)
+
+    @command
+    def request(
+        self, user_id: UUID, request: GenerationRequest, idempotency_key: str | None = None
+    ) -> tuple[Generation, bool]:
+        """The generation this request makes: ``(generation, True)`` when new."""
+        normalised = self.quote(request)
+        request_hash = _digest(
+            [
+                request.model,
+                request.prompt,
+                request.negative_prompt,
+                request.params,
+                request.allow_fallback,
+                request.output_format,
+            ]
+        )
+        claim: IdempotencyKey | None = None
+        generation_id = uuid7()
+        if idempotency_key is not None:
+            key_id = uuid5(_KEY_NAMESPACE, f"{user_id}:{idempotency_key}")
+            try:
+                existing = self.load(key_id, IdempotencyKey)
+            except AggregateNotFoundError:
+                claim = IdempotencyKey._create(
+                    IdempotencyKey.Claimed,
+                    id=key_id,
+                    generation_id=generation_id,
+                    request_hash=request_hash,
+                )
+            else:
+                if existing.request_hash != request_hash:
+                    raise IdempotencyConflict(
+                        "this Idempotency-Key was used with a different request"
+                    )
+                return self.generation(user_id, existing.generation_id), False
+        spec = self.catalogue.get(normalised.model)
+        generation = Generation.request(
+            generation_id=generation_id,
+            user_id=user_id,
+            model=spec.key,
+            provider=spec.provider,
+            prompt=normalised.prompt,
+            negative_prompt=normalised.negative_prompt,
+            params=normalised.params,
+            output_format=normalised.output_format,
+            quote=normalised.cost_units,
+            allow_fallback=request.allow_fallback,
+            fingerprint=fingerprint(normalised),
+            request_hash=request_hash,
+        )
+        self.save(generation, claim)  # both or neither: a racing duplicate conflicts on the key
+        return generation, True
+
+    def generation(self, user_id: UUID | None, generation_id: UUID) -> Generation:
+        """The generation, if ``user_id`` (when given) owns it; else :class:`GenerationNotFound`."""
+        try:
+            generation = self.load(generation_id, Generation)
+        except (AggregateNotFoundError, TypeError):
+            raise GenerationNotFound(f"no generation {generation_id}") from None
+        if user_id is not None and generation.user_id != user_id:
+            raise GenerationNotFound(f"no generation {generation_id}")
+        return generation
+
+    @command
+    def cancel(self, user_id: UUID, generation_id: UUID) -> Generation:
+        """Asks to cancel; one that never reached a provider is cancelled at once."""
+        generation = self.generation(user_id, generation_id)
+        generation.request_cancel()
+        if generation.job_id is None and generation.status in ("requested", "funded", "queued"):
+            generation.cancel()
+        self.save(generation)
+        return generation

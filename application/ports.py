@@ -1,0 +1,36 @@
+"""Small ports the use cases need from the outside world (implemented in infrastructure/)."""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+from typing import Protocol
+
+
+class BlobStore(Protocol):
+    """Object storage for results: local files by default, a bucket in production."""
+
+    def put(self, key: str, data: bytes, content_type: str) -> None: ...
+
+    def get(self, key: str) -> bytes: ...
+
+
+class CircuitOpen(Exception):
+    """A provider's circuit is open: calls are refused until it has had time to recover."""
+
+
+class CircuitBreakers(Protocol):
+    """One breaker per provider, its state shared by every worker process."""
+
+    def is_open(self, provider: str) -> bool: ...
+
+    def guard(self, provider: str) -> AbstractContextManager[None]:
+        """Counts an unhealthy failure raised inside; raises :class:`CircuitOpen` when open."""
+        ...
+
+
+class Deferral(Exception):
+    """The work cannot go on now; run it again after ``delay_s`` (durably, via the broker)."""
+
+    def __init__(self, reason: str, delay_s: float) -> None:
+        super().__init__(reason)
+        self.delay_s = delay_s

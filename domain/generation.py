@@ -1,0 +1,280 @@
+"""The generation context's aggregate: one request for an image or a video, from ask to result.
+
+    requested ─▶ funded ─▶ queued ─▶ running ─▶ processing ─▶ completed
+        │           │         │          │            └──────▶ blocked (moderation)
+        └───────────┴─────────┴──────────┴──▶ failed | cancelled
+
+Exactly one billable outcome: ``Completed`` names what is charged (never above the quote);
+``Failed`` and ``Cancelled`` charge nothing. The provider's job id is recorded before anyone
+waits on it, so a worker that dies mid-call is resumed without submitting twice.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+from uuid import UUID
+
+from eventsourcing.domain import Aggregate
+
+from domain.errors import DomainError
+
+TERMINAL = frozenset({"completed", "failed", "cancelled", "blocked"})
+
+
+class GenerationFinished(DomainError):
+    """A change asked of a generation that has already ended (HTTP 409)."""
+
+
+class Generation(Aggregate):
+    snapshot_every: ClassVar[int] = 50
+
+    class Requested(Aggregate.Created):
+        user_id: UUID
+        model: str
+        provider: str
+        prompt: str
+        negative_prompt: str | None
+        params: dict[str, Any]
+        output_format: str
+        quote: int
+        allow_fallback: bool
+        fingerprint: str
+        request_hash: str
+
+    class Funded(Aggregate.Event):
+        hold_id: UUID
+
+        def apply(self, aggregate: Any) -> None:
+            aggregate.status, aggregate.hold_id = "funded", self.hold_id
+
+    class Queued(Aggregate.Event):
+        model: str
+        provider: str
+
+        def apply(self, aggregate: Any) -> None:
+            aggregate.status, aggregate.model, aggregate.provider = (
+                "queued",
+                self.model,
+                self.provider,
+            )
+
+    class FellBack(Aggregate.Event):
+        from_model: str
+        to_model: str
+        provider: str
+        reason: str
+
+        def apply(self, aggregate: Any) -> None:
+            aggregate.fallback_from = aggregate.fallback_from or self.from_model
+            aggregate.model, aggregate.provider = self.to_model, self.provider
+            aggregate.job_id = None
+
+    class Deferred(Aggregate.Event):
+        reason: str
+
+        def apply(self, aggregate: Any) -> None:
+            aggregate.deferred = self.reason
+
+    class Submitted(Aggregate.Event):
+        job_id: str | None
+        attempt: int
+
+        def apply(self, aggregate: Any) -> None:
+            aggregate.status, aggregate.job_id = "running", self.job_id
+            aggregate.attempts, aggregate.deferred = self.attempt, None
+
+    class Produced(Aggregate.Event):
+        storage_key: str
+        width: int
+        height: int
+        content_type: str
+        size_bytes: int
+        provider_ms: int
+
+        def apply(self, aggregate: Any) -> None:
+            aggregate.status = "processing"
+            aggregate.result = {
+                "storage_key": self.storage_key,
+                "width": self.width,
+                "height": self.height,
+                "content_type": self.content_type,
+                "bytes": self.size_bytes,
+                "provider_ms": self.provider_ms,
+            }
+
+    class Completed(Aggregate.Event):
+        charged: int
+        from_cache: UUID | None
+
+        def apply(self, aggregate: Any) -> None:
+            aggregate.status, aggregate.charged = "completed", self.charged
+            aggregate.from_cache = self.from_cache
+
+    class Failed(Aggregate.Event):
+        code: str
+        message: str
+
+        def apply(self, aggregate: Any) -> None:
+            aggregate.status, aggregate.error = (
+                "failed",
+                {"code": self.code, "message": self.message},
+            )
+
+    class CancelRequested(Aggregate.Event):
+        def apply(self, aggregate: Any) -> None:
+            aggregate.cancel_requested = True
+
+    class Cancelled(Aggregate.Event):
+        def apply(self, aggregate: Any) -> None:
+            aggregate.status = "cancelled"
+
+    def __init__(
+        self,
+        user_id: UUID,
+        model: str,
+        provider: str,
+        prompt: str,
+        negative_prompt: str | None,
+        params: dict[str, Any],
+        output_format: str,
+        quote: int,
+        allow_fallback: bool,
+        fingerprint: str,
+        request_hash: str,
+    ) -> None:
+        self.user_id, self.model, self.provider = user_id, model, provider
+        self.requested_model = model
+        self.prompt, self.negative_prompt, self.params = prompt, negative_prompt, params
+        self.output_format, self.quote, self.allow_fallback = output_format, quote, allow_fallback
+        self.fingerprint, self.request_hash = fingerprint, request_hash
+        self.status = "requested"
+        self.hold_id: UUID | None = None
+        self.job_id: str | None = None
+        self.attempts = 0
+        self.result: dict[str, Any] | None = None
+        self.charged: int | None = None
+        self.error: dict[str, str] | None = None
+        self.fallback_from: str | None = None
+        self.from_cache: UUID | None = None
+        self.cancel_requested = False
+        self.deferred: str | None = None
+
+    @classmethod
+    def request(
+        cls,
+        *,
+        generation_id: UUID,
+        user_id: UUID,
+        model: str,
+        provider: str,
+        prompt: str,
+        negative_prompt: str | None,
+        params: dict[str, Any],
+        output_format: str,
+        quote: int,
+        allow_fallback: bool,
+        fingerprint: str,
+        request_hash: str,
+    ) -> Generation:
+        return cls._create(
+            cls.Requested,
+            id=generation_id,
+            user_id=user_id,
+            model=model,
+            provider=provider,
+            prompt=prompt,
+            negative_prompt=negative_prompt,
+            params=params,
+            output_format=output_format,
+            quote=quote,
+            allow_fallback=allow_fallback,
+            fingerprint=fingerprint,
+            request_hash=request_hash,
+        )
+
+    @property
+    def finished(self) -> bool:
+        return self.status in TERMINAL
+
+    def _check_open(self) -> None:
+        if self.finished:
+            raise GenerationFinished(f"generation {self.id} is already {self.status}")
+
+    # -- the saga's steps ------------------------------------------------------------------
+
+    def fund(self, hold_id: UUID) -> None:
+        if self.status == "requested":
+            self.trigger_event(self.Funded, hold_id=hold_id)
+            self.trigger_event(self.Queued, model=self.model, provider=self.provider)
+
+    def fail(self, code: str, message: str) -> None:
+        if not self.finished:
+            self.trigger_event(self.Failed, code=code, message=message)
+
+    def submitted(self, job_id: str | None, attempt: int) -> None:
+        self._check_open()
+        self.trigger_event(self.Submitted, job_id=job_id, attempt=attempt)
+
+    def fall_back(self, to_model: str, provider: str, reason: str) -> None:
+        self._check_open()
+        self.trigger_event(
+            self.FellBack,
+            from_model=self.model,
+            to_model=to_model,
+            provider=provider,
+            reason=reason,
+        )
+
+    def defer(self, reason: str) -> None:
+        if not self.finished and self.deferred != reason:
+            self.trigger_event(self.Deferred, reason=reason)
+
+    def produced(
+        self,
+        storage_key: str,
+        width: int,
+        height: int,
+        content_type: str,
+        size_bytes: int,
+        provider_ms: int,
+    ) -> None:
+        self._check_open()
+        self.trigger_event(
+            self.Produced,
+            storage_key=storage_key,
+            width=width,
+            height=height,
+            content_type=content_type,
+            size_bytes=size_bytes,
+            provider_ms=provider_ms,
+        )
+
+    def complete(self, cost: int, from_cache: UUID | None = None) -> None:
+        """Charges ``cost``, capped at the quote: a user never pays more than was quoted."""
+        self._check_open()
+        self.trigger_event(self.Completed, charged=min(cost, self.quote), from_cache=from_cache)
+
+    def request_cancel(self) -> None:
+        self._check_open()
+        if not self.cancel_requested:
+            self.trigger_event(self.CancelRequested)
+
+    def cancel(self) -> None:
+        if not self.finished:
+            self.trigger_event(self.Cancelled)
+
+
+class IdempotencyKey(Aggregate):
+    """Which generation a user's ``Idempotency-Key`` made, and from what request.
+
+    Its id derives from (user, key), so two concurrent requests with one key race to create the
+    same aggregate and the store lets exactly one win; the generation keeps a time-ordered id.
+    """
+
+    class Claimed(Aggregate.Created):
+        generation_id: UUID
+        request_hash: str
+
+    def __init__(self, generation_id: UUID, request_hash: str) -> None:
+        self.generation_id = generation_id
+        self.request_hash = request_hash
