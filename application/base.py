@@ -27,6 +27,10 @@ from application.retry import retry_on_conflict
 
 A = TypeVar("A", bound=Aggregate)
 
+#: Advisory lock held while a process creates tables: PostgreSQL's DDL is not safe to race
+#: (several processes starting at once fail with "tuple concurrently updated").
+DDL_LOCK = 0x5049_5846
+
 
 @runtime_checkable
 class ExactTracking(Protocol):

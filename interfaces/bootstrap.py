@@ -15,7 +15,7 @@ import psycopg
 import psycopg_pool
 from psycopg import sql
 
-from application.base import PixevoApplication
+from application.base import DDL_LOCK, PixevoApplication
 from application.billing import BillingApplication
 from application.catalogue import Catalogue, default_catalogue
 from application.generation_saga import (
@@ -40,6 +40,7 @@ from infrastructure.providers import Providers
 from infrastructure.settings import Settings
 from infrastructure.storage import LocalBlobStore
 from projections.base import ProjectionView
+from projections.generations import GenerationsView
 from projections.ledger import LedgerView
 from projections.runner import ProjectionRunner
 
@@ -49,7 +50,10 @@ APPLICATIONS: Mapping[str, type[PixevoApplication]] = {
     "generations": GenerationsApplication,
 }
 #: Every projection, by name.
-PROJECTIONS: Mapping[str, type[ProjectionView]] = {"ledger": LedgerView}
+PROJECTIONS: Mapping[str, type[ProjectionView]] = {
+    "ledger": LedgerView,
+    "generations": GenerationsView,
+}
 
 ReactionFactory = Callable[["Container"], Reaction]
 #: The reactions the platform runs.
@@ -79,12 +83,18 @@ class Container:
     @cached_property
     def applications(self) -> dict[str, PixevoApplication]:
         with psycopg.connect(self.database_url, autocommit=True) as conn:
-            for name in self._application_classes:  # each context's tables in its own schema
-                conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(name)))
-        return {
-            name: cls(env=eventstore_env(self.database_url, schema=name))
-            for name, cls in self._application_classes.items()
-        }
+            conn.execute("SELECT pg_advisory_lock(%s)", [DDL_LOCK])  # one process at a time
+            try:
+                for name in self._application_classes:  # each context in its own schema
+                    conn.execute(
+                        sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(name))
+                    )
+                return {
+                    name: cls(env=eventstore_env(self.database_url, schema=name))
+                    for name, cls in self._application_classes.items()
+                }
+            finally:
+                conn.execute("SELECT pg_advisory_unlock(%s)", [DDL_LOCK])
 
     @property
     def billing(self) -> BillingApplication:

@@ -24,6 +24,7 @@ from eventsourcing.persistence import ApplicationRecorder, Mapper, Tracking
 from psycopg import Cursor
 from psycopg.rows import DictRow
 
+from application.base import DDL_LOCK
 from application.logs import read_after
 from projections.base import ProjectionView
 
@@ -64,9 +65,14 @@ class ProjectionRunner:
 
     def start(self) -> None:
         if not self._started:
-            self.view.create_table()
-            with self.view.datastore.transaction(commit=True) as curs:
-                self.view.on_start(curs)
+            with self.view.datastore.get_connection() as lock:
+                lock.execute("SELECT pg_advisory_lock(%s)", [DDL_LOCK])  # DDL must not race
+                try:
+                    self.view.create_table()
+                    with self.view.datastore.transaction(commit=True) as curs:
+                        self.view.on_start(curs)
+                finally:
+                    lock.execute("SELECT pg_advisory_unlock(%s)", [DDL_LOCK])
             self._started = True
 
     def position(self) -> int:

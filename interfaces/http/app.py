@@ -20,7 +20,7 @@ from litestar.types import ASGIApp, Receive, Scope, Send
 from psycopg_pool import AsyncConnectionPool
 
 from interfaces.bootstrap import Container
-from interfaces.http import problems
+from interfaces.http import generation_routes, problems
 from interfaces.http.auth import PUBLIC_PATHS, ApiKeyAuthentication
 from interfaces.http.routes import ROUTES
 
@@ -88,7 +88,7 @@ def create_app(container: Container) -> Litestar:
             await pool.close()
 
     return Litestar(
-        route_handlers=ROUTES,
+        route_handlers=[*ROUTES, *generation_routes.ROUTES],
         lifespan=[resources],
         dependencies={"container": Provide(lambda: container, sync_to_thread=False)},
         middleware=[

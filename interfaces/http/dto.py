@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
 import msgspec
@@ -78,3 +78,134 @@ class Grant(msgspec.Struct, forbid_unknown_fields=True):
 class Health(msgspec.Struct, omit_defaults=True):
     status: str
     checks: dict[str, str] | None = None
+
+
+# -- models and generations ---------------------------------------------------------------
+
+Prompt = Annotated[str, msgspec.Meta(max_length=4000, pattern=r"^[^\x00]*$")]
+OutputFormat = Literal["png", "jpeg", "webp", "avif"]
+ParamValue = (
+    Annotated[str, msgspec.Meta(max_length=32, pattern=r"^[^\x00]*$")] | int | float | bool | None
+)
+
+
+class SizeRange(msgspec.Struct):
+    min: int
+    max: int
+    multiple_of: int
+
+
+class Capabilities(msgspec.Struct):
+    aspect_ratios: list[str] | None
+    sizes: SizeRange | None
+    max_pixels: int
+    negative_prompt: bool
+    seed: bool
+    deterministic: bool
+    streaming: bool
+
+
+class Pricing(msgspec.Struct):
+    unit: str
+    credits: str
+
+
+class Timing(msgspec.Struct):
+    p50_ms: int
+    p95_ms: int
+
+
+class Model(msgspec.Struct):
+    key: str
+    name: str
+    kind: str
+    provider: str
+    capabilities: Capabilities
+    pricing: Pricing
+    timing: Timing
+    fallbacks: list[str]
+
+
+class ModelList(msgspec.Struct):
+    items: list[Model]
+    next_cursor: str | None = None
+
+
+class CreateGeneration(msgspec.Struct, forbid_unknown_fields=True):
+    model: Annotated[str, msgspec.Meta(min_length=1, max_length=100, pattern=r"^[a-z0-9.-]+$")]
+    prompt: Prompt = ""
+    negative_prompt: Prompt | None = None
+    params: Annotated[
+        dict[Annotated[str, msgspec.Meta(max_length=32)], ParamValue],
+        msgspec.Meta(max_length=16),
+    ] = msgspec.field(default_factory=dict)
+    allow_fallback: bool = True
+    output_format: OutputFormat = "png"
+
+
+class Quote(msgspec.Struct):
+    model: str
+    cost_credits: str
+    params: dict[str, Any]
+    warnings: list[str]
+
+
+class Progress(msgspec.Struct):
+    percent: float
+    estimated: bool
+    preview_url: str | None = None
+
+
+class Derivative(msgspec.Struct):
+    kind: str
+    url: str
+    width: int
+    height: int
+    format: str
+    bytes: int
+
+
+class Result(msgspec.Struct):
+    url: str
+    width: int
+    height: int
+    format: str
+    blurhash: str | None
+    quality_score: float | None
+    nsfw_score: float | None
+    derivatives: list[Derivative]
+
+
+class ErrorInfo(msgspec.Struct):
+    code: str
+    message: str
+
+
+class Links(msgspec.Struct):
+    self: str
+    events: str
+
+
+class GenerationView(msgspec.Struct):
+    id: UUID
+    status: str
+    model: str
+    provider: str
+    prompt: str
+    negative_prompt: str | None
+    params: dict[str, Any]
+    cost_credits: str
+    charged_credits: str | None
+    progress: Progress | None
+    result: Result | None
+    error: ErrorInfo | None
+    served_from_cache: bool
+    fallback_from: str | None
+    created_at: datetime
+    completed_at: datetime | None
+    links: Links
+
+
+class GenerationList(msgspec.Struct):
+    items: list[GenerationView]
+    next_cursor: str | None

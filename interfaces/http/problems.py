@@ -17,9 +17,12 @@ from psycopg import OperationalError as DatabaseUnavailable
 from redis.exceptions import ConnectionError as RedisUnavailable
 
 from application.billing import AccountNotFound
+from application.generations import GenerationNotFound, IdempotencyConflict
+from application.normalise import InvalidRequest
 from application.retry import ConcurrencyConflict
 from application.users import EmailTaken, InvalidEmail
 from domain.errors import HoldClosed, InsufficientCredits, InvalidAmount, UnknownHold
+from domain.generation import GenerationFinished
 
 log = structlog.get_logger(__name__)
 MEDIA_TYPE = "application/problem+json"
@@ -42,6 +45,9 @@ TITLES = {
 
 #: Our errors, by category, and the status each answers with.
 STATUS_FOR: dict[type[Exception], int] = {
+    GenerationNotFound: 404,
+    GenerationFinished: 409,
+    IdempotencyConflict: 409,
     InsufficientCredits: 402,
     InvalidAmount: 422,
     InvalidEmail: 422,
@@ -115,9 +121,11 @@ def _validation_errors(extra: Any) -> list[FieldError]:
     return errors
 
 
-def handle(request: Request[Any, Any, Any], exc: Exception) -> Response[Problem]:
+def handle(request: Request[Any, Any, Any], exc: Exception) -> Response[Problem]:  # noqa: PLR0911
     if isinstance(exc, ProblemError):
         return problem_response(exc.status, exc.detail, errors=exc.errors, headers=exc.headers)
+    if isinstance(exc, InvalidRequest):
+        return problem_response(422, exc.message, errors=[FieldError(exc.field, exc.message)])
     if isinstance(exc, ValidationException):
         errors = _validation_errors(exc.extra)
         detail = errors[0].message if errors else str(exc.detail)

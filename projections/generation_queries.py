@@ -1,0 +1,83 @@
+"""Queries over the generations read table, for the API (async, read-only)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+from uuid import UUID
+
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool
+
+from domain.ids import uuid7_time
+from projections.generations import GenerationsView
+from projections.ledger_queries import BadCursor, decode_cursor, encode_cursor
+
+SCHEMA = GenerationsView.live_schema()
+#: A generation's row is written a moment after its UUIDv7 id is made.
+_ID_TO_ROW = timedelta(minutes=5)
+
+
+def by_id_statement() -> str:
+    """Looks one generation up by id, bounding created_at by the id's own time: one partition."""
+    return (
+        f"SELECT * FROM {SCHEMA}.generations WHERE id = %s AND user_id = %s "
+        "AND created_at >= %s AND created_at < %s"
+    )
+
+
+def by_id_params(user_id: UUID, generation_id: UUID) -> list[Any]:
+    made = uuid7_time(generation_id)
+    return [generation_id, user_id, made - timedelta(seconds=1), made + _ID_TO_ROW]
+
+
+async def generation(
+    pool: AsyncConnectionPool, user_id: UUID, generation_id: UUID
+) -> dict[str, Any] | None:
+    if generation_id.version != 7:  # every generation id is a UUIDv7
+        return None
+    async with pool.connection() as conn:
+        cur = conn.cursor(row_factory=dict_row)
+        await cur.execute(by_id_statement(), by_id_params(user_id, generation_id))
+        return await cur.fetchone()
+
+
+async def page(
+    pool: AsyncConnectionPool,
+    user_id: UUID,
+    limit: int,
+    cursor: str | None,
+    *,
+    status: str | None = None,
+    model: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> tuple[list[dict[str, Any]], str | None]:
+    where, params = ["user_id = %s"], [user_id]
+    for clause, value in (
+        ("status = %s", status),
+        ("model_key = %s", model),
+        ("created_at >= %s", since),
+        ("created_at < %s", until),
+    ):
+        if value is not None:
+            where.append(clause)
+            params.append(value)
+    if cursor:
+        at, last_id = decode_cursor(cursor)
+        where.append("(created_at, id) < (%s, %s)")
+        params += [at, last_id]
+    async with pool.connection() as conn:
+        cur = conn.cursor(row_factory=dict_row)
+        await cur.execute(
+            f"SELECT * FROM {SCHEMA}.generations WHERE {' AND '.join(where)} "
+            "ORDER BY created_at DESC, id DESC LIMIT %s",
+            [*params, limit + 1],
+        )
+        rows = await cur.fetchall()
+    items = rows[:limit]
+    more = len(rows) > limit
+    return items, encode_cursor(items[-1]["created_at"], items[-1]["id"]) if more else None
+
+
+__all__ = ["BadCursor", "generation", "page"]

@@ -1,0 +1,39 @@
+"""The whole platform for integration tests: worker, dispatcher and projection processes."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import replace
+from pathlib import Path
+
+from infrastructure.settings import Settings
+from tests.support.processes import child_env, dramatiq_worker, running
+
+
+def with_simulator(settings: Settings, simulator_url: str) -> Settings:
+    providers = {
+        name: (f"{simulator_url}/{name}", f"sim-{name}-key")
+        for name in ("replicate", "fal", "openai")
+    }
+    return replace(settings, providers=providers)
+
+
+@contextmanager
+def platform_processes(
+    settings: Settings, logs: Path, *, workers: int = 1, worker_module: str = "interfaces.worker"
+) -> Iterator[dict[str, Path]]:
+    """Starts the processes ``pixevo up`` starts, but the API (tests use it in-process)."""
+    env = child_env(settings, PIXEVO_LOG_LEVEL="INFO")
+    pixevo = [sys.executable, "-m", "interfaces.cli"]
+    commands = {
+        "worker": dramatiq_worker(worker_module, processes=workers, threads=8),
+        "dispatcher": [*pixevo, "dispatcher"],
+        "projections": [*pixevo, "projections", "run"],
+    }
+    paths = {name: logs / f"{name}.log" for name in commands}
+    with ExitStack() as stack:
+        for name, argv in commands.items():
+            stack.enter_context(running(argv, env, paths[name]))
+        yield paths
