@@ -4,6 +4,7 @@ simulator over real HTTP -> storage -> projection -> ledger."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
@@ -19,6 +20,7 @@ from infrastructure.settings import Settings
 from infrastructure.simulator.render import render
 from interfaces.bootstrap import Container, build
 from interfaces.http.app import create_app
+from projections import generation_queries
 from tests.support.platform import platform_processes, with_simulator
 from tests.support.processes import wait_for
 
@@ -138,3 +140,101 @@ def test_insufficient_credits_answer_402_at_once(
     refused = client.post("/v1/generations", json=body, headers=headers)
     assert refused.status_code == 402, refused.text
     assert refused.headers["content-type"].startswith("application/problem+json")
+
+
+def test_one_idempotency_key_makes_one_generation_even_concurrently(
+    client: TestClient[Any], platform: Container
+) -> None:
+    headers = {**user(platform), "Idempotency-Key": "same-key"}
+    wait_funded_projection(client, headers)
+    body = {"model": "sim-instant", "prompt": "once", "params": {"seed": 3}}
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        answers = list(
+            pool.map(lambda _: client.post("/v1/generations", json=body, headers=headers), range(4))
+        )
+    assert [a.status_code for a in answers] == [202] * 4, [a.text for a in answers]
+    assert len({a.json()["id"] for a in answers}) == 1
+    other = client.post("/v1/generations", json={**body, "prompt": "twice"}, headers=headers)
+    assert other.status_code == 409, other.text
+    generation = finished(client, headers, answers[0].json()["id"])
+    assert generation["status"] == "completed"
+    listed = client.get("/v1/generations", headers=headers).json()["items"]
+    assert [g["id"] for g in listed] == [answers[0].json()["id"]]
+
+
+def test_two_generations_racing_for_the_last_credits(
+    client: TestClient[Any], platform: Container
+) -> None:
+    headers = user(platform, credits="0.1500")  # one sim-instant costs 0.1
+    wait_funded_projection(client, headers)
+    body = {"model": "sim-instant", "prompt": "race", "params": {"seed": 9}}
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        answers = list(
+            pool.map(lambda _: client.post("/v1/generations", json=body, headers=headers), range(2))
+        )
+    assert [a.status_code for a in answers] == [202, 202]  # both pass the fast pre-check
+    outcomes = sorted(finished(client, headers, a.json()["id"])["status"] for a in answers)
+    assert outcomes == ["completed", "failed"]
+    failed = [finished(client, headers, a.json()["id"]) for a in answers]
+    codes = {g["error"]["code"] for g in failed if g["error"]}
+    assert codes == {"insufficient_credits"}
+    assert wait_for(
+        lambda: client.get("/v1/credits", headers=headers).json()["balance"] == "0.0500", timeout=20
+    )
+    assert client.get("/v1/credits", headers=headers).json()["available"] == "0.0500"
+
+
+def test_cancel_while_running_tells_the_provider_and_releases_the_hold(
+    client: TestClient[Any], platform: Container, simulator: str
+) -> None:
+    headers = user(platform)
+    wait_funded_projection(client, headers)
+    httpx.post(f"{simulator}/_sim/faults/replicate", json={"hang": True})
+    body = {"model": "sim-instant", "prompt": "never mind", "params": {"seed": 5}}
+    generation_id = client.post("/v1/generations", json=body, headers=headers).json()["id"]
+    assert wait_for(
+        lambda: (
+            client.get(f"/v1/generations/{generation_id}", headers=headers).json().get("status")
+            == "running"
+        ),
+        timeout=30,
+    )
+    cancelled = client.post(f"/v1/generations/{generation_id}/cancel", headers=headers)
+    assert cancelled.status_code == 202, cancelled.text
+    assert finished(client, headers, generation_id)["status"] == "cancelled"
+    assert httpx.get(f"{simulator}/_sim/stats").json()["replicate"]["cancels"] == 1
+
+    def released() -> bool:
+        kinds = [
+            e["kind"] for e in client.get("/v1/credits/ledger", headers=headers).json()["items"]
+        ]
+        return kinds[:2] == ["release", "hold"]
+
+    assert wait_for(released, timeout=20)
+    assert client.get("/v1/credits", headers=headers).json()["available"] == "10.0000"
+    again = client.post(f"/v1/generations/{generation_id}/cancel", headers=headers)
+    assert again.status_code == 409
+
+
+def test_a_lookup_by_id_touches_one_partition(client: TestClient[Any], platform: Container) -> None:
+    headers = user(platform)
+    wait_funded_projection(client, headers)
+    body = {"model": "sim-instant", "prompt": "plan", "params": {"seed": 2}}
+    generation_id = UUID(client.post("/v1/generations", json=body, headers=headers).json()["id"])
+    me = UUID(client.get("/v1/me", headers=headers).json()["user_id"])
+    with platform.pool.connection() as conn:
+        for month in (-14, -3, 1, 5):  # other months' partitions exist too
+            conn.execute(
+                "SELECT public.pixevo_ensure_partition('proj_generations.generations'"
+                "::regclass, now() + make_interval(months => %s))",
+                [month],
+            )
+        plan = "\n".join(
+            row[0]
+            for row in conn.execute(
+                "EXPLAIN " + generation_queries.by_id_statement(),
+                generation_queries.by_id_params(me, generation_id),
+            )
+        )
+    scanned = {line.split(" on ")[1].split()[0] for line in plan.splitlines() if " on " in line}
+    assert len({name for name in scanned if name.startswith("generations_")}) == 1, plan
