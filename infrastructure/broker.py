@@ -2,8 +2,8 @@
 
 A worker killed with SIGKILL leaves its messages in its acknowledgement set until some other
 consumer's *maintenance* notices the dead heartbeat. With Dramatiq's defaults (60 s heartbeat,
-maintenance on 0.1 % of fetches) that can take many minutes; here the heartbeat timeout is 15 s
-and maintenance runs on 10 % of fetches, so orphans are requeued within seconds of the timeout.
+maintenance on 0.1 % of fetches) that can take many minutes; here the heartbeat timeout is 10 s
+and maintenance runs on 20 % of fetches, so orphans are requeued within seconds of the timeout.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import structlog
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import Middleware
 
-HEARTBEAT_TIMEOUT_MS = 15_000
-MAINTENANCE_CHANCE = 100_000  # per million fetches
+HEARTBEAT_TIMEOUT_MS = 10_000
+MAINTENANCE_CHANCE = 200_000  # per million fetches
 
 
 class LogContext(Middleware):

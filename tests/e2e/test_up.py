@@ -26,6 +26,7 @@ def embedded_env(data_dir: Path, port: int) -> dict[str, str]:
         "PIXEVO_HTTP_PORT": str(port),
         "PIXEVO_LOG_LEVEL": "WARNING",
         "PYTHONPATH": str(ROOT),
+        "PIXEVO_SIMULATOR_PORT": str(free_port()),
     }
 
 

@@ -3,6 +3,10 @@ simulator over real HTTP -> storage -> projection -> ledger."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -22,18 +26,31 @@ from interfaces.bootstrap import Container, build
 from interfaces.http.app import create_app
 from projections import generation_queries
 from tests.support.platform import platform_processes, with_simulator
-from tests.support.processes import wait_for
+from tests.support.processes import child_env, dramatiq_worker, running, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 @pytest.fixture
-def platform(settings: Settings, simulator: str, tmp_path: Path) -> Iterator[Container]:
+def processes() -> dict[str, subprocess.Popen[bytes]]:
+    """The platform's processes, by name, for tests that kill one."""
+    return {}
+
+
+@pytest.fixture
+def platform(
+    request: pytest.FixtureRequest,
+    settings: Settings,
+    simulator: str,
+    tmp_path: Path,
+    processes: dict[str, subprocess.Popen[bytes]],
+) -> Iterator[Container]:
     settings = with_simulator(replace(settings, projection_batch=200), simulator)
     container = build(settings)
     for name in ("ledger", "generations"):
         container.projection(name).start()
-    with platform_processes(settings, tmp_path):
+    with platform_processes(settings, tmp_path, workers=getattr(request, "param", 1)) as started:
+        processes.update(started)
         yield container
     container.close()
 
@@ -190,6 +207,7 @@ def test_cancel_while_running_tells_the_provider_and_releases_the_hold(
     headers = user(platform)
     wait_funded_projection(client, headers)
     httpx.post(f"{simulator}/_sim/faults/replicate", json={"hang": True})
+    cancels = httpx.get(f"{simulator}/_sim/stats").json().get("replicate", {}).get("cancels", 0)
     body = {"model": "sim-instant", "prompt": "never mind", "params": {"seed": 5}}
     generation_id = client.post("/v1/generations", json=body, headers=headers).json()["id"]
     assert wait_for(
@@ -202,7 +220,7 @@ def test_cancel_while_running_tells_the_provider_and_releases_the_hold(
     cancelled = client.post(f"/v1/generations/{generation_id}/cancel", headers=headers)
     assert cancelled.status_code == 202, cancelled.text
     assert finished(client, headers, generation_id)["status"] == "cancelled"
-    assert httpx.get(f"{simulator}/_sim/stats").json()["replicate"]["cancels"] == 1
+    assert httpx.get(f"{simulator}/_sim/stats").json()["replicate"]["cancels"] == cancels + 1
 
     def released() -> bool:
         kinds = [
@@ -238,3 +256,88 @@ def test_a_lookup_by_id_touches_one_partition(client: TestClient[Any], platform:
         )
     scanned = {line.split(" on ")[1].split()[0] for line in plan.splitlines() if " on " in line}
     assert len({name for name in scanned if name.startswith("generations_")}) == 1, plan
+
+
+@pytest.mark.parametrize("platform", [2], indirect=True)  # two worker processes
+def test_outage_opens_the_breaker_for_every_worker_and_falls_back_or_defers(
+    client: TestClient[Any], platform: Container, simulator: str
+) -> None:
+    headers = user(platform)
+    wait_funded_projection(client, headers)
+    httpx.post(f"{simulator}/_sim/faults/replicate", json={"outage": True})
+    body = {"model": "flux-schnell", "prompt": "storm", "params": {"seed": 4}}
+    first = finished(
+        client, headers, client.post("/v1/generations", json=body, headers=headers).json()["id"]
+    )
+    assert first["status"] == "completed", first
+    assert (first["fallback_from"], first["model"]) == ("flux-schnell", "flux-dev-fal")
+    assert first["charged_credits"] == first["cost_credits"] == "0.3000"  # never above the quote
+    assert platform.breakers.is_open("replicate")  # the state lives in Redis, for every process
+
+    attempts = httpx.get(f"{simulator}/_sim/stats").json()["replicate"]["errors"]
+    later = [
+        client.post(
+            "/v1/generations", json={**body, "params": {"seed": s}}, headers=headers
+        ).json()["id"]
+        for s in (5, 6, 7)
+    ]
+    assert all(finished(client, headers, g)["fallback_from"] == "flux-schnell" for g in later)
+    # whichever worker process took them, none called the provider while its circuit was open
+    assert httpx.get(f"{simulator}/_sim/stats").json()["replicate"]["errors"] == attempts
+
+    waiting = client.post(
+        "/v1/generations", json={**body, "allow_fallback": False}, headers=headers
+    ).json()["id"]
+    time.sleep(3)
+    assert client.get(f"/v1/generations/{waiting}", headers=headers).json()["status"] in (
+        "queued",
+        "funded",
+    )  # deferred, not failed
+    httpx.post(f"{simulator}/_sim/faults/replicate", json={})  # the outage ends
+    deferred = finished(client, headers, waiting, timeout=90)
+    assert deferred["status"] == "completed", deferred
+    assert (deferred["fallback_from"], deferred["model"]) == (None, "flux-schnell")
+
+
+def test_worker_killed_while_waiting_on_the_provider_resumes_without_resubmitting(
+    client: TestClient[Any],
+    platform: Container,
+    simulator: str,
+    settings: Settings,
+    processes: dict[str, subprocess.Popen[bytes]],
+    tmp_path: Path,
+) -> None:
+    headers = user(platform)
+    wait_funded_projection(client, headers)
+    httpx.post(f"{simulator}/_sim/faults/replicate", json={"latency_scale": 0.5})  # ~3 s jobs
+    before = httpx.get(f"{simulator}/_sim/stats").json().get("replicate", {})
+    body = {"model": "flux-dev", "prompt": "survive", "params": {"seed": 8}}
+    generation_id = client.post("/v1/generations", json=body, headers=headers).json()["id"]
+    assert wait_for(
+        lambda: (
+            client.get(f"/v1/generations/{generation_id}", headers=headers).json().get("status")
+            == "running"
+        ),
+        timeout=30,
+    )
+    worker = processes["worker"]
+    os.killpg(worker.pid, signal.SIGKILL)  # the worker and its children, mid-wait
+    worker.wait()
+    killed_at = time.monotonic()
+    env = child_env(with_simulator(settings, simulator))
+    with running(dramatiq_worker("interfaces.worker"), env, tmp_path / "worker2.log"):
+        generation = finished(client, headers, generation_id, timeout=90)
+        recovered_in = time.monotonic() - killed_at
+    assert generation["status"] == "completed", generation
+    assert recovered_in < 30, f"took {recovered_in:.1f} s after the kill"
+    after = httpx.get(f"{simulator}/_sim/stats").json()["replicate"]
+    assert after["submissions"] - before.get("submissions", 0) == 1  # polled again, not resent
+
+    def one_capture() -> bool:
+        kinds = [
+            e["kind"] for e in client.get("/v1/credits/ledger", headers=headers).json()["items"]
+        ]
+        return kinds.count("capture") == 1
+
+    assert wait_for(one_capture, timeout=20)
+    print(f"recovered {recovered_in:.1f} s after SIGKILL")  # noqa: T201 - shown with -s

@@ -32,8 +32,8 @@ def platform_processes(
         "dispatcher": [*pixevo, "dispatcher"],
         "projections": [*pixevo, "projections", "run"],
     }
-    paths = {name: logs / f"{name}.log" for name in commands}
     with ExitStack() as stack:
-        for name, argv in commands.items():
-            stack.enter_context(running(argv, env, paths[name]))
-        yield paths
+        yield {
+            name: stack.enter_context(running(argv, env, logs / f"{name}.log"))
+            for name, argv in commands.items()
+        }
