@@ -27,11 +27,11 @@ from application.catalogue import ModelSpec
 from application.generations import GenerationsApplication
 from application.logs import topic_of
 from application.normalise import GenerationRequest, InvalidRequest, Normalised, normalise
-from application.ports import BlobStore, CircuitBreakers, CircuitOpen, Deferral
+from application.ports import BlobStore, CircuitBreakers, CircuitOpen, Deferral, ResultCache
 from application.providers import Output, ProviderAdapter, ProviderFailure, Submitted
 from application.reactions import Reaction
 from application.retry import retry_on_conflict
-from domain.credits import Cause, hold_id_for
+from domain.credits import Cause, hold_id_for, to_units
 from domain.errors import InsufficientCredits
 from domain.generation import Generation, GenerationFinished
 
@@ -48,11 +48,28 @@ class FundGeneration(Reaction):
     upstream = "generations"
     topics = (topic_of(Generation.Requested),)
 
-    def __init__(self, generations: GenerationsApplication, billing: BillingApplication) -> None:
-        self.generations, self.billing = generations, billing
+    def __init__(
+        self,
+        generations: GenerationsApplication,
+        billing: BillingApplication,
+        cache: ResultCache | None = None,
+    ) -> None:
+        self.generations, self.billing, self.cache = generations, billing, cache
 
     def handle(self, event: DomainEventProtocol[UUID], tracking: Tracking) -> bool:
         return bool(retry_on_conflict(self._fund)(event.originator_id, tracking))
+
+    def _serve_or_queue(self, generation: Generation) -> None:
+        """A deterministic model asked with an explicit seed: an identical completed request
+        (any user's) is served from its stored result, at the catalogue's cache price."""
+        spec = self.generations.catalogue.get(generation.model)
+        cacheable = spec.capabilities.deterministic and "seed" in generation.params
+        hit = self.cache.find(generation.fingerprint) if cacheable and self.cache else None
+        if hit is None:
+            generation.queue()
+            return
+        source_id, result = hit
+        generation.serve_from_cache(source_id, result, cost=to_units(spec.pricing.cache_credits))
 
     def _fund(self, generation_id: UUID, tracking: Tracking) -> bool:
         if self.generations.already_processed(tracking):
@@ -66,6 +83,7 @@ class FundGeneration(Reaction):
                 generation.fail("insufficient_credits", str(refused))
             else:
                 generation.fund(hold_id)
+                self._serve_or_queue(generation)
         elif generation.finished and generation.hold_id is None:
             # cancelled while its hold was being placed: give the credits back
             self.billing.release_cause(generation.user_id, cause)
@@ -313,18 +331,3 @@ class Generate(Reaction):
 
 class _SwitchedModel(Exception):
     """The generation fell back to another model: run again with it."""
-
-
-def saga(
-    generations: GenerationsApplication,
-    billing: BillingApplication,
-    providers: Any,
-    breakers: CircuitBreakers,
-    blobs: BlobStore,
-) -> list[Reaction]:
-    return [
-        FundGeneration(generations, billing),
-        Generate(generations, providers, breakers, blobs),
-        CancelAtProvider(generations, providers),
-        SettleGeneration(generations, billing),
-    ]

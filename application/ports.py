@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from contextlib import AbstractContextManager
-from typing import Protocol
+from typing import Any, Protocol
+from uuid import UUID
 
 
 class BlobStore(Protocol):
@@ -12,6 +13,14 @@ class BlobStore(Protocol):
     def put(self, key: str, data: bytes, content_type: str) -> None: ...
 
     def get(self, key: str) -> bytes: ...
+
+
+class ResultCache(Protocol):
+    """Completed results by request fingerprint (deterministic models with an explicit seed)."""
+
+    def find(self, fingerprint: str) -> tuple[UUID, dict[str, Any]] | None:
+        """(source generation id, its result metadata) of an identical completed request."""
+        ...
 
 
 class CircuitOpen(Exception):

@@ -205,7 +205,24 @@ class Generation(Aggregate):
     def fund(self, hold_id: UUID) -> None:
         if self.status == "requested":
             self.trigger_event(self.Funded, hold_id=hold_id)
+
+    def queue(self) -> None:
+        if self.status == "funded":
             self.trigger_event(self.Queued, model=self.model, provider=self.provider)
+
+    def serve_from_cache(self, source_id: UUID, result: dict[str, Any], cost: int) -> None:
+        """Completes with the stored result of an identical earlier generation."""
+        self._check_open()
+        self.trigger_event(
+            self.Produced,
+            storage_key=result["storage_key"],
+            width=result["width"],
+            height=result["height"],
+            content_type=result["content_type"],
+            size_bytes=result["bytes"],
+            provider_ms=0,
+        )
+        self.trigger_event(self.Completed, charged=min(cost, self.quote), from_cache=source_id)
 
     def fail(self, code: str, message: str) -> None:
         if not self.finished:

@@ -37,6 +37,7 @@ from infrastructure.logging import configure_logging
 from infrastructure.migrations import migrate
 from infrastructure.postgres import datastore, eventstore_env
 from infrastructure.providers import Providers
+from infrastructure.result_cache import ProjectedResultCache
 from infrastructure.settings import Settings
 from infrastructure.storage import LocalBlobStore
 from projections.base import ProjectionView
@@ -58,7 +59,7 @@ PROJECTIONS: Mapping[str, type[ProjectionView]] = {
 ReactionFactory = Callable[["Container"], Reaction]
 #: The reactions the platform runs.
 REACTIONS: tuple[ReactionFactory, ...] = (
-    lambda c: FundGeneration(c.generations, c.billing),
+    lambda c: FundGeneration(c.generations, c.billing, ProjectedResultCache(c.pool)),
     lambda c: Generate(c.generations, c.providers, c.breakers, c.blobs),
     lambda c: CancelAtProvider(c.generations, c.providers),
     lambda c: SettleGeneration(c.generations, c.billing),

@@ -12,6 +12,7 @@ CREATE TABLE IF NOT EXISTS {schema}.generations (
     negative_prompt     text,
     params              jsonb NOT NULL,
     output_format       text NOT NULL,
+    fingerprint         text NOT NULL,
     result_metadata     jsonb,
     error               jsonb,
     generation_time_ms  integer,
@@ -27,3 +28,6 @@ CREATE TABLE IF NOT EXISTS {schema}.generations (
 CREATE INDEX IF NOT EXISTS generations_user_time ON {schema}.generations (user_id, created_at DESC, id DESC);
 CREATE INDEX IF NOT EXISTS generations_model_status ON {schema}.generations (model_key, status);
 CREATE INDEX IF NOT EXISTS generations_time ON {schema}.generations (created_at);
+-- the generation cache: completed results of identical normalised requests
+CREATE INDEX IF NOT EXISTS generations_cache ON {schema}.generations (fingerprint, created_at)
+    WHERE status = 'completed' AND NOT served_from_cache;

@@ -341,3 +341,43 @@ def test_worker_killed_while_waiting_on_the_provider_resumes_without_resubmittin
 
     assert wait_for(one_capture, timeout=20)
     print(f"recovered {recovered_in:.1f} s after SIGKILL")  # noqa: T201 - shown with -s
+
+
+def test_an_identical_seeded_request_is_served_from_cache_at_the_cache_price(
+    client: TestClient[Any], platform: Container, simulator: str
+) -> None:
+    first_user, second_user = user(platform, "10"), user(platform, "5")
+    wait_funded_projection(client, first_user)
+    wait_funded_projection(client, second_user)
+    body = {
+        "model": "sim-instant",
+        "prompt": "the same",
+        "params": {"width": 256, "height": 256, "seed": 77},
+    }
+    before = httpx.get(f"{simulator}/_sim/stats").json().get("replicate", {}).get("submissions", 0)
+    original = finished(
+        client,
+        first_user,
+        client.post("/v1/generations", json=body, headers=first_user).json()["id"],
+    )
+    assert original["served_from_cache"] is False
+    cached = finished(
+        client,
+        second_user,
+        client.post("/v1/generations", json=body, headers=second_user).json()["id"],
+    )
+    assert cached["status"] == "completed", cached
+    assert cached["served_from_cache"] is True
+    assert cached["charged_credits"] == "0.0000"
+    assert httpx.get(f"{simulator}/_sim/stats").json()["replicate"]["submissions"] == before + 1
+    assert (
+        client.get(cached["result"]["url"], headers=second_user).content
+        == client.get(original["result"]["url"], headers=first_user).content
+    )
+    unseeded = {**body, "params": {"width": 256, "height": 256}}
+    fresh = finished(
+        client,
+        second_user,
+        client.post("/v1/generations", json=unseeded, headers=second_user).json()["id"],
+    )
+    assert fresh["served_from_cache"] is False  # no explicit seed: never from cache
