@@ -11,7 +11,8 @@ SCHEMA = "proj_generations"
 
 
 class ProjectedResultCache:
-    """Finds a completed, non-cached result for a fingerprint.
+    """Finds a completed result for a fingerprint, made by the model that was asked for (not a
+    fallback's, not itself a cache hit).
 
     Reading the read model here is an optimisation, not a guarantee: a miss (say, the
     projection lags) only means the provider is asked once more.
@@ -24,7 +25,7 @@ class ProjectedResultCache:
         with self.pool.connection() as conn:
             row = conn.execute(
                 f"SELECT id, result_metadata FROM {SCHEMA}.generations WHERE fingerprint = %s "
-                "AND status = 'completed' AND NOT served_from_cache "
+                "AND status = 'completed' AND NOT served_from_cache AND fallback_from IS NULL "
                 "ORDER BY created_at LIMIT 1",
                 [fingerprint],
             ).fetchone()

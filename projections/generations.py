@@ -35,6 +35,7 @@ COLUMNS = (
     "cost_credits",
     "charged_credits",
     "fallback_from",
+    "notice",
     "served_from_cache",
     "completed_at",
     "updated_at",
@@ -65,6 +66,7 @@ def apply(row: dict[str, Any] | None, event: Any) -> dict[str, Any] | None:
             "cost_credits": to_credits(event.quote),
             "charged_credits": None,
             "fallback_from": None,
+            "notice": None,
             "served_from_cache": False,
             "completed_at": None,
             "updated_at": event.timestamp,
@@ -83,8 +85,10 @@ def apply(row: dict[str, Any] | None, event: Any) -> dict[str, Any] | None:
             provider=event.provider,
             fallback_from=row["fallback_from"] or event.from_model,
         )
+    elif isinstance(event, Generation.Deferred):
+        row["notice"] = f"taking longer than usual: {event.reason}; it will resume by itself"
     elif isinstance(event, Generation.Submitted):
-        row["status"] = "running"
+        row.update(status="running", notice=None)
     elif isinstance(event, Generation.Produced):
         row.update(
             status="processing",
@@ -130,6 +134,7 @@ class GenerationsView(ProjectionView):
             Generation.Funded,
             Generation.Queued,
             Generation.FellBack,
+            Generation.Deferred,
             Generation.Submitted,
             Generation.Produced,
             Generation.Completed,

@@ -204,6 +204,7 @@ class GenerationView(msgspec.Struct):
     created_at: datetime
     completed_at: datetime | None
     links: Links
+    notice: str | None = None  # e.g. its provider is down and it waits: taking longer than usual
 
 
 class GenerationList(msgspec.Struct):

@@ -102,6 +102,7 @@ def view_of_row(row: dict[str, Any]) -> dto.GenerationView:
         progress=None,
         result=_result(row["id"], row["result_metadata"]) if done else None,
         error=dto.ErrorInfo(**row["error"]) if row["error"] else None,
+        notice=row["notice"],
         served_from_cache=row["served_from_cache"],
         fallback_from=row["fallback_from"],
         created_at=row["created_at"],

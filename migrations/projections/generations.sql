@@ -19,6 +19,7 @@ CREATE TABLE IF NOT EXISTS {schema}.generations (
     cost_credits        numeric(10,4) NOT NULL,
     charged_credits     numeric(10,4),
     fallback_from       text,
+    notice              text,
     served_from_cache   boolean NOT NULL DEFAULT false,
     completed_at        timestamptz,
     updated_at          timestamptz NOT NULL,
@@ -30,4 +31,4 @@ CREATE INDEX IF NOT EXISTS generations_model_status ON {schema}.generations (mod
 CREATE INDEX IF NOT EXISTS generations_time ON {schema}.generations (created_at);
 -- the generation cache: completed results of identical normalised requests
 CREATE INDEX IF NOT EXISTS generations_cache ON {schema}.generations (fingerprint, created_at)
-    WHERE status = 'completed' AND NOT served_from_cache;
+    WHERE status = 'completed' AND NOT served_from_cache AND fallback_from IS NULL;

@@ -288,11 +288,12 @@ def test_outage_opens_the_breaker_for_every_worker_and_falls_back_or_defers(
     waiting = client.post(
         "/v1/generations", json={**body, "allow_fallback": False}, headers=headers
     ).json()["id"]
-    time.sleep(3)
-    assert client.get(f"/v1/generations/{waiting}", headers=headers).json()["status"] in (
-        "queued",
-        "funded",
-    )  # deferred, not failed
+
+    def told_it_waits() -> bool:
+        shown = client.get(f"/v1/generations/{waiting}", headers=headers).json()
+        return shown["status"] == "queued" and "longer than usual" in (shown["notice"] or "")
+
+    assert wait_for(told_it_waits, timeout=30)  # deferred, not failed, and the user is told
     httpx.post(f"{simulator}/_sim/faults/replicate", json={})  # the outage ends
     deferred = finished(client, headers, waiting, timeout=90)
     assert deferred["status"] == "completed", deferred
@@ -381,3 +382,41 @@ def test_an_identical_seeded_request_is_served_from_cache_at_the_cache_price(
         client.post("/v1/generations", json=unseeded, headers=second_user).json()["id"],
     )
     assert fresh["served_from_cache"] is False  # no explicit seed: never from cache
+
+
+def test_list_filters_and_pages(client: TestClient[Any], platform: Container) -> None:
+    headers = user(platform)
+    wait_funded_projection(client, headers)
+    ids = [
+        client.post(
+            "/v1/generations", json={"model": "sim-instant", "prompt": f"n{n}"}, headers=headers
+        ).json()["id"]
+        for n in range(3)
+    ]
+    for generation_id in ids:
+        finished(client, headers, generation_id)
+    page = client.get("/v1/generations?limit=2", headers=headers).json()
+    assert [g["id"] for g in page["items"]] == ids[::-1][:2]  # newest first
+    rest = client.get(
+        f"/v1/generations?limit=2&cursor={page['next_cursor']}", headers=headers
+    ).json()
+    assert [g["id"] for g in rest["items"]] == [ids[0]]
+    assert rest["next_cursor"] is None
+    done = client.get("/v1/generations?status=completed&model=sim-instant", headers=headers)
+    assert len(done.json()["items"]) == 3
+    assert client.get("/v1/generations?status=failed", headers=headers).json()["items"] == []
+    assert client.get("/v1/generations?since=yesterday", headers=headers).status_code == 400
+    other = user(platform, "1")
+    assert client.get(f"/v1/generations/{ids[0]}", headers=other).status_code == 404
+    assert client.get("/v1/generations", headers=other).json()["items"] == []
+    bad = client.post(
+        "/v1/generations",
+        json={"model": "recraft-v3", "prompt": "x", "params": {"aspect_ratio": "21:9"}},
+        headers=headers,
+    )
+    assert bad.status_code == 422
+    assert bad.json()["errors"][0]["field"] == "params.aspect_ratio"
+    unknown = client.post("/v1/generations", json={"model": "nope", "prompt": "x"}, headers=headers)
+    assert unknown.status_code == 422
+    assert client.get("/v1/models/nope", headers=headers).status_code == 404
+    assert len(client.get("/v1/models", headers=headers).json()["items"]) >= 12
