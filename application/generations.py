@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any, ClassVar
 from uuid import UUID, uuid5
 
@@ -92,11 +93,15 @@ class GenerationsApplication(PixevoApplication):
                     request_hash=request_hash,
                 )
             else:
-                if existing.request_hash != request_hash:
+                if existing.expired(datetime.now(UTC)):  # an old key makes a new generation
+                    existing.reclaim(generation_id, request_hash)
+                    claim = existing
+                elif existing.request_hash != request_hash:
                     raise IdempotencyConflict(
                         "this Idempotency-Key was used with a different request"
                     )
-                return self.generation(user_id, existing.generation_id), False
+                else:
+                    return self.generation(user_id, existing.generation_id), False
         spec = self.catalogue.get(normalised.model)
         generation = Generation.request(
             generation_id=generation_id,

@@ -11,6 +11,7 @@ waits on it, so a worker that dies mid-call is resumed without submitting twice.
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from typing import Any, ClassVar
 from uuid import UUID
 
@@ -288,10 +289,26 @@ class IdempotencyKey(Aggregate):
     same aggregate and the store lets exactly one win; the generation keeps a time-ordered id.
     """
 
+    #: How long a key answers with its first result; after that it may make a new generation.
+    ttl: ClassVar[timedelta] = timedelta(hours=24)
+
     class Claimed(Aggregate.Created):
         generation_id: UUID
         request_hash: str
 
+    class Reclaimed(Aggregate.Event):
+        generation_id: UUID
+        request_hash: str
+
+        def apply(self, aggregate: Any) -> None:
+            aggregate.generation_id, aggregate.request_hash = self.generation_id, self.request_hash
+
     def __init__(self, generation_id: UUID, request_hash: str) -> None:
         self.generation_id = generation_id
         self.request_hash = request_hash
+
+    def expired(self, now: datetime) -> bool:
+        return now - self.modified_on > self.ttl
+
+    def reclaim(self, generation_id: UUID, request_hash: str) -> None:
+        self.trigger_event(self.Reclaimed, generation_id=generation_id, request_hash=request_hash)
