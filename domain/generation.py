@@ -213,17 +213,15 @@ class Generation(Aggregate):
 
     def serve_from_cache(self, source_id: UUID, result: dict[str, Any], cost: int) -> None:
         """Completes with the stored result of an identical earlier generation."""
-        self._check_open()
-        self.trigger_event(
-            self.Produced,
-            storage_key=result["storage_key"],
-            width=result["width"],
-            height=result["height"],
-            content_type=result["content_type"],
-            size_bytes=result["bytes"],
+        self.produced(
+            result["storage_key"],
+            result["width"],
+            result["height"],
+            result["content_type"],
+            result["bytes"],
             provider_ms=0,
         )
-        self.trigger_event(self.Completed, charged=min(cost, self.quote), from_cache=source_id)
+        self.complete(cost, from_cache=source_id)
 
     def fail(self, code: str, message: str) -> None:
         if not self.finished:
