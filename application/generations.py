@@ -65,10 +65,17 @@ class GenerationsApplication(PixevoApplication):
 
     @command
     def request(
-        self, user_id: UUID, request: GenerationRequest, idempotency_key: str | None = None
+        self,
+        user_id: UUID,
+        request: GenerationRequest,
+        idempotency_key: str | None = None,
+        normalised: Normalised | None = None,
     ) -> tuple[Generation, bool]:
-        """The generation this request makes: ``(generation, True)`` when new."""
-        normalised = self.quote(request)
+        """The generation this request makes: ``(generation, True)`` when new.
+
+        ``normalised`` is :meth:`quote`'s answer for this request, when the caller has it.
+        """
+        normalised = normalised or self.quote(request)
         request_hash = _digest(
             [
                 request.model,

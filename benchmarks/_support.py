@@ -21,7 +21,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -237,3 +237,185 @@ def write_result(name: str, result: dict[str, Any]) -> Path:
     }
     path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
     return path
+
+
+# -- child processes and a raw HTTP client (used by the end-to-end benchmarks) ---------------
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def child_environ(settings: Settings, **extra: str) -> dict[str, str]:
+    """The environment of a platform process with these settings (like the tests' child_env)."""
+    return {**os.environ, **settings.as_env(), "PYTHONPATH": str(ROOT), **extra}
+
+
+class ChildProcess:
+    """One command in its own process group, output to a log file; stopped on exit.
+
+    ``stop`` sends SIGTERM to the process, waits, then SIGKILLs the process group this object
+    started (and only that group), so forked workers do not outlive it.
+    """
+
+    def __init__(self, name: str, argv: Sequence[str], env: dict[str, str], log: Path) -> None:
+        self.name, self.argv, self.env, self.log_path = name, list(argv), env, log
+        self.proc: Any = None  # subprocess.Popen[bytes]
+
+    def __enter__(self) -> ChildProcess:
+        import subprocess  # noqa: PLC0415
+
+        with self.log_path.open("wb") as log:
+            self.proc = subprocess.Popen(
+                self.argv,
+                env=self.env,
+                cwd=ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+    @property
+    def pid(self) -> int | None:
+        return None if self.proc is None else int(self.proc.pid)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, timeout: float = 15.0) -> None:
+        import signal  # noqa: PLC0415
+        import subprocess  # noqa: PLC0415
+
+        proc = self.proc
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            with suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=timeout)
+        # the group this object started: forked children that outlived their parent
+        with suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        if proc.poll() is None:
+            proc.wait(timeout=5)
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def check(self) -> None:
+        """Raises if the process has exited (with the end of its log)."""
+        if self.proc is not None and self.proc.poll() is not None:
+            raise RuntimeError(
+                f"{self.name} exited with code {self.proc.returncode}:\n{self.log_tail()}"
+            )
+
+
+def wait_until(
+    condition: Any, *, timeout: float, interval: float = 0.1, processes: Sequence[Any] = ()
+) -> None:
+    """Polls ``condition()`` until true; raises on timeout or when a watched process exits."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for process in processes:
+            process.check()
+        try:
+            if condition():
+                return
+        except OSError:
+            pass
+        time.sleep(interval)
+    raise TimeoutError(f"not ready within {timeout} s")
+
+
+class HttpConnection:
+    """A minimal HTTP/1.1 keep-alive client on asyncio streams (any method, JSON bodies).
+
+    Like ``credits_http.RawConnection`` but returns the status and the body; it understands
+    ``Content-Length`` and chunked bodies and reconnects when the server closes the connection.
+    """
+
+    def __init__(self, host: str, port: int, headers: dict[str, str] | None = None) -> None:
+        self.host, self.port = host, port
+        lines = [f"Host: {host}:{port}", *(f"{k}: {v}" for k, v in (headers or {}).items())]
+        self.head = ("\r\n".join(lines) + "\r\n").encode("latin-1")
+        self.reader: Any = None
+        self.writer: Any = None
+
+    async def request(self, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
+        import asyncio  # noqa: PLC0415
+
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        reader, writer = self.reader, self.writer
+        start = f"{method} {path} HTTP/1.1\r\n".encode("latin-1")
+        if body is None:
+            writer.write(start + self.head + b"\r\n")
+        else:
+            length = f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+            writer.write(start + self.head + length.encode("latin-1") + body)
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            status = int(head[9:12])
+            lowered = head.lower()
+            marker = lowered.find(b"\r\ncontent-length:")
+            data = b""
+            if marker >= 0:
+                value_end = lowered.index(b"\r\n", marker + 2)
+                data = await reader.readexactly(int(lowered[marker + 17 : value_end]))
+            elif b"\r\ntransfer-encoding: chunked" in lowered:
+                parts = []
+                while True:
+                    size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
+                    parts.append((await reader.readexactly(size + 2))[:-2])
+                    if size == 0:
+                        break
+                data = b"".join(parts)
+        except BaseException:
+            await self.close()
+            raise
+        if b"\r\nconnection: close" in lowered:
+            await self.close()
+        return status, data
+
+    async def close(self) -> None:
+        writer, self.reader, self.writer = self.writer, None, None
+        if writer is not None:
+            writer.close()
+            with suppress(OSError):
+                await writer.wait_closed()
+
+
+def postgres_cpu_snapshot() -> dict[int, float]:
+    """CPU seconds (user + system) of every ``postgres`` process this user may read.
+
+    The server is shared with whatever else runs on it, so deltas are an upper bound on the
+    benchmark's share.
+    """
+    import psutil  # noqa: PLC0415
+
+    seen: dict[int, float] = {}
+    for process in psutil.process_iter(["name"]):
+        try:
+            if process.info["name"] not in ("postgres", "postmaster"):
+                continue
+            times = process.cpu_times()
+            seen[process.pid] = times.user + times.system
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return seen
+
+
+def postgres_cpu_delta(before: dict[int, float]) -> float:
+    after = postgres_cpu_snapshot()
+    return sum(max(0.0, cpu - before.get(pid, 0.0)) for pid, cpu in after.items())

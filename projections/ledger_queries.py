@@ -48,6 +48,16 @@ async def balance(pool: AsyncConnectionPool, user_id: UUID) -> Balance:
     return Balance(row["balance"], row["held"], row["available"], list(holds))
 
 
+async def available(pool: AsyncConnectionPool, user_id: UUID) -> Decimal:
+    """What the user can spend now (the fast pre-check's one-row read)."""
+    async with pool.connection() as conn:
+        cur = await conn.execute(
+            f"SELECT available FROM {SCHEMA}.credit_balances WHERE user_id = %s", [user_id]
+        )
+        row = await cur.fetchone()
+    return row[0] if row else Decimal(0)
+
+
 def encode_cursor(at: datetime, entry_id: UUID) -> str:
     return base64.urlsafe_b64encode(f"{at.isoformat()}|{entry_id}".encode()).decode()
 

@@ -21,7 +21,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from interfaces.bootstrap import Container
 from interfaces.http import generation_routes, problems
-from interfaces.http.auth import PUBLIC_PATHS, ApiKeyAuthentication
+from interfaces.http.auth import PUBLIC_PATHS, ApiKeyAuthentication, KeyCache
 from interfaces.http.routes import ROUTES
 
 MAX_BODY_BYTES = 1_000_000
@@ -80,7 +80,7 @@ def create_app(container: Container) -> Litestar:
         )
         await pool.open(wait=False)
         client = aioredis.Redis.from_url(container.redis_url, socket_timeout=2)
-        app.state.pool, app.state.redis = pool, client
+        app.state.pool, app.state.redis, app.state.key_cache = pool, client, KeyCache()
         try:
             yield
         finally:

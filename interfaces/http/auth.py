@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import structlog
@@ -11,11 +12,33 @@ from litestar.handlers.base import BaseRouteHandler
 from litestar.middleware import AbstractAuthenticationMiddleware, AuthenticationResult
 from psycopg_pool import AsyncConnectionPool
 
-from application.users import User
+from application.users import User, hash_key
 from infrastructure.identity import user_for_key
 
 PUBLIC_PATHS = ["^/health$", "^/ready$", "^/schema"]
 _MAX_KEY_LENGTH = 200
+#: How long a process trusts a key it has looked up (a revoked key works this long at most).
+KEY_CACHE_TTL_S = 5.0
+_KEY_CACHE_SIZE = 10_000
+
+
+class KeyCache:
+    """Recently seen keys, by hash, so a busy client costs one lookup per few seconds."""
+
+    def __init__(self, ttl_s: float = KEY_CACHE_TTL_S) -> None:
+        self.ttl_s = ttl_s
+        self._entries: dict[bytes, tuple[float, User]] = {}
+
+    def get(self, key_hash: bytes) -> User | None:
+        entry = self._entries.get(key_hash)
+        if entry is None or entry[0] < time.monotonic():
+            return None
+        return entry[1]
+
+    def put(self, key_hash: bytes, user: User) -> None:
+        if len(self._entries) >= _KEY_CACHE_SIZE:
+            self._entries.clear()
+        self._entries[key_hash] = (time.monotonic() + self.ttl_s, user)
 
 
 class ApiKeyAuthentication(AbstractAuthenticationMiddleware):
@@ -29,10 +52,15 @@ class ApiKeyAuthentication(AbstractAuthenticationMiddleware):
             raise NotAuthorizedException("an 'Authorization: Bearer <api key>' header is required")
         if len(key) > _MAX_KEY_LENGTH or not key.isascii() or not key.isprintable():
             raise NotAuthorizedException("the API key is not valid")
-        pool: AsyncConnectionPool = connection.app.state.pool
-        user = await user_for_key(pool, key)
+        cache: KeyCache = connection.app.state.key_cache
+        key_hash = hash_key(key)
+        user = cache.get(key_hash)
         if user is None:
-            raise NotAuthorizedException("the API key is not valid")
+            pool: AsyncConnectionPool = connection.app.state.pool
+            user = await user_for_key(pool, key)
+            if user is None:
+                raise NotAuthorizedException("the API key is not valid")
+            cache.put(key_hash, user)
         structlog.contextvars.bind_contextvars(user_id=str(user.id))
         return AuthenticationResult(user=user, auth=key)
 

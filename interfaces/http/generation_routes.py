@@ -189,15 +189,15 @@ class Generations(Controller):
     ) -> dto.GenerationView:
         asked = _request(data)
         normalised = container.generations.quote(asked)
-        balance = await ledger_queries.balance(state.pool, request.user.id)
-        if balance.available * 10_000 < normalised.cost_units:  # the fast pre-check
+        available = await ledger_queries.available(state.pool, request.user.id)
+        if available * 10_000 < normalised.cost_units:  # the fast pre-check
             raise ProblemError(
                 402,
                 f"this costs {format_credits(normalised.cost_units)} "
-                f"credits; {balance.available:.4f} are available",
+                f"credits; {available:.4f} are available",
             )
         generation, _ = await asyncio.to_thread(
-            container.generations.request, request.user.id, asked, idempotency_key
+            container.generations.request, request.user.id, asked, idempotency_key, normalised
         )
         return view_of(generation)
 

@@ -1,0 +1,753 @@
+"""End to end with a zero-latency simulator model and 512x512 output: completed generations per
+second with two worker processes, and the platform's own overhead per generation (POST to
+completed, minus the provider's time), p50 and p95.
+
+What it measures
+    The whole platform as separate processes on a scratch database and Redis namespace:
+    ``pixevo simulator --latency-scale 0`` (every simulated model instant), ``pixevo api``,
+    ``pixevo dispatcher``, ``pixevo projections run`` and a Dramatiq worker
+    (``python -m dramatiq interfaces.worker --skip-logging --processes 2 --threads 8``), all with
+    ``PIXEVO_LOG_LEVEL=WARNING`` and every provider pointed at the simulator
+    (``PIXEVO_PROVIDER_<NAME>_URL``). One user has 1,000,000 credits. Requests are
+    ``{"model": "sim-instant", "prompt": "<run> <n>", "params": {"width": 512, "height": 512,
+    "seed": n}}``, every one distinct (the result cache never answers).
+
+    (a) Latency, ``--sequential`` generations (default 30) one at a time: the time from sending
+        ``POST /v1/generations`` to the first ``GET /v1/generations/{id}`` (polled every
+        ``--poll-ms``, default 5 ms, on its own keep-alive connection) that shows ``completed``.
+        Overhead = that minus the provider's time, which is read back from the simulator for
+        each job (``GET /replicate/v1/predictions/{job}`` ``metrics.predict_time``; 0.000 s at
+        latency scale 0, so overhead = end-to-end time). The poll adds up to one interval plus
+        one GET (~1-3 ms) to each sample: the measure is slightly pessimistic.
+        Breakdown, from the generation's own events in the event store (their timestamps are
+        taken by the process that made them, on this machine's clock): accept (POST sent ->
+        ``Requested``), fund (``Requested`` -> ``Funded``/``Queued``: dispatcher, Redis, worker
+        pick-up, the hold in billing), dispatch+submit (``Queued`` -> ``Submitted``: dispatcher,
+        Redis, worker pick-up, the provider's create call), result (``Submitted`` ->
+        ``Completed``: the provider's get, downloading the 512x512 PNG the simulator renders,
+        the blob write), visible (``Completed`` -> the GET that first shows it: the projection
+        runner's lag plus the poll).
+    (b) Throughput: ``--burst`` generations (default 200) submitted as fast as ``--submitters``
+        concurrent clients (default 16) can, then the projection's read table polled (directly,
+        every 20 ms) until all of them are terminal; completed/s = burst / (last completed seen
+        - first POST sent). Each repeat waits for the settlement of the previous one (nothing
+        held) before it starts.
+
+    Both are measured ``--repeats`` times (default 3), interleaved; the table shows medians of
+    the per-repeat p50/p95 and rates.
+
+Command
+    .venv/bin/python -m benchmarks.generation_end_to_end [--sequential 30] [--burst 200]
+        [--submitters 16] [--repeats 3] [--poll-ms 5] [--worker-processes 2]
+        [--worker-threads 8] [--worker-timeout-ms N]
+
+    ``--worker-timeout-ms`` sets Dramatiq's ``dramatiq_worker_timeout`` environment variable for
+    the worker (its idle consumer's longest back-off between Redis fetches, 1000 ms by default):
+    a configuration experiment, no code change.
+
+Target
+    overhead p50 <= 150 ms.
+
+Output: tables of medians and ``benchmarks/results/generation_end_to_end.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import sys
+import time
+import uuid
+from collections.abc import Sequence
+from contextlib import ExitStack
+from dataclasses import replace
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+import httpx
+import psutil
+import psycopg
+
+from benchmarks._support import (
+    ChildProcess,
+    Environment,
+    HttpConnection,
+    bench_environment,
+    child_environ,
+    free_port,
+    median,
+    percentile,
+    postgres_cpu_snapshot,
+    redacted,
+    server_version,
+    table,
+    wait_until,
+    write_result,
+)
+from benchmarks.credits_http import ApiProcess, run_async
+from interfaces.bootstrap import Container, build
+from projections.generations import GenerationsView
+
+NAME = "generation_end_to_end"
+MODEL = "sim-instant"
+SIZE = 512
+TERMINAL = ("completed", "failed", "cancelled", "blocked")
+START_TIMEOUT_S = 60.0
+STAGES = ("accept", "fund", "dispatch+submit", "result", "visible")
+
+
+# -- the platform -----------------------------------------------------------------------------
+
+
+def platform(
+    stack: ExitStack, env: Environment, args: argparse.Namespace, sim_port: int
+) -> tuple[ApiProcess, list[ChildProcess]]:
+    """Starts the simulator on ``sim_port`` and every platform process (with ``env``, whose
+    providers point at it); returns the API and every other process."""
+    sim_url = f"http://127.0.0.1:{sim_port}"
+    quiet = {"PIXEVO_LOG_LEVEL": "WARNING"}
+    logs = env.data_dir
+    python = sys.executable
+    pixevo = [python, "-m", "interfaces.cli"]
+    simulator = stack.enter_context(
+        ChildProcess(
+            "simulator",
+            [*pixevo, "simulator", "--port", str(sim_port), "--latency-scale", "0"],
+            child_environ(env.settings, **quiet),
+            logs / "simulator.log",
+        )
+    )
+
+    def simulator_up() -> bool:
+        try:
+            return httpx.get(f"{sim_url}/_sim/stats", timeout=2).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    wait_until(simulator_up, timeout=START_TIMEOUT_S, processes=[simulator])
+
+    worker_env = child_environ(env.settings, **quiet)
+    if args.worker_timeout_ms is not None:
+        worker_env["dramatiq_worker_timeout"] = str(args.worker_timeout_ms)
+    commands = {
+        "dispatcher": ([*pixevo, "dispatcher"], None),
+        "projections": ([*pixevo, "projections", "run"], None),
+        "worker": (
+            [
+                *(python, "-m", "dramatiq", "interfaces.worker", "--skip-logging"),
+                *("--processes", str(args.worker_processes)),
+                *("--threads", str(args.worker_threads)),
+            ],
+            worker_env,
+        ),
+    }
+    children = [simulator]
+    for name, (argv, environ) in commands.items():
+        children.append(
+            stack.enter_context(
+                ChildProcess(
+                    name,
+                    argv,
+                    environ or child_environ(env.settings, **quiet),
+                    logs / f"{name}.log",
+                )
+            )
+        )
+    api = stack.enter_context(ApiProcess(env, free_port(), args.api_workers))
+    api.wait_healthy()
+    for child in children:
+        child.check()
+    return api, children
+
+
+# -- one generation at a time -----------------------------------------------------------------
+
+
+async def sequential(
+    api: ApiProcess,
+    api_key: str,
+    run: str,
+    *,
+    count: int,
+    first_seed: int,
+    poll_s: float,
+    timeout_s: float = 30.0,
+) -> list[dict[str, Any]]:
+    """POSTs ``count`` generations one after the other; for each, when each status was seen."""
+    headers = {"Authorization": f"Bearer {api_key}"}
+    poster = HttpConnection("127.0.0.1", api.port, headers)
+    poller = HttpConnection("127.0.0.1", api.port, headers)
+    samples = []
+    try:
+        for i in range(count):
+            n = first_seed + i
+            body = json.dumps(
+                {
+                    "model": MODEL,
+                    "prompt": f"{run} {n}",
+                    "params": {"width": SIZE, "height": SIZE, "seed": n},
+                }
+            ).encode()
+            sent_wall, sent = time.time(), time.perf_counter()
+            status, answer = await poster.request("POST", "/v1/generations", body)
+            accepted = time.perf_counter()
+            if status != 202:
+                raise RuntimeError(f"POST /v1/generations answered {status}: {answer[:300]!r}")
+            generation_id = json.loads(answer)["id"]
+            seen: dict[str, float] = {}
+            polls = 0
+            while True:
+                code, data = await poller.request("GET", f"/v1/generations/{generation_id}")
+                now = time.perf_counter()
+                polls += 1
+                if code == 200:
+                    view = json.loads(data)
+                    seen.setdefault(view["status"], now - sent)
+                    if view["status"] in TERMINAL:
+                        break
+                if now - sent > timeout_s:
+                    raise RuntimeError(f"generation {generation_id} not finished in {timeout_s} s")
+                await asyncio.sleep(poll_s)
+            samples.append(
+                {
+                    "id": generation_id,
+                    "sent_wall": sent_wall,
+                    "accepted_s": accepted - sent,
+                    "seen_s": seen,
+                    "final": view["status"],
+                    "served_from_cache": view.get("served_from_cache"),
+                    "polls": polls,
+                }
+            )
+    finally:
+        await poster.close()
+        await poller.close()
+    return samples
+
+
+def event_times(c: Container, generation_id: UUID) -> dict[str, float]:
+    """Each event's wall-clock timestamp (epoch seconds), by event class name (first of each)."""
+    times: dict[str, float] = {}
+    for event in c.generations.events.get(generation_id):
+        stamp = getattr(event, "timestamp", None)
+        if isinstance(stamp, datetime):
+            times.setdefault(type(event).__name__, stamp.timestamp())
+    return times
+
+
+def saga_marks(times: dict[str, float]) -> dict[str, float] | None:
+    """The four events the stages are measured between, or ``None`` if one is missing."""
+    marks = {
+        "Requested": times.get("Requested"),
+        "Queued": times.get("Queued", times.get("Funded")),
+        "Submitted": times.get("Submitted"),
+        "Completed": times.get("Completed"),
+    }
+    found = {k: v for k, v in marks.items() if v is not None}
+    return found if len(found) == len(marks) else None
+
+
+def provider_seconds(c: Container, sim_url: str, generation_id: UUID) -> float | None:
+    """The simulator's own job time for this generation (``metrics.predict_time``)."""
+    job_id = c.generations.generation(None, generation_id).job_id
+    if not job_id:
+        return None
+    answer = httpx.get(
+        f"{sim_url}/replicate/v1/predictions/{job_id}",
+        headers={"Authorization": "Bearer bench"},
+        timeout=5,
+    )
+    if answer.status_code != 200:
+        return None
+    return float((answer.json().get("metrics") or {}).get("predict_time", 0.0))
+
+
+def file_fetch_seconds(c: Container, sim_url: str, samples: list[dict[str, Any]]) -> list[float]:
+    """Times this process takes to GET each completed job's PNG from the simulator again.
+
+    The simulator renders the picture when its file is fetched (pyvips, then PNG encoding; a
+    noisy 512x512 PNG is ~650 KB), which a real provider does while the job runs: this is
+    provider-side work that ``predict_time`` does not count, so it lands in the overhead.
+    """
+    seconds = []
+    with httpx.Client(timeout=10) as client:
+        for sample in samples:
+            if sample["final"] != "completed":
+                continue
+            job_id = c.generations.generation(None, UUID(sample["id"])).job_id
+            if not job_id:
+                continue
+            started = time.perf_counter()
+            answer = client.get(f"{sim_url}/files/{job_id}.png")
+            if answer.status_code == 200:
+                seconds.append(time.perf_counter() - started)
+    return sorted(seconds)
+
+
+def analyse(
+    c: Container, sim_url: str, samples: list[dict[str, Any]]
+) -> tuple[list[float], dict[str, list[float]], list[float]]:
+    """(overheads s, stage durations s by stage, provider times s) of completed samples."""
+    overheads: list[float] = []
+    stages: dict[str, list[float]] = {stage: [] for stage in STAGES}
+    providers: list[float] = []
+    for sample in samples:
+        if sample["final"] != "completed":
+            continue
+        generation_id = UUID(sample["id"])
+        provider = provider_seconds(c, sim_url, generation_id) or 0.0
+        providers.append(provider)
+        total = sample["seen_s"]["completed"]
+        overheads.append(total - provider)
+        t = event_times(c, generation_id)
+        sent = sample["sent_wall"]
+        marks = saga_marks(t)
+        if marks is None:
+            continue
+        stages["accept"].append(marks["Requested"] - sent)
+        stages["fund"].append(marks["Queued"] - marks["Requested"])
+        stages["dispatch+submit"].append(marks["Submitted"] - marks["Queued"])
+        stages["result"].append(marks["Completed"] - marks["Submitted"])
+        stages["visible"].append(sent + total - marks["Completed"])
+        sample["provider_s"] = provider
+        sample["events"] = {k: v - sent for k, v in t.items()}
+    return overheads, stages, providers
+
+
+def burst_stages(c: Container, ids: list[str]) -> dict[str, dict[str, float]]:
+    """p50/p95 ms of each event-to-event stage over a burst's generations."""
+    stages: dict[str, list[float]] = {"fund": [], "dispatch+submit": [], "result": [], "total": []}
+    for generation_id in ids:
+        t = saga_marks(event_times(c, UUID(generation_id)))
+        if t is None:
+            continue
+        stages["fund"].append(t["Queued"] - t["Requested"])
+        stages["dispatch+submit"].append(t["Submitted"] - t["Queued"])
+        stages["result"].append(t["Completed"] - t["Submitted"])
+        stages["total"].append(t["Completed"] - t["Requested"])
+    return {
+        name: {
+            "p50": percentile(sorted(values), 0.5) * 1000,
+            "p95": percentile(sorted(values), 0.95) * 1000,
+        }
+        for name, values in stages.items()
+    }
+
+
+# -- a burst ----------------------------------------------------------------------------------
+
+
+async def burst(
+    api: ApiProcess, api_key: str, run: str, *, count: int, first_seed: int, submitters: int
+) -> tuple[float, float, list[str]]:
+    """POSTs ``count`` generations from ``submitters`` clients; (first sent, last 202, ids)."""
+    headers = {"Authorization": f"Bearer {api_key}"}
+    ids: list[str] = []
+    queue = list(range(first_seed, first_seed + count))
+    queue.reverse()
+    first = time.perf_counter()
+
+    async def submitter() -> None:
+        conn = HttpConnection("127.0.0.1", api.port, headers)
+        try:
+            while queue:
+                n = queue.pop()
+                body = json.dumps(
+                    {
+                        "model": MODEL,
+                        "prompt": f"{run} {n}",
+                        "params": {"width": SIZE, "height": SIZE, "seed": n},
+                    }
+                ).encode()
+                status, answer = await conn.request("POST", "/v1/generations", body)
+                if status != 202:
+                    raise RuntimeError(f"POST /v1/generations answered {status}: {answer[:300]!r}")
+                ids.append(json.loads(answer)["id"])
+        finally:
+            await conn.close()
+
+    await asyncio.gather(*(submitter() for _ in range(submitters)))
+    return first, time.perf_counter(), ids
+
+
+def cpu_snapshot(api: ApiProcess, children: list[ChildProcess]) -> dict[str, dict[int, float]]:
+    """CPU seconds of each platform process (and its forked children), by name, then pid."""
+    named: dict[str, list[psutil.Process]] = {"api": api.processes()}
+    for child in children:
+        try:
+            parent = psutil.Process(child.pid)
+            named[child.name] = [parent, *parent.children(recursive=True)]
+        except (psutil.NoSuchProcess, ValueError):
+            named[child.name] = []
+    snapshot: dict[str, dict[int, float]] = {}
+    for name, processes in named.items():
+        snapshot[name] = {}
+        for process in processes:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                times = process.cpu_times()
+                snapshot[name][process.pid] = times.user + times.system
+    snapshot["postgres"] = postgres_cpu_snapshot()
+    return snapshot
+
+
+def cpu_cores(
+    before: dict[str, dict[int, float]], after: dict[str, dict[int, float]], seconds: float
+) -> dict[str, float]:
+    """Cores busy per process name between two snapshots."""
+    return {
+        name: sum(max(0.0, cpu - before[name].get(pid, 0.0)) for pid, cpu in pids.items()) / seconds
+        for name, pids in after.items()
+    }
+
+
+def wait_terminal(
+    conn: psycopg.Connection[Any],
+    ids: list[str],
+    children: list[ChildProcess],
+    timeout: float = 120.0,
+) -> tuple[float, dict[str, int], int]:
+    """Polls the projection's read table until every id is terminal.
+
+    Returns (when, counts by status, the most connections the scratch database had meanwhile).
+    """
+    statement = (
+        f"SELECT status, count(*) FROM {GenerationsView.live_schema()}.generations "
+        "WHERE id = ANY(%s) GROUP BY status"
+    )
+    sessions = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+    wanted = [UUID(i) for i in ids]
+    deadline = time.monotonic() + timeout
+    peak = 0
+    while True:
+        counts = {str(s): int(n) for s, n in conn.execute(statement, [wanted]).fetchall()}
+        now = time.perf_counter()
+        row = conn.execute(sessions).fetchone()
+        peak = max(peak, int(row[0]) if row else 0)
+        if sum(n for s, n in counts.items() if s in TERMINAL) >= len(ids):
+            return now, counts, peak
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"not all terminal after {timeout} s: {counts}")
+        for child in children:
+            child.check()
+        time.sleep(0.02)
+
+
+def wait_settled(api: ApiProcess, api_key: str, timeout: float = 60.0) -> None:
+    """Until the user's ledger shows nothing held (every settlement done and projected)."""
+    with httpx.Client(base_url=api.base_url, timeout=5) as client:
+
+        def settled() -> bool:
+            answer = client.get("/v1/credits", headers={"Authorization": f"Bearer {api_key}"})
+            return answer.status_code == 200 and float(answer.json()["held"]) == 0.0
+
+        wait_until(settled, timeout=timeout, interval=0.05)
+
+
+# -- main -------------------------------------------------------------------------------------
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.generation_end_to_end",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--sequential", type=int, default=30, help="latency samples per repeat")
+    parser.add_argument("--burst", type=int, default=200, help="generations per throughput run")
+    parser.add_argument("--submitters", type=int, default=16, help="concurrent burst clients")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--poll-ms", type=float, default=5.0, help="GET poll interval")
+    parser.add_argument("--warmup", type=int, default=5, help="unmeasured generations first")
+    parser.add_argument("--worker-processes", type=int, default=2)
+    parser.add_argument("--worker-threads", type=int, default=8)
+    parser.add_argument("--api-workers", type=int, default=1)
+    parser.add_argument(
+        "--worker-timeout-ms",
+        type=int,
+        default=None,
+        help="dramatiq_worker_timeout for the worker (default: Dramatiq's own, 1000 ms)",
+    )
+    parser.add_argument("--target-ms", type=float, default=150.0, help="overhead p50 target")
+    args = parser.parse_args(argv)
+    if args.repeats < 1 or args.sequential < 1 or args.burst < 1 or args.submitters < 1:
+        parser.error("--repeats, --sequential, --burst and --submitters must be positive")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    run = f"e2e {uuid.uuid4().hex[:8]}"  # in every prompt: never a cache hit, across runs too
+    with bench_environment(NAME) as base, ExitStack() as stack:
+        args.postgres_version = server_version(base.database_url)
+        sim_port = free_port()
+        sim_url = f"http://127.0.0.1:{sim_port}"
+        providers = {
+            name: (f"{sim_url}/{name}", f"sim-{name}-key")
+            for name in ("replicate", "fal", "openai")
+        }
+        env = replace(base, settings=replace(base.settings, providers=providers))
+        c = build(env.settings)
+        stack.callback(c.close)
+        created = c.users.create("bench@example.com", credits="1000000")
+        for name in ("ledger", "generations"):
+            runner = c.projection(name)
+            try:
+                runner.start()
+                if name == "ledger":
+                    runner.catch_up()
+            finally:
+                runner.view.datastore.close()
+        print(
+            f"{NAME}: PostgreSQL {args.postgres_version} at "
+            f"{redacted(env.database_url)}; Redis namespace {env.settings.redis_namespace}; "
+            f"load average {os.getloadavg()[0]:.2f}"
+        )
+        started = time.perf_counter()
+        api, children = platform(stack, env, args, sim_port)
+        print(
+            f"platform up in {time.perf_counter() - started:.1f} s: simulator {sim_url} "
+            f"(latency scale 0), api {api.base_url}, dispatcher, projections, worker "
+            f"--processes {args.worker_processes} --threads {args.worker_threads}"
+            + (
+                f" (dramatiq_worker_timeout={args.worker_timeout_ms})"
+                if args.worker_timeout_ms is not None
+                else ""
+            )
+        )
+        return measure(args, c, api, sim_url, children, created.api_key, run, env)
+
+
+def measure(
+    args: argparse.Namespace,
+    c: Container,
+    api: ApiProcess,
+    sim_url: str,
+    children: list[ChildProcess],
+    api_key: str,
+    run: str,
+    env: Environment,
+) -> int:
+    with psycopg.connect(env.database_url, autocommit=True) as conn:
+        return _measure(args, c, api, sim_url, children, api_key, run, env, conn)
+
+
+def _measure(
+    args: argparse.Namespace,
+    c: Container,
+    api: ApiProcess,
+    sim_url: str,
+    children: list[ChildProcess],
+    api_key: str,
+    run: str,
+    env: Environment,
+    conn: psycopg.Connection[Any],
+) -> int:
+    poll_s = args.poll_ms / 1000
+    seed = 1
+    warm = run_async(
+        sequential(api, api_key, f"{run} warm", count=args.warmup, first_seed=seed, poll_s=poll_s)
+    )
+    seed += args.warmup
+    finals = {s["final"] for s in warm}
+    if finals != {"completed"}:
+        raise RuntimeError(f"warm-up generations ended {finals}: see the logs in {env.data_dir}")
+    print(f"warm-up: {args.warmup} generations completed")
+
+    repeats: list[dict[str, Any]] = []
+    for repeat in range(args.repeats):
+        wait_settled(api, api_key)
+        samples = run_async(
+            sequential(api, api_key, run, count=args.sequential, first_seed=seed, poll_s=poll_s)
+        )
+        seed += args.sequential
+        overheads, stages, providers = analyse(c, sim_url, samples)
+        overheads.sort()
+        wait_settled(api, api_key)
+        fetches = file_fetch_seconds(c, sim_url, samples)
+        cpu_before = cpu_snapshot(api, children)
+        first, submitted, ids = run_async(
+            burst(
+                api,
+                api_key,
+                run,
+                count=args.burst,
+                first_seed=seed,
+                submitters=args.submitters,
+            )
+        )
+        seed += args.burst
+        finished, counts, connections = wait_terminal(conn, ids, children)
+        elapsed = finished - first
+        cores = cpu_cores(cpu_before, cpu_snapshot(api, children), elapsed)
+        in_burst = burst_stages(c, ids)
+        platform_cores = sum(v for k, v in cores.items() if k != "simulator")
+        done_count = max(1, counts.get("completed", 0))
+        result = {
+            "overhead_p50_ms": percentile(overheads, 0.50) * 1000,
+            "overhead_p95_ms": percentile(overheads, 0.95) * 1000,
+            "overhead_max_ms": (overheads[-1] if overheads else float("nan")) * 1000,
+            "completed_sequential": len(overheads),
+            "not_completed_sequential": len(samples) - len(overheads),
+            "provider_s_max": max(providers) if providers else None,
+            "served_from_cache": sum(1 for s in samples if s["served_from_cache"]),
+            "simulator_file_fetch_p50_ms": percentile(fetches, 0.5) * 1000,
+            "stages_p50_ms": {k: percentile(sorted(v), 0.5) * 1000 for k, v in stages.items()},
+            "stages_p95_ms": {k: percentile(sorted(v), 0.95) * 1000 for k, v in stages.items()},
+            "first_seen_p50_ms": {
+                status: percentile(
+                    sorted(s["seen_s"][status] for s in samples if status in s["seen_s"]), 0.5
+                )
+                * 1000
+                for status in ("requested", "funded", "queued", "running", "completed")
+            },
+            "burst": args.burst,
+            "burst_submit_s": submitted - first,
+            "burst_all_terminal_s": elapsed,
+            "completed_per_s": counts.get("completed", 0) / elapsed,
+            "burst_statuses": counts,
+            "burst_cpu_cores": cores,
+            "burst_peak_connections": connections,
+            "platform_cpu_ms_per_generation": platform_cores * elapsed / done_count * 1000,
+            "simulator_cpu_ms_per_generation": cores["simulator"] * elapsed / done_count * 1000,
+            "burst_stages_ms": in_burst,
+            "samples": samples,
+        }
+        repeats.append(result)
+        print(
+            f"  repeat {repeat + 1}/{args.repeats}: overhead p50 {result['overhead_p50_ms']:6.1f} "
+            f"ms p95 {result['overhead_p95_ms']:6.1f} ms ({len(overheads)}/{len(samples)} "
+            f"completed, provider time max {result['provider_s_max']} s) | burst {args.burst}: "
+            f"submitted in {result['burst_submit_s']:.2f} s, all done in {elapsed:.2f} s -> "
+            f"{result['completed_per_s']:.1f} completed/s {counts}, peak {connections} "
+            "PostgreSQL connections"
+        )
+        print(
+            "    burst stages p50/p95 ms (Requested -> Queued -> Submitted -> Completed): "
+            + ", ".join(f"{k} {v['p50']:.0f}/{v['p95']:.0f}" for k, v in in_burst.items())
+        )
+        print(
+            "    burst cpu (cores): "
+            + ", ".join(f"{name} {value:.2f}" for name, value in cores.items())
+        )
+
+    p50 = median([r["overhead_p50_ms"] for r in repeats])
+    p95 = median([r["overhead_p95_ms"] for r in repeats])
+    rate = median([r["completed_per_s"] for r in repeats])
+    fetch_p50 = median([r["simulator_file_fetch_p50_ms"] for r in repeats])
+    print()
+    print(
+        f"medians of {args.repeats} repeats: {args.sequential} sequential generations each "
+        f"(poll {args.poll_ms:g} ms), bursts of {args.burst} from {args.submitters} clients; "
+        f"{MODEL} {SIZE}x{SIZE}, worker --processes {args.worker_processes} "
+        f"--threads {args.worker_threads}"
+    )
+    print(
+        table(
+            ["measure", "value"],
+            [
+                ["overhead p50 ms (POST sent -> GET shows completed, - provider)", p50],
+                ["overhead p95 ms", p95],
+                [
+                    "  of it, p50: the simulator renders + serves the PNG (re-fetched alone)",
+                    fetch_p50,
+                ],
+                ["overhead p50 ms less that render (approximate)", p50 - fetch_p50],
+                ["completed generations per s (burst)", rate],
+                [
+                    "burst: platform CPU ms per generation (api, dispatcher, projections, "
+                    "worker, postgres)",
+                    median([r["platform_cpu_ms_per_generation"] for r in repeats]),
+                ],
+                [
+                    "burst: simulator CPU ms per generation",
+                    median([r["simulator_cpu_ms_per_generation"] for r in repeats]),
+                ],
+                ["burst: all submitted after s", median([r["burst_submit_s"] for r in repeats])],
+                [
+                    "burst: all completed after s",
+                    median([r["burst_all_terminal_s"] for r in repeats]),
+                ],
+            ],
+        )
+    )
+    print()
+    print("where the time goes, sequential (from each generation's event timestamps)")
+    stage_rows = [
+        [
+            stage,
+            median([r["stages_p50_ms"][stage] for r in repeats]),
+            median([r["stages_p95_ms"][stage] for r in repeats]),
+        ]
+        for stage in STAGES
+    ]
+    print(table(["stage", "p50 ms", "p95 ms"], stage_rows))
+    seen = {
+        status: median([r["first_seen_p50_ms"][status] for r in repeats])
+        for status in repeats[0]["first_seen_p50_ms"]
+    }
+    print(
+        "first GET showing each status, p50 ms after POST sent (a status the projection "
+        "passed between two polls is not seen): "
+        + ", ".join(f"{k} {v:.0f}" for k, v in seen.items())
+    )
+    print(
+        "stages: accept = POST sent -> Requested; fund = Requested -> Queued; dispatch+submit = "
+        "Queued -> Submitted; result = Submitted -> Completed; visible = Completed -> the GET "
+        "that shows it (projection lag + poll). Each stage's p50 is separate, so they need not "
+        "sum to the total's."
+    )
+    provider_max = max((r["provider_s_max"] or 0.0) for r in repeats)
+    print(
+        f"provider time (simulator metrics.predict_time) max {provider_max:.3f} s; the poll "
+        f"({args.poll_ms:g} ms + one GET) inflates each sample slightly."
+    )
+    met = p50 <= args.target_ms
+    names = list(repeats[0]["burst_cpu_cores"])
+    print(
+        "burst CPU, cores busy from the first POST to the last completion (median; postgres "
+        "sums every postgres process on the machine; this machine has "
+        f"{os.cpu_count()} cores): "
+        + ", ".join(
+            f"{name} {median([r['burst_cpu_cores'][name] for r in repeats]):.2f}" for name in names
+        )
+    )
+    print(f"target overhead p50 <= {args.target_ms:g} ms: {'MET' if met else 'NOT MET'}")
+    written = write_result(
+        NAME,
+        {
+            "config": {
+                "sequential": args.sequential,
+                "burst": args.burst,
+                "submitters": args.submitters,
+                "repeats": args.repeats,
+                "poll_ms": args.poll_ms,
+                "warmup": args.warmup,
+                "worker_processes": args.worker_processes,
+                "worker_threads": args.worker_threads,
+                "worker_timeout_ms": args.worker_timeout_ms,
+                "api_workers": args.api_workers,
+                "model": MODEL,
+                "size": SIZE,
+                "simulator_latency_scale": 0,
+            },
+            "postgres": args.postgres_version,
+            "target": {"overhead_p50_ms": args.target_ms, "met": met},
+            "overhead_p50_ms_median": p50,
+            "overhead_p95_ms_median": p95,
+            "completed_per_s_median": rate,
+            "simulator_file_fetch_p50_ms_median": fetch_p50,
+            "first_seen_p50_ms_median": seen,
+            "stages_ms_median": {row[0]: {"p50": row[1], "p95": row[2]} for row in stage_rows},
+            "repeats": repeats,
+        },
+    )
+    print(f"written {written}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
