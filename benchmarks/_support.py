@@ -19,7 +19,6 @@ import statistics
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
@@ -29,11 +28,16 @@ from typing import Any
 
 import psycopg
 import redis
-from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from infrastructure import embedded
 from infrastructure.settings import Settings
+from tests.support.processes import child_env as child_environ
+from tests.support.processes import free_port
+from tests.support.services import scratch_database, scratch_namespace, with_dbname
+
+# one implementation for the tests and the benchmarks, re-exported here
+__all__ = ["child_environ", "free_port", "scratch_database", "scratch_namespace", "with_dbname"]
 
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -83,42 +87,6 @@ def _redis_server() -> str:
             pass
     EMBEDDED_DIR.mkdir(parents=True, exist_ok=True)
     return embedded.start_redis(EMBEDDED_DIR)
-
-
-def with_dbname(url: str, dbname: str) -> str:
-    params = conninfo_to_dict(url)
-    params["dbname"] = dbname
-    return make_conninfo("", **params)
-
-
-@contextmanager
-def scratch_database(server_url: str, prefix: str) -> Iterator[str]:
-    """A new, empty database with a unique name; dropped (forcefully) on exit."""
-    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(server_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        yield with_dbname(server_url, name)
-    finally:
-        with psycopg.connect(server_url, autocommit=True) as conn:
-            conn.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
-
-
-@contextmanager
-def scratch_namespace(redis_url: str, prefix: str) -> Iterator[str]:
-    namespace = f"{prefix}-{uuid.uuid4().hex[:12]}"
-    try:
-        yield namespace
-    finally:
-        client = redis.Redis.from_url(redis_url)
-        try:
-            keys = list(client.scan_iter(match=f"{namespace}*", count=1000))
-            if keys:
-                client.delete(*keys)
-        finally:
-            client.close()
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,17 +210,6 @@ def write_result(name: str, result: dict[str, Any]) -> Path:
 # -- child processes and a raw HTTP client (used by the end-to-end benchmarks) ---------------
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def child_environ(settings: Settings, **extra: str) -> dict[str, str]:
-    """The environment of a platform process with these settings (like the tests' child_env)."""
-    return {**os.environ, **settings.as_env(), "PYTHONPATH": str(ROOT), **extra}
 
 
 class ChildProcess:

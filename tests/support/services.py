@@ -48,8 +48,8 @@ def scratch_database(server_url: str, prefix: str = "pixevo_test") -> Iterator[s
 
 
 @contextmanager
-def scratch_namespace(redis_url: str) -> Iterator[str]:
-    namespace = f"pixevo-test-{uuid.uuid4().hex[:12]}"
+def scratch_namespace(redis_url: str, prefix: str = "pixevo-test") -> Iterator[str]:
+    namespace = f"{prefix}-{uuid.uuid4().hex[:12]}"
     try:
         yield namespace
     finally:
