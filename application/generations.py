@@ -14,6 +14,7 @@ from eventsourcing.application import AggregateNotFoundError
 
 from application.base import PixevoApplication, command
 from application.catalogue import Catalogue, UnknownModel, default_catalogue
+from application.group_commit import GroupCommit
 from application.normalise import GenerationRequest, InvalidRequest, Normalised, normalise
 from domain.generation import Generation, IdempotencyKey
 from domain.ids import uuid7
@@ -55,6 +56,7 @@ class GenerationsApplication(PixevoApplication):
     ) -> None:
         super().__init__(env)
         self.catalogue = catalogue or default_catalogue()
+        self.group_commit = GroupCommit(self.save)
 
     def quote(self, request: GenerationRequest) -> Normalised:
         try:
@@ -124,7 +126,8 @@ class GenerationsApplication(PixevoApplication):
             fingerprint=fingerprint(normalised),
             request_hash=request_hash,
         )
-        self.save(generation, claim)  # both or neither: a racing duplicate conflicts on the key
+        # both or neither (a racing duplicate conflicts on the key), batched with concurrent ones
+        self.group_commit.save(generation, claim)
         return generation, True
 
     def generation(self, user_id: UUID | None, generation_id: UUID) -> Generation:
