@@ -89,6 +89,7 @@ from benchmarks._support import (
     write_result,
 )
 from benchmarks.credits_http import ApiProcess, run_async
+from infrastructure.broker import WORKER_POLL_MS
 from interfaces.bootstrap import Container, build
 from projections.generations import GenerationsView
 
@@ -468,8 +469,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--worker-timeout-ms",
         type=int,
-        default=None,
-        help="dramatiq_worker_timeout for the worker (default: Dramatiq's own, 1000 ms)",
+        default=WORKER_POLL_MS,
+        help=f"dramatiq_worker_timeout for the worker (default: the platform's, "
+        f"{WORKER_POLL_MS} ms; Dramatiq's own is 1000)",
     )
     parser.add_argument("--target-ms", type=float, default=150.0, help="overhead p50 target")
     args = parser.parse_args(argv)

@@ -16,6 +16,9 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import Middleware
 
 HEARTBEAT_TIMEOUT_MS = 10_000
+#: How long an idle worker waits between fetches (Dramatiq backs off up to 1 s by default, which
+#: shows up directly in a generation's latency; 100 ms measured p95 122 ms instead of 156 ms).
+WORKER_POLL_MS = 100
 MAINTENANCE_CHANCE = 200_000  # per million fetches
 
 

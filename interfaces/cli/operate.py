@@ -13,6 +13,7 @@ from typing import Any
 
 from application.users import EmailTaken, InvalidEmail
 from domain.errors import InvalidAmount
+from infrastructure.broker import WORKER_POLL_MS
 from infrastructure.logging import configure_logging
 from infrastructure.settings import Settings
 from interfaces.bootstrap import PROJECTIONS, REACTIONS, Container, build, load_settings
@@ -73,7 +74,7 @@ def api(args: argparse.Namespace) -> int:
 
 def worker(args: argparse.Namespace) -> int:
     settings = load_settings()
-    env = {**os.environ, **settings.as_env()}
+    env = {"dramatiq_worker_timeout": str(WORKER_POLL_MS), **os.environ, **settings.as_env()}
     argv = [
         sys.executable,
         "-m",

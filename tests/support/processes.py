@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from infrastructure.broker import WORKER_POLL_MS
 from infrastructure.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -23,7 +24,14 @@ def free_port() -> int:
 
 
 def child_env(settings: Settings, **extra: str) -> dict[str, str]:
-    return {**os.environ, **settings.as_env(), "PYTHONPATH": str(ROOT), **extra}
+    """A platform process's environment, with workers polling as ``pixevo worker`` runs them."""
+    return {
+        "dramatiq_worker_timeout": str(WORKER_POLL_MS),
+        **os.environ,
+        **settings.as_env(),
+        "PYTHONPATH": str(ROOT),
+        **extra,
+    }
 
 
 @contextmanager
