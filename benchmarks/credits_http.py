@@ -38,9 +38,6 @@ import argparse
 import asyncio
 import contextlib
 import os
-import signal
-import socket
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -52,8 +49,10 @@ import httpx
 import psutil
 
 from benchmarks._support import (
+    ChildProcess,
     Environment,
     bench_environment,
+    free_port,
     median,
     percentile,
     redacted,
@@ -70,12 +69,6 @@ START_TIMEOUT_S = 60.0
 # -- the API process --------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def pixevo_command() -> str:
     script = Path(sys.executable).parent / "pixevo"
     if not script.exists():
@@ -83,65 +76,28 @@ def pixevo_command() -> str:
     return str(script)
 
 
-class ApiProcess:
+class ApiProcess(ChildProcess):
     """``pixevo api`` in its own process group; stopped (then killed if need be) on exit."""
 
     def __init__(self, env: Environment, port: int, workers: int) -> None:
         self.port = port
         self.base_url = f"http://127.0.0.1:{port}"
-        self.log_path = env.data_dir / "api.log"
-        self.environ = {
+        environ = {
             **os.environ,
             **env.settings.as_env(),
             "PIXEVO_HTTP_HOST": "127.0.0.1",
             "PIXEVO_HTTP_PORT": str(port),
             "PIXEVO_LOG_LEVEL": "WARNING",
         }
-        self.argv = [pixevo_command(), "api", "--workers", str(workers)]
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def __enter__(self) -> ApiProcess:
-        with self.log_path.open("wb") as log:
-            self.proc = subprocess.Popen(
-                self.argv,
-                env=self.environ,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # its own process group, workers included
-            )
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.stop()
-
-    def stop(self) -> None:
-        proc = self.proc
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)  # the group this benchmark started
-            proc.wait(timeout=5)
-
-    def log_tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
+        argv = [pixevo_command(), "api", "--workers", str(workers)]
+        super().__init__("the API", argv, environ, env.data_dir / "api.log")
 
     def wait_healthy(self) -> float:
-        proc = self.proc
         deadline = time.monotonic() + START_TIMEOUT_S
         started = time.perf_counter()
         with httpx.Client(timeout=2.0) as client:
             while time.monotonic() < deadline:
-                if proc is not None and proc.poll() is not None:
-                    raise RuntimeError(
-                        f"the API exited with code {proc.returncode}:\n{self.log_tail()}"
-                    )
+                self.check()
                 try:
                     if client.get(f"{self.base_url}/health").status_code == 200:
                         return time.perf_counter() - started

@@ -468,8 +468,7 @@ def measure(
 
 
 def api_alive(api: ApiProcess) -> None:
-    if api.proc is not None and api.proc.poll() is not None:
-        raise RuntimeError(f"the API exited with code {api.proc.returncode}:\n{api.log_tail()}")
+    api.check()
 
 
 def _as_dict(window: Any) -> dict[str, Any]:
