@@ -8,7 +8,7 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
-from application.users import EmailTaken, User, hash_key
+from application.users import EmailTaken, User
 
 
 class PostgresUserStore:
@@ -50,14 +50,14 @@ class PostgresUserStore:
         return row is not None
 
 
-async def user_for_key(pool: AsyncConnectionPool, api_key: str) -> User | None:
+async def user_for_key_hash(pool: AsyncConnectionPool, key_hash: bytes) -> User | None:
     async with pool.connection() as conn:
         cursor = conn.cursor(row_factory=dict_row)
         await cursor.execute(
             "SELECT u.id, u.email, u.admin FROM identity.api_keys k "
             "JOIN identity.users u ON u.id = k.user_id "
             "WHERE k.key_hash = %s AND k.revoked_at IS NULL",
-            [hash_key(api_key)],
+            [key_hash],
         )
         row = await cursor.fetchone()
     return User(row["id"], row["email"], row["admin"]) if row else None

@@ -13,7 +13,7 @@ from litestar.middleware import AbstractAuthenticationMiddleware, Authentication
 from psycopg_pool import AsyncConnectionPool
 
 from application.users import User, hash_key
-from infrastructure.identity import user_for_key
+from infrastructure.identity import user_for_key_hash
 
 PUBLIC_PATHS = ["^/health$", "^/ready$", "^/schema"]
 _MAX_KEY_LENGTH = 200
@@ -57,7 +57,7 @@ class ApiKeyAuthentication(AbstractAuthenticationMiddleware):
         user = cache.get(key_hash)
         if user is None:
             pool: AsyncConnectionPool = connection.app.state.pool
-            user = await user_for_key(pool, key)
+            user = await user_for_key_hash(pool, key_hash)
             if user is None:
                 raise NotAuthorizedException("the API key is not valid")
             cache.put(key_hash, user)
