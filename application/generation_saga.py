@@ -188,11 +188,12 @@ class Generate(Reaction):
     ) -> Output | None:
         if generation.cancel_requested:
             return None
-        if generation.job_id is None:
+        job_id = generation.job_id  # set when a redelivered message resumes a submitted job
+        if job_id is None:
             submitted = self._submit(generation, spec, adapter)
             if submitted.output is not None:
                 return submitted.output
-        job_id = self.generations.generation(None, generation.id).job_id
+            job_id = submitted.job_id
         try:
             return adapter.wait(spec, job_id or "")
         except ProviderFailure as failure:
