@@ -67,6 +67,9 @@ class ProjectionView(PostgresTrackingRecorder):
         """Writes what the batch changes, on the runner's cursor (inside its transaction)."""
         raise NotImplementedError
 
+    def after_commit(self) -> None:
+        """Runs after a batch's transaction committed (e.g. to publish what it wrote)."""
+
     def on_start(self, curs: Cursor[DictRow]) -> None:
         """Runs once when a runner starts: creates this month's and the next months' partitions."""
         for table in self.partitioned_tables:

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
+import msgspec
 from psycopg import Cursor
 from psycopg.rows import DictRow
 from psycopg.types.json import Jsonb
 
+from application.live import LiveMessage, LivePublisher
 from application.logs import topic_of
 from domain.credits import to_credits
 from domain.generation import Generation
@@ -120,6 +123,54 @@ def apply(row: dict[str, Any] | None, event: Any) -> dict[str, Any] | None:
     return row
 
 
+#: The message a change sends to live subscribers: its type, for events that end a generation.
+_FINAL = {
+    Generation.Completed: "completed",
+    Generation.Failed: "failed",
+    Generation.Cancelled: "cancelled",
+}
+_DATES = ("created_at", "updated_at", "completed_at")
+_AMOUNTS = ("cost_credits", "charged_credits")
+
+
+def feed_entry(row: dict[str, Any], event: Any) -> tuple[str, dict[str, Any]]:
+    """(type, data) of the live message for ``event``, given the row it produced.
+
+    A final message carries the whole row (the API renders it as the generation); the others
+    carry what a progress display needs.
+    """
+    final = _FINAL.get(type(event))
+    if final is not None:
+        return final, row_to_json(row)
+    return "status", {
+        "generation_id": str(row["id"]),
+        "status": row["status"],
+        "model": row["model_key"],
+        "provider": row["provider"],
+        "notice": row["notice"],
+        "fallback_from": row["fallback_from"],
+        "at": event.timestamp.isoformat(),
+    }
+
+
+def row_to_json(row: dict[str, Any]) -> dict[str, Any]:
+    data: dict[str, Any] = msgspec.to_builtins(row)
+    return data
+
+
+def row_from_json(data: dict[str, Any]) -> dict[str, Any]:
+    """The inverse of :func:`row_to_json`, for the columns whose type JSON does not keep."""
+    row = dict(data)
+    row["id"] = UUID(row["id"])
+    for name in _DATES:
+        if row.get(name) is not None:
+            row[name] = datetime.fromisoformat(row[name])
+    for name in _AMOUNTS:
+        if row.get(name) is not None:
+            row[name] = Decimal(row[name])
+    return row
+
+
 def _ms(start: datetime, end: datetime) -> int:
     return int((end - start).total_seconds() * 1000)
 
@@ -142,28 +193,98 @@ class GenerationsView(ProjectionView):
             Generation.Cancelled,
         )
     )
-    partitioned_tables = ("generations",)
+    partitioned_tables = ("generations", "feed")
+
+    def __init__(self, *args: Any, publisher: LivePublisher | None = None, **kwargs: Any) -> None:
+        """``publisher``: where committed feed messages go (none while rebuilding)."""
+        super().__init__(*args, **kwargs)
+        self.publisher = publisher
+        self._unpublished: list[LiveMessage] = []
+        self._published_to: int | None = None  # recorded in the next batch's transaction
 
     def project(self, curs: Cursor[DictRow], batch: Sequence[NotifiedEvent]) -> None:
         ids = list({item.event.originator_id for item in batch})
         curs.execute(f"SELECT * FROM {self.schema}.generations WHERE id = ANY(%s)", [ids])
         rows: dict[UUID, dict[str, Any] | None] = {row["id"]: dict(row) for row in curs}
         touched: set[UUID] = set()
+        feed: list[tuple[datetime, LiveMessage]] = []
         for item in batch:
             key = item.event.originator_id
-            rows[key] = apply(rows.get(key), item.event)
+            before = rows.get(key)
+            after = rows[key] = apply(before, item.event)
             touched.add(key)
+            if after is not None and after is not before:
+                kind, data = feed_entry(after, item.event)
+                message = LiveMessage(
+                    type=kind,
+                    generation_id=key,
+                    user_id=after["user_id"],
+                    data=data,
+                    position=item.notification_id,
+                )
+                feed.append((item.event.timestamp, message))
         changed = [row for key in touched if (row := rows.get(key)) is not None]
-        for month in {
-            row["created_at"].replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-            for row in changed
-        }:
+        months = {_month(row["created_at"]) for row in changed}
+        for table, month in [("generations", m) for m in months] + [
+            ("feed", m) for m in {_month(item.event.timestamp) for item in batch}
+        ]:
             curs.execute(
                 "SELECT public.pixevo_ensure_partition(%s::regclass, %s)",
-                [f"{self.schema}.generations", month],
+                [f"{self.schema}.{table}", month],
             )
         if changed:
             self._upsert(curs, changed)
+        self._write_feed(curs, feed)
+
+    # -- the live feed ---------------------------------------------------------------------
+
+    def _write_feed(self, curs: Cursor[DictRow], feed: list[tuple[datetime, LiveMessage]]) -> None:
+        if feed:
+            curs.executemany(
+                f"INSERT INTO {self.schema}.feed "
+                "(position, created_at, user_id, generation_id, type, data) "
+                "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                [
+                    [m.position, at, m.user_id, m.generation_id, m.type, Jsonb(m.data)]
+                    for at, m in feed
+                ],
+            )
+        if self._published_to is not None:
+            curs.execute(
+                f"UPDATE {self.schema}.feed_published SET position = greatest(position, %s)",
+                [self._published_to],
+            )
+        self._unpublished = [message for _, message in feed]
+
+    def after_commit(self) -> None:
+        if self._unpublished:
+            if self.publisher is not None:  # a rebuild publishes nothing: it is all history
+                self.publisher.publish(self._unpublished)
+            self._published_to = self._unpublished[-1].position
+        self._unpublished = []
+
+    def on_start(self, curs: Cursor[DictRow]) -> None:
+        """Makes partitions, and publishes what a previous runner committed but did not send."""
+        super().on_start(curs)
+        tracked = self._max_tracking_id(self.upstream, curs) or 0
+        curs.execute(f"SELECT position FROM {self.schema}.feed_published")
+        found = curs.fetchone()
+        if found is None:
+            curs.execute(
+                f"INSERT INTO {self.schema}.feed_published (position) VALUES (%s)", [tracked]
+            )
+            return
+        if self.publisher is None or found["position"] >= tracked:
+            return
+        curs.execute(
+            f"SELECT * FROM {self.schema}.feed WHERE position > %s AND position <= %s "
+            "AND created_at > now() - interval '1 day' ORDER BY position",
+            [found["position"], tracked],
+        )
+        missed = [message_of(row) for row in curs]
+        if missed:
+            self.publisher.publish(missed)
+        curs.execute(f"UPDATE {self.schema}.feed_published SET position = %s", [tracked])
 
     def _upsert(self, curs: Cursor[DictRow], rows: list[dict[str, Any]]) -> None:
         names = ", ".join(COLUMNS)
@@ -178,3 +299,18 @@ class GenerationsView(ProjectionView):
                 for row in rows
             ],
         )
+
+
+def message_of(row: dict[str, Any]) -> LiveMessage:
+    """A stored feed row as the live message it was published as."""
+    return LiveMessage(
+        type=row["type"],
+        generation_id=row["generation_id"],
+        user_id=row["user_id"],
+        data=row["data"],
+        position=row["position"],
+    )
+
+
+def _month(at: datetime) -> datetime:
+    return at.replace(day=1, hour=0, minute=0, second=0, microsecond=0)

@@ -83,7 +83,10 @@ class ProjectionRunner:
         self.start()
         with self.view.datastore.transaction(commit=True) as curs:
             curs.execute("SELECT pg_advisory_xact_lock_shared(%s)", [lock_key(self.name)])
-            return self._batch(curs)
+            covered = self._batch(curs)
+        if covered:
+            self.view.after_commit()
+        return covered
 
     def _batch(self, curs: Cursor[DictRow]) -> int:
         position = self.view._max_tracking_id(self.view.upstream, curs) or 0

@@ -32,3 +32,24 @@ CREATE INDEX IF NOT EXISTS generations_time ON {schema}.generations (created_at)
 -- the generation cache: completed results of identical normalised requests
 CREATE INDEX IF NOT EXISTS generations_cache ON {schema}.generations (fingerprint, created_at)
     WHERE status = 'completed' AND NOT served_from_cache AND fallback_from IS NULL;
+-- The live feed: one row per change a subscriber sees, written in the same transaction as the
+-- generation rows (so a `completed` message and the read model never disagree) and published to
+-- Redis after commit. `position` is the event's notification id: the SSE event id clients resume
+-- from. Partitioned by month like the rows; resume reads only recent partitions.
+CREATE TABLE IF NOT EXISTS {schema}.feed (
+    position       bigint NOT NULL,
+    created_at     timestamptz NOT NULL,
+    user_id        uuid NOT NULL,
+    generation_id  uuid NOT NULL,
+    type           text NOT NULL,
+    data           jsonb NOT NULL,
+    PRIMARY KEY (position, created_at)
+) PARTITION BY RANGE (created_at);
+CREATE INDEX IF NOT EXISTS feed_generation ON {schema}.feed (generation_id, position);
+CREATE INDEX IF NOT EXISTS feed_user ON {schema}.feed (user_id, position);
+-- How far the feed has been published: a runner that died between commit and publish sends
+-- the rest again when it starts (subscribers drop what they already have by position).
+CREATE TABLE IF NOT EXISTS {schema}.feed_published (
+    singleton  boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    position   bigint NOT NULL
+);
