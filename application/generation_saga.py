@@ -25,10 +25,18 @@ from eventsourcing.persistence import Tracking
 from application.billing import AccountNotFound, BillingApplication
 from application.catalogue import ModelSpec
 from application.generations import GenerationsApplication
+from application.live import LiveMessage, LivePublisher, ProgressRelay
 from application.logs import topic_of
 from application.normalise import GenerationRequest, InvalidRequest, Normalised, normalise
 from application.ports import BlobStore, CircuitBreakers, CircuitOpen, Deferral, ResultCache
-from application.providers import Output, ProviderAdapter, ProviderFailure, Submitted
+from application.providers import (
+    Output,
+    Progress,
+    ProgressSink,
+    ProviderAdapter,
+    ProviderFailure,
+    Submitted,
+)
 from application.reactions import Reaction
 from application.retry import retry_on_conflict
 from domain.credits import Cause, hold_id_for, to_units
@@ -37,6 +45,10 @@ from domain.generation import Generation, GenerationFinished
 
 DEFER_S = 5.0
 EXTENSIONS = {"image/png": "png", "image/webp": "webp", "image/jpeg": "jpg"}
+
+
+def preview_key(generation_id: UUID, number: int) -> str:
+    return f"generations/{generation_id}/previews/{number}.jpg"
 
 
 def cause_of(generation_id: UUID) -> Cause:
@@ -154,10 +166,12 @@ class Generate(Reaction):
         breakers: CircuitBreakers,
         blobs: BlobStore,
         *,
+        live: LivePublisher | None = None,
         sleep: Any = time.sleep,
     ) -> None:
         self.generations, self.providers = generations, providers
         self.breakers, self.blobs, self.sleep = breakers, blobs, sleep
+        self.live = live
 
     def handle(self, event: DomainEventProtocol[UUID], tracking: Tracking) -> bool:
         generation = self.generations.generation(None, event.originator_id)
@@ -195,7 +209,7 @@ class Generate(Reaction):
                 return submitted.output
             job_id = submitted.job_id
         try:
-            return adapter.wait(spec, job_id or "")
+            return adapter.wait(spec, job_id or "", self._progress(generation, spec, adapter))
         except ProviderFailure as failure:
             if self.generations.generation(None, generation.id).cancel_requested:
                 return None
@@ -266,6 +280,49 @@ class Generate(Reaction):
                 raise _SwitchedModel
         self._change(generation.id, lambda g: g.defer(f"{spec.provider} is unavailable"))
         raise Deferral(f"{spec.provider} is unavailable ({reason})", DEFER_S)
+
+    def _progress(
+        self, generation: Generation, spec: ModelSpec, adapter: ProviderAdapter
+    ) -> ProgressSink | None:
+        """Relays a streaming provider's percentages and previews to the live feed."""
+        live = self.live
+        if live is None or not spec.capabilities.streaming:
+            return None
+
+        def send(percent: float, preview_url: str | None) -> None:
+            data: dict[str, Any] = {
+                "generation_id": str(generation.id),
+                "percent": round(percent, 1),
+                "estimated": False,
+            }
+            if preview_url:
+                data["preview_url"] = preview_url
+            live.publish(
+                [
+                    LiveMessage(
+                        type="progress",
+                        generation_id=generation.id,
+                        user_id=generation.user_id,
+                        data=data,
+                    )
+                ]
+            )
+
+        def store_preview(url: str, number: int) -> str | None:
+            try:
+                data = adapter.fetch(Output(url, None, 0, 0, "image/jpeg"))
+            except ProviderFailure:
+                return None  # a missing preview is no reason to stop
+            self.blobs.put(preview_key(generation.id, number), data, "image/jpeg")
+            return f"/v1/generations/{generation.id}/previews/{number}"
+
+        relay = ProgressRelay(send, store_preview=store_preview)
+
+        def on_progress(progress: Progress) -> None:
+            if progress.percent >= 0:  # negative: the provider reports no percentage
+                relay(min(progress.percent, 99.0), progress.preview_url)
+
+        return on_progress
 
     # -- results ---------------------------------------------------------------------------
 

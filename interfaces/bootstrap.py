@@ -33,6 +33,7 @@ from infrastructure.breakers import RedisCircuitBreakers
 from infrastructure.broker import make_broker
 from infrastructure.dispatcher import Dispatcher
 from infrastructure.identity import PostgresUserStore
+from infrastructure.live import RedisLivePublisher
 from infrastructure.logging import configure_logging
 from infrastructure.migrations import migrate
 from infrastructure.postgres import datastore, eventstore_env
@@ -43,6 +44,7 @@ from infrastructure.storage import LocalBlobStore
 from projections.base import ProjectionView
 from projections.generations import GenerationsView
 from projections.ledger import LedgerView
+from projections.model_timings import ModelTimingsView
 from projections.runner import ProjectionRunner
 
 #: Every bounded context: its name (schema and table prefix) and application class.
@@ -54,13 +56,14 @@ APPLICATIONS: Mapping[str, type[PixevoApplication]] = {
 PROJECTIONS: Mapping[str, type[ProjectionView]] = {
     "ledger": LedgerView,
     "generations": GenerationsView,
+    "model_timings": ModelTimingsView,
 }
 
 ReactionFactory = Callable[["Container"], Reaction]
 #: The reactions the platform runs.
 REACTIONS: tuple[ReactionFactory, ...] = (
     lambda c: FundGeneration(c.generations, c.billing, ProjectedResultCache(c.pool)),
-    lambda c: Generate(c.generations, c.providers, c.breakers, c.blobs),
+    lambda c: Generate(c.generations, c.providers, c.breakers, c.blobs, live=c.live),
     lambda c: CancelAtProvider(c.generations, c.providers),
     lambda c: SettleGeneration(c.generations, c.billing),
 )
@@ -126,6 +129,10 @@ class Container:
         return psycopg_pool.ConnectionPool(self.database_url, min_size=1, max_size=8, open=True)
 
     @cached_property
+    def live(self) -> RedisLivePublisher:
+        return RedisLivePublisher(self.redis_url, self.settings.redis_namespace)
+
+    @cached_property
     def users(self) -> Users:
         return Users(PostgresUserStore(self.pool), self.billing)
 
@@ -166,7 +173,12 @@ class Container:
 
     def projection(self, name: str, schema: str | None = None) -> ProjectionRunner:
         view_class = PROJECTIONS[name]
-        view = view_class(datastore(self.database_url, schema or view_class.live_schema()))
+        live = schema is None or schema == view_class.live_schema()
+        store = datastore(self.database_url, schema or view_class.live_schema())
+        if view_class is GenerationsView:  # it publishes the live feed (not while rebuilding)
+            view: ProjectionView = GenerationsView(store, publisher=self.live if live else None)
+        else:
+            view = view_class(store)
         upstream = self.applications[view_class.upstream]
         return ProjectionRunner(
             view,
@@ -181,6 +193,8 @@ class Container:
             app.close()
         if "pool" in self.__dict__:
             self.pool.close()
+        if "live" in self.__dict__:
+            self.live.close()
 
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
