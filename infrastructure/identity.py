@@ -61,3 +61,11 @@ async def user_for_key_hash(pool: AsyncConnectionPool, key_hash: bytes) -> User 
         )
         row = await cursor.fetchone()
     return User(row["id"], row["email"], row["admin"]) if row else None
+
+
+async def user_by_id(pool: AsyncConnectionPool, user_id: UUID) -> User | None:
+    async with pool.connection() as conn:
+        cursor = conn.cursor(row_factory=dict_row)
+        await cursor.execute("SELECT id, email, admin FROM identity.users WHERE id = %s", [user_id])
+        row = await cursor.fetchone()
+    return User(row["id"], row["email"], row["admin"]) if row else None

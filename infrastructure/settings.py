@@ -10,6 +10,7 @@ PIXEVO_REDIS_NAMESPACE    prefix of Redis keys and of Dramatiq queues (default p
 PIXEVO_PROJECTION_BATCH   events per projection transaction (default 2000)
 PIXEVO_SIMULATOR_PORT     where ``pixevo up`` runs the provider simulator (default 8001)
 PIXEVO_PROVIDER_<NAME>_URL / _KEY   a provider's base URL and API key (default: the simulator)
+PIXEVO_STREAM_SECRET      signs stream tokens; unset: one made in the data dir
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ class Settings:
     redis_namespace: str = "pixevo"
     projection_batch: int = 2000
     simulator_port: int = 8001
+    stream_secret: str | None = None
     providers: dict[str, tuple[str, str]] = field(default_factory=dict)  # name: (url, key)
 
     @classmethod
@@ -76,6 +78,7 @@ class Settings:
             redis_namespace=env.get("PIXEVO_REDIS_NAMESPACE", "pixevo"),
             projection_batch=int(batch),
             simulator_port=int(sim_port),
+            stream_secret=env.get("PIXEVO_STREAM_SECRET") or None,
             providers=providers,
         )
 
@@ -108,6 +111,8 @@ class Settings:
         for name, (url, key) in self.providers.items():
             env[f"PIXEVO_PROVIDER_{name.upper()}_URL"] = url
             env[f"PIXEVO_PROVIDER_{name.upper()}_KEY"] = key
+        if self.stream_secret:
+            env["PIXEVO_STREAM_SECRET"] = self.stream_secret
         if self.database_url:
             env["PIXEVO_DATABASE_URL"] = self.database_url
         if self.redis_url:

@@ -11,6 +11,9 @@ from typing import Any
 import redis.asyncio as aioredis
 import structlog
 from litestar import Litestar
+from litestar.channels import ChannelsPlugin
+from litestar.channels.backends.redis import RedisChannelsPubSubBackend
+from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.middleware import DefineMiddleware
 from litestar.openapi.config import OpenAPIConfig
@@ -19,8 +22,9 @@ from litestar.openapi.spec import Components, SecurityScheme
 from litestar.types import ASGIApp, Receive, Scope, Send
 from psycopg_pool import AsyncConnectionPool
 
+from infrastructure.tokens import StreamTokens, stream_secret
 from interfaces.bootstrap import Container
-from interfaces.http import generation_routes, problems
+from interfaces.http import feeds, generation_routes, problems
 from interfaces.http.auth import PUBLIC_PATHS, ApiKeyAuthentication, KeyCache
 from interfaces.http.routes import ROUTES
 
@@ -81,15 +85,32 @@ def create_app(container: Container) -> Litestar:
         await pool.open(wait=False)
         client = aioredis.Redis.from_url(container.redis_url, socket_timeout=2)
         app.state.pool, app.state.redis, app.state.key_cache = pool, client, KeyCache()
+        app.state.timings = feeds.Timings(container, pool)
         try:
             yield
         finally:
             await client.aclose()
             await pool.close()
 
+    settings = container.settings
+    # the live feeds: one pub/sub connection per process, fanned out to its subscribers
+    channels = ChannelsPlugin(
+        backend=RedisChannelsPubSubBackend(redis=aioredis.Redis.from_url(container.redis_url)),
+        arbitrary_channels_allowed=True,
+        subscriber_max_backlog=1000,
+        subscriber_backlog_strategy="dropleft",
+    )
     return Litestar(
-        route_handlers=[*ROUTES, *generation_routes.ROUTES],
+        route_handlers=[*ROUTES, *generation_routes.ROUTES, *feeds.ROUTES],
         lifespan=[resources],
+        plugins=[channels],
+        state=State(
+            {
+                "stream_tokens": StreamTokens(
+                    stream_secret(settings.stream_secret, settings.data_dir)
+                )
+            }
+        ),
         dependencies={"container": Provide(lambda: container, sync_to_thread=False)},
         middleware=[
             request_context,

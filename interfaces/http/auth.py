@@ -13,7 +13,8 @@ from litestar.middleware import AbstractAuthenticationMiddleware, Authentication
 from psycopg_pool import AsyncConnectionPool
 
 from application.users import User, hash_key
-from infrastructure.identity import user_for_key_hash
+from infrastructure.identity import user_by_id, user_for_key_hash
+from infrastructure.tokens import InvalidStreamToken, StreamTokens
 
 PUBLIC_PATHS = ["^/health$", "^/ready$", "^/schema"]
 _MAX_KEY_LENGTH = 200
@@ -41,8 +42,39 @@ class KeyCache:
         self._entries[key_hash] = (time.monotonic() + self.ttl_s, user)
 
 
+#: Route option of the handlers that also accept a stream token (``?token=``).
+STREAM_TOKEN_OPT = "stream_token"  # noqa: S105 - a route option's name
+
+
 class ApiKeyAuthentication(AbstractAuthenticationMiddleware):
     async def authenticate_request(
+        self, connection: ASGIConnection[Any, Any, Any, Any]
+    ) -> AuthenticationResult:
+        token = connection.query_params.get("token")
+        if token is not None and connection.route_handler.opt.get(STREAM_TOKEN_OPT):
+            return await self._with_token(connection, token)
+        return await self._with_key(connection)
+
+    async def _with_token(
+        self, connection: ASGIConnection[Any, Any, Any, Any], token: str
+    ) -> AuthenticationResult:
+        tokens: StreamTokens = connection.app.state.stream_tokens
+        try:
+            user_id = tokens.verify(token)
+        except InvalidStreamToken as invalid:
+            raise NotAuthorizedException(str(invalid)) from None
+        if connection.headers.get("authorization"):  # both: they must name the same user
+            by_key = await self._with_key(connection)
+            if by_key.user.id != user_id:
+                raise NotAuthorizedException("the stream token was issued to another user")
+            return by_key
+        user = await user_by_id(connection.app.state.pool, user_id)
+        if user is None:
+            raise NotAuthorizedException("the stream token is not valid")
+        structlog.contextvars.bind_contextvars(user_id=str(user.id))
+        return AuthenticationResult(user=user, auth=token)
+
+    async def _with_key(
         self, connection: ASGIConnection[Any, Any, Any, Any]
     ) -> AuthenticationResult:
         header = connection.headers.get("authorization", "")

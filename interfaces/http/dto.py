@@ -210,3 +210,8 @@ class GenerationView(msgspec.Struct):
 class GenerationList(msgspec.Struct):
     items: list[GenerationView]
     next_cursor: str | None
+
+
+class StreamToken(msgspec.Struct):
+    token: str
+    expires_at: datetime

@@ -1,0 +1,459 @@
+"""Live feeds: a generation's events and a user's, over SSE and WebSocket.
+
+A stream subscribes to its Redis channel *first*, then reads what the client missed from the
+feed table, then forwards live messages, dropping any whose position it has already sent. Since
+the projection publishes only after it commits, anything published after the subscription is
+either in the stored read or arrives live: no gap and no duplicate across the hand-over. Every
+:data:`HEARTBEAT_S` a comment keeps proxies from closing the connection and a catch-up read
+covers messages Redis lost (a restart, a publisher that died before it published).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any
+from uuid import UUID
+
+import msgspec
+from litestar import Request, Response, get, post
+from litestar.channels import ChannelsPlugin, Subscriber
+from litestar.connection import WebSocket
+from litestar.datastructures import State
+from litestar.di import NamedDependency
+from litestar.handlers import websocket_stream
+from litestar.params import FromPath, HeaderParameter, QueryParameter
+from litestar.response import ServerSentEvent, ServerSentEventMessage
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool
+
+from application.catalogue import UnknownModel
+from application.generation_saga import preview_key
+from application.generations import GenerationNotFound
+from application.live import (
+    FINAL_TYPES,
+    SLOW_NOTICE,
+    LiveMessage,
+    decode,
+    estimate,
+    generation_channel,
+    user_channel,
+)
+from application.users import User
+from domain.ids import uuid7_time
+from interfaces.bootstrap import Container
+from interfaces.http import dto
+from interfaces.http.auth import STREAM_TOKEN_OPT
+from interfaces.http.generation_routes import view_of_row
+from interfaces.http.problems import ProblemError
+from projections import generation_queries, model_timings
+from projections.generations import GenerationsView, message_of, row_from_json
+
+HEARTBEAT_S = 15.0
+ESTIMATE_EVERY_S = 0.5
+#: How far back ``GET /v1/events`` resumes from a ``Last-Event-ID``.
+RESUME_WINDOW = timedelta(days=7)
+TIMINGS_TTL_S = 30.0
+FEED = f"{GenerationsView.live_schema()}.feed"
+
+LastEventId = Annotated[
+    str | None, HeaderParameter(name="Last-Event-ID", max_length=30, required=False)
+]
+LastEventIdQuery = Annotated[str | None, QueryParameter(name="last_event_id", max_length=30)]
+Token = Annotated[str | None, QueryParameter(name="token", max_length=2000)]
+
+
+@dataclass(frozen=True, slots=True)
+class Out:
+    """One message for the client; ``id`` is the position to resume after."""
+
+    type: str
+    id: int
+    data: dict[str, Any]
+
+
+HEARTBEAT = Out("heartbeat", 0, {})
+
+
+def _position(header: str | None, query: str | None) -> int | None:
+    value = header if header is not None else query
+    if value is None or value == "":
+        return None
+    if not value.isdigit():
+        raise ProblemError(400, "Last-Event-ID must be the id of an event this API sent")
+    return int(value)
+
+
+# -- stored feed -----------------------------------------------------------------------------
+
+
+async def _stored(pool: AsyncConnectionPool, where: str, params: list[Any]) -> list[LiveMessage]:
+    async with pool.connection() as conn:
+        cur = conn.cursor(row_factory=dict_row)
+        await cur.execute(f"SELECT * FROM {FEED} WHERE {where} ORDER BY position", params)
+        return [message_of(row) for row in await cur.fetchall()]
+
+
+async def generation_feed(
+    pool: AsyncConnectionPool, generation_id: UUID, after: int = 0
+) -> list[LiveMessage]:
+    made = uuid7_time(generation_id) - timedelta(seconds=1)  # nothing happens before its id
+    return await _stored(
+        pool,
+        "generation_id = %s AND created_at >= %s AND position > %s",
+        [generation_id, made, after],
+    )
+
+
+async def user_feed(pool: AsyncConnectionPool, user_id: UUID, after: int) -> list[LiveMessage]:
+    since = datetime.now(UTC) - RESUME_WINDOW
+    return await _stored(
+        pool,
+        "user_id = %s AND created_at >= %s AND position > %s LIMIT 5000",
+        [user_id, since, after],
+    )
+
+
+async def user_head(pool: AsyncConnectionPool, user_id: UUID) -> int:
+    since = datetime.now(UTC) - RESUME_WINDOW
+    async with pool.connection() as conn:
+        cur = await conn.execute(
+            f"SELECT coalesce(max(position), 0) FROM {FEED} "
+            "WHERE user_id = %s AND created_at >= %s",
+            [user_id, since],
+        )
+        found = await cur.fetchone()
+    return int(found[0]) if found else 0
+
+
+class Timings:
+    """Each model's recent P50/P95 (the model_timings projection), else the catalogue's."""
+
+    def __init__(self, container: Container, pool: AsyncConnectionPool) -> None:
+        self.container, self.pool = container, pool
+        self._recent: dict[str, model_timings.Timing] = {}
+        self._fresh_until = 0.0
+
+    async def of(self, model: str) -> tuple[float, float]:
+        if time.monotonic() > self._fresh_until:
+            self._fresh_until = time.monotonic() + TIMINGS_TTL_S
+            self._recent = await model_timings.recent(self.pool)
+        found = self._recent.get(model)
+        if found is not None:
+            return found.p50_ms / 1000, found.p95_ms / 1000
+        timing = self.container.catalogue.get(model).timing
+        return timing.p50_ms / 1000, timing.p95_ms / 1000
+
+
+# -- the streams -----------------------------------------------------------------------------
+
+
+def _render(message: LiveMessage) -> Out:
+    data = message.data
+    if message.type in FINAL_TYPES:  # the whole generation, as GET /v1/generations/{id} has it
+        data = msgspec.to_builtins(view_of_row(row_from_json(data)))
+    return Out(message.type, message.position or 0, data)
+
+
+class Subscription:
+    """A subscriber's Redis channel, drained into a queue the stream reads with a timeout."""
+
+    def __init__(self, channels: ChannelsPlugin, channel: str) -> None:
+        self.channels, self.channel = channels, channel
+        self.queue: asyncio.Queue[bytes] = asyncio.Queue()
+        self._stack = AsyncExitStack()
+        self._subscriber: Subscriber | None = None
+
+    async def open(self) -> Subscription:
+        self._subscriber = await self.channels.subscribe([self.channel])
+        await self._stack.enter_async_context(
+            self._subscriber.run_in_background(self.queue.put, join=False)
+        )
+        return self
+
+    async def close(self) -> None:
+        await self._stack.aclose()
+        if self._subscriber is not None:
+            await self.channels.unsubscribe(self._subscriber)
+            self._subscriber = None
+
+
+class _Seen:
+    """A stream's position (what it has sent) and what it knows for estimating progress."""
+
+    def __init__(self, position: int) -> None:
+        self.position = position
+        self.model: str | None = None
+        self.running_since: datetime | None = None
+        self.real_progress = False
+        self.finished = False
+
+    def take(self, message: LiveMessage) -> Out | None:
+        """The message to send, or ``None`` for one already sent."""
+        if message.position is None:  # provider progress: not stored, resumes at ``position``
+            self.real_progress = True
+            return Out(message.type, self.position, message.data)
+        if message.position <= self.position:
+            return None
+        self.position = message.position
+        self.note(message)
+        return _render(message)
+
+    def note(self, message: LiveMessage) -> None:
+        if message.type == "status":
+            running = message.data.get("status") == "running"
+            self.running_since = datetime.fromisoformat(message.data["at"]) if running else None
+            self.model = message.data.get("model")
+        self.finished = message.type in FINAL_TYPES
+
+    @property
+    def estimating(self) -> bool:
+        return self.running_since is not None and not self.real_progress
+
+
+async def generation_stream(
+    state: State,
+    generation_id: UUID,
+    last: int | None,
+    stored: list[LiveMessage],
+    queue: asyncio.Queue[bytes],
+) -> AsyncIterator[Out]:
+    """The events of one generation: missed ones from the store, then live, then it closes."""
+    if last is None and stored and stored[-1].type in FINAL_TYPES:
+        yield _render(stored[-1])  # a finished generation: its final event, and done
+        return
+    seen = _Seen(last or 0)
+    for message in stored:
+        seen.note(message)  # what ran when, even from events the client already has
+    seen.finished = False
+    for message in stored:
+        if (out := seen.take(message)) is not None:
+            yield out
+    last_beat = last_estimate = time.monotonic()
+    while not seen.finished:
+        now = time.monotonic()
+        wait = HEARTBEAT_S - (now - last_beat)
+        if seen.estimating:
+            wait = min(wait, ESTIMATE_EVERY_S - (now - last_estimate))
+        try:
+            raw = await asyncio.wait_for(queue.get(), timeout=max(wait, 0.0))
+        except TimeoutError:
+            now = time.monotonic()
+            if now - last_beat >= HEARTBEAT_S:  # keep-alive, and whatever Redis did not bring
+                last_beat = now
+                yield HEARTBEAT
+                for message in await generation_feed(state.pool, generation_id, seen.position):
+                    if (out := seen.take(message)) is not None:
+                        yield out
+            if seen.estimating and now - last_estimate >= ESTIMATE_EVERY_S:
+                last_estimate = now
+                yield await _estimate(state.timings, seen, generation_id)
+            continue
+        if (out := seen.take(decode(raw))) is not None:
+            yield out
+
+
+async def _estimate(timings: Timings, seen: _Seen, generation_id: UUID) -> Out:
+    since = seen.running_since or datetime.now(UTC)
+    try:
+        p50, p95 = await timings.of(seen.model or "")
+    except UnknownModel:
+        p50, p95 = 10.0, 30.0
+    guess = estimate((datetime.now(UTC) - since).total_seconds(), p50, p95)
+    data: dict[str, Any] = {
+        "generation_id": str(generation_id),
+        "percent": guess.percent,
+        "estimated": True,
+    }
+    if guess.slow:
+        data["notice"] = SLOW_NOTICE
+    return Out("progress", seen.position, data)
+
+
+async def user_stream(
+    state: State, user_id: UUID, last: int | None, queue: asyncio.Queue[bytes]
+) -> AsyncIterator[Out]:
+    """Every change to the user's generations: missed ones (with a Last-Event-ID), then live."""
+    seen = _Seen(last if last is not None else await user_head(state.pool, user_id))
+    if last is not None:
+        for message in await user_feed(state.pool, user_id, seen.position):
+            if (out := seen.take(message)) is not None:
+                yield out
+    last_beat = time.monotonic()
+    while True:
+        try:
+            raw = await asyncio.wait_for(
+                queue.get(), timeout=max(HEARTBEAT_S - (time.monotonic() - last_beat), 0.0)
+            )
+        except TimeoutError:
+            last_beat = time.monotonic()
+            yield HEARTBEAT
+            for message in await user_feed(state.pool, user_id, seen.position):
+                if (out := seen.take(message)) is not None:
+                    yield out
+            continue
+        if (out := seen.take(decode(raw))) is not None:
+            yield out
+
+
+async def _closing(stream: AsyncIterator[Out], subscription: Subscription) -> AsyncIterator[Out]:
+    """``stream``, unsubscribing when it ends or the client goes away."""
+    try:
+        async for out in stream:
+            yield out
+    finally:
+        await subscription.close()
+
+
+def _sse(stream: AsyncIterator[Out]) -> ServerSentEvent:
+    async def messages() -> AsyncIterator[ServerSentEventMessage]:
+        yield ServerSentEventMessage(retry=2000, comment="stream open")
+        async for out in stream:
+            if out is HEARTBEAT:
+                yield ServerSentEventMessage(comment="heartbeat")
+            else:
+                yield ServerSentEventMessage(
+                    data=msgspec.json.encode(out.data).decode(), event=out.type, id=str(out.id)
+                )
+
+    return ServerSentEvent(messages())
+
+
+async def _open_generation(
+    container: Container,
+    state: State,
+    channels: ChannelsPlugin,
+    user: User,
+    generation_id: UUID,
+    last: int | None,
+) -> tuple[AsyncIterator[Out], bool]:
+    """(the stream, whether the client already has everything it will ever get)."""
+    if generation_id.version != 7:
+        raise ProblemError(404, f"no generation {generation_id}")
+    subscription = await Subscription(
+        channels, generation_channel(container.settings.redis_namespace, generation_id)
+    ).open()
+    try:
+        stored = await generation_feed(state.pool, generation_id)
+        if stored:
+            if stored[0].user_id != user.id:
+                raise ProblemError(404, f"no generation {generation_id}")
+        else:  # not projected yet (it was just made), or no such generation of this user
+            try:
+                await asyncio.to_thread(container.generations.generation, user.id, generation_id)
+            except GenerationNotFound:
+                raise ProblemError(404, f"no generation {generation_id}") from None
+        done = (
+            last is not None
+            and bool(stored)
+            and stored[-1].type in FINAL_TYPES
+            and (stored[-1].position or 0) <= last
+        )
+    except BaseException:
+        await subscription.close()
+        raise
+    stream = generation_stream(state, generation_id, last, stored, subscription.queue)
+    return _closing(stream, subscription), done
+
+
+async def _open_user(
+    container: Container, state: State, channels: ChannelsPlugin, user: User, last: int | None
+) -> AsyncIterator[Out]:
+    subscription = await Subscription(
+        channels, user_channel(container.settings.redis_namespace, user.id)
+    ).open()
+    return _closing(user_stream(state, user.id, last, subscription.queue), subscription)
+
+
+# -- routes ----------------------------------------------------------------------------------
+
+_STREAM_OPT = {STREAM_TOKEN_OPT: True}
+
+
+@get("/v1/generations/{generation_id:uuid}/events", opt=_STREAM_OPT)
+async def generation_events(
+    request: Request[User, Any, Any],
+    state: State,
+    channels: NamedDependency[ChannelsPlugin],
+    generation_id: FromPath[UUID],
+    container: NamedDependency[Container],
+    last_event_id: LastEventId = None,
+    last_event_id_query: LastEventIdQuery = None,
+    token: Token = None,  # noqa: ARG001 - read by the authentication middleware
+) -> Response[Any]:
+    """Server-Sent Events of one generation: ``status``, ``progress`` and a final event."""
+    last = _position(last_event_id, last_event_id_query)
+    stream, done = await _open_generation(
+        container, state, channels, request.user, generation_id, last
+    )
+    if done:  # 204 tells an EventSource to stop reconnecting
+        await stream.aclose()  # type: ignore[attr-defined]
+        return Response(None, status_code=204)
+    return _sse(stream)
+
+
+@get("/v1/events", opt=_STREAM_OPT)
+async def user_events(
+    request: Request[User, Any, Any],
+    state: State,
+    channels: NamedDependency[ChannelsPlugin],
+    container: NamedDependency[Container],
+    last_event_id: LastEventId = None,
+    last_event_id_query: LastEventIdQuery = None,
+    token: Token = None,  # noqa: ARG001 - read by the authentication middleware
+) -> ServerSentEvent:
+    """Server-Sent Events of every change to the caller's generations."""
+    last = _position(last_event_id, last_event_id_query)
+    return _sse(await _open_user(container, state, channels, request.user, last))
+
+
+@websocket_stream("/v1/ws", opt=_STREAM_OPT)
+async def user_socket(
+    socket: WebSocket[User, Any, Any],
+    channels: NamedDependency[ChannelsPlugin],
+    container: NamedDependency[Container],
+    last_event_id_query: LastEventIdQuery = None,
+    token: Token = None,  # noqa: ARG001 - read by the authentication middleware
+) -> AsyncGenerator[dict[str, Any], None]:
+    """The user's feed as JSON messages ``{"type", "id", "data"}``."""
+    last = _position(None, last_event_id_query)
+    stream = await _open_user(container, socket.app.state, channels, socket.user, last)
+    async for out in stream:
+        if out is not HEARTBEAT:
+            yield {"type": out.type, "id": str(out.id), "data": out.data}
+
+
+@get("/v1/generations/{generation_id:uuid}/previews/{number:int}", opt=_STREAM_OPT)
+async def preview(
+    request: Request[User, Any, Any],
+    state: State,
+    generation_id: FromPath[UUID],
+    number: FromPath[int],
+    container: NamedDependency[Container],
+    token: Token = None,  # noqa: ARG001 - read by the authentication middleware
+) -> Response[bytes]:
+    """A streaming provider's preview, as the ``preview_url`` of a ``progress`` event."""
+    row = await generation_queries.generation(state.pool, request.user.id, generation_id)
+    if row is None or row["status"] == "blocked":
+        raise ProblemError(404, f"no generation {generation_id}")
+    try:
+        data = await asyncio.to_thread(container.blobs.get, preview_key(generation_id, number))
+    except (FileNotFoundError, ValueError):
+        raise ProblemError(404, f"generation {generation_id} has no preview {number}") from None
+    return Response(
+        data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"}
+    )
+
+
+@post("/v1/stream-tokens", status_code=201)
+async def stream_token(request: Request[User, Any, Any], state: State) -> dto.StreamToken:
+    """A short-lived token for ``?token=`` on the feeds, bound to the caller."""
+    token, expires = state.stream_tokens.issue(request.user.id)
+    return dto.StreamToken(token=token, expires_at=expires)
+
+
+ROUTES = [generation_events, user_events, user_socket, preview, stream_token]
