@@ -17,7 +17,7 @@ from psycopg import sql
 
 from application.base import DDL_LOCK, PixevoApplication
 from application.billing import BillingApplication
-from application.catalogue import Catalogue, default_catalogue
+from application.catalogue import Catalogue, UnknownModel, default_catalogue
 from application.generation_saga import (
     CancelAtProvider,
     FundGeneration,
@@ -111,6 +111,14 @@ class Container:
     @cached_property
     def catalogue(self) -> Catalogue:
         return default_catalogue()
+
+    def seed_timing(self, model: str) -> tuple[float, float]:
+        """A model's (P50, P95) in seconds from the catalogue (a generous guess if unknown)."""
+        try:
+            timing = self.catalogue.get(model).timing
+        except UnknownModel:
+            return 10.0, 30.0
+        return timing.p50_ms / 1000, timing.p95_ms / 1000
 
     @cached_property
     def providers(self) -> Providers:

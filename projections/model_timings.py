@@ -7,14 +7,16 @@ time runs from its latest ``Submitted`` (after a fallback, the model it fell bac
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from psycopg import Cursor
 from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool
 
+from application.live import Estimate, estimate
 from application.logs import topic_of
 from domain.generation import Generation
 from projections.base import NotifiedEvent, ProjectionView
@@ -101,3 +103,31 @@ async def recent(pool: AsyncConnectionPool) -> dict[str, Timing]:
             for row in await cur.fetchall()
             if row["n"] >= MIN_SAMPLES
         }
+
+
+class Timings:
+    """Each model's recent P50/P95 in seconds (refreshed every ``ttl_s``), else ``seed(model)``:
+    the catalogue's figures until a model has :data:`MIN_SAMPLES` in the window."""
+
+    def __init__(
+        self,
+        pool: AsyncConnectionPool,
+        seed: Callable[[str], tuple[float, float]],
+        ttl_s: float = 30.0,
+    ) -> None:
+        self.pool, self.seed, self.ttl_s = pool, seed, ttl_s
+        self._recent: dict[str, Timing] = {}
+        self._fresh_until = 0.0
+
+    async def of(self, model: str) -> tuple[float, float]:
+        if time.monotonic() > self._fresh_until:
+            self._fresh_until = time.monotonic() + self.ttl_s
+            self._recent = await recent(self.pool)
+        found = self._recent.get(model)
+        if found is not None:
+            return found.p50_ms / 1000, found.p95_ms / 1000
+        return self.seed(model)
+
+    async def estimate(self, model: str, running_since: datetime) -> Estimate:
+        p50, p95 = await self.of(model)
+        return estimate((datetime.now(UTC) - running_since).total_seconds(), p50, p95)

@@ -27,6 +27,7 @@ from interfaces.bootstrap import Container
 from interfaces.http import feeds, generation_routes, problems
 from interfaces.http.auth import PUBLIC_PATHS, ApiKeyAuthentication, KeyCache
 from interfaces.http.routes import ROUTES
+from projections.model_timings import Timings
 
 MAX_BODY_BYTES = 1_000_000
 log = structlog.get_logger(__name__)
@@ -85,7 +86,7 @@ def create_app(container: Container) -> Litestar:
         await pool.open(wait=False)
         client = aioredis.Redis.from_url(container.redis_url, socket_timeout=2)
         app.state.pool, app.state.redis, app.state.key_cache = pool, client, KeyCache()
-        app.state.timings = feeds.Timings(container, pool)
+        app.state.timings = Timings(pool, container.seed_timing)
         try:
             yield
         finally:

@@ -31,7 +31,6 @@ from litestar.response import ServerSentEvent, ServerSentEventMessage
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
-from application.catalogue import UnknownModel
 from application.generation_saga import preview_key
 from application.generations import GenerationNotFound
 from application.live import (
@@ -39,7 +38,6 @@ from application.live import (
     SLOW_NOTICE,
     LiveMessage,
     decode,
-    estimate,
     generation_channel,
     user_channel,
 )
@@ -50,14 +48,14 @@ from interfaces.http import dto
 from interfaces.http.auth import STREAM_TOKEN_OPT
 from interfaces.http.generation_routes import view_of_row
 from interfaces.http.problems import ProblemError
-from projections import generation_queries, model_timings
+from projections import generation_queries
 from projections.generations import GenerationsView, message_of, row_from_json
+from projections.model_timings import Timings
 
 HEARTBEAT_S = 15.0
 ESTIMATE_EVERY_S = 0.5
 #: How far back ``GET /v1/events`` resumes from a ``Last-Event-ID``.
 RESUME_WINDOW = timedelta(days=7)
-TIMINGS_TTL_S = 30.0
 FEED = f"{GenerationsView.live_schema()}.feed"
 
 LastEventId = Annotated[
@@ -128,25 +126,6 @@ async def user_head(pool: AsyncConnectionPool, user_id: UUID) -> int:
         )
         found = await cur.fetchone()
     return int(found[0]) if found else 0
-
-
-class Timings:
-    """Each model's recent P50/P95 (the model_timings projection), else the catalogue's."""
-
-    def __init__(self, container: Container, pool: AsyncConnectionPool) -> None:
-        self.container, self.pool = container, pool
-        self._recent: dict[str, model_timings.Timing] = {}
-        self._fresh_until = 0.0
-
-    async def of(self, model: str) -> tuple[float, float]:
-        if time.monotonic() > self._fresh_until:
-            self._fresh_until = time.monotonic() + TIMINGS_TTL_S
-            self._recent = await model_timings.recent(self.pool)
-        found = self._recent.get(model)
-        if found is not None:
-            return found.p50_ms / 1000, found.p95_ms / 1000
-        timing = self.container.catalogue.get(model).timing
-        return timing.p50_ms / 1000, timing.p95_ms / 1000
 
 
 # -- the streams -----------------------------------------------------------------------------
@@ -258,12 +237,7 @@ async def generation_stream(
 
 
 async def _estimate(timings: Timings, seen: _Seen, generation_id: UUID) -> Out:
-    since = seen.running_since or datetime.now(UTC)
-    try:
-        p50, p95 = await timings.of(seen.model or "")
-    except UnknownModel:
-        p50, p95 = 10.0, 30.0
-    guess = estimate((datetime.now(UTC) - since).total_seconds(), p50, p95)
+    guess = await timings.estimate(seen.model or "", seen.running_since or datetime.now(UTC))
     data: dict[str, Any] = {
         "generation_id": str(generation_id),
         "percent": guess.percent,

@@ -208,7 +208,11 @@ class Generations(Controller):
         row = await generation_queries.generation(state.pool, request.user.id, generation_id)
         if row is None:
             raise ProblemError(404, f"no generation {generation_id}")
-        return view_of_row(row)
+        view = view_of_row(row)
+        if row["status"] == "running":  # it has been running since its last change
+            guess = await state.timings.estimate(row["model_key"], row["updated_at"])
+            view.progress = dto.Progress(percent=guess.percent, estimated=True)
+        return view
 
     @get("")
     async def generations(

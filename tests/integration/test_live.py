@@ -200,6 +200,15 @@ def test_estimated_progress_rises_stays_below_100_and_the_final_event_carries_th
     slow_provider(simulator, "replicate", 2.0)  # flux-schnell reports no percentage
     with apis[0].client(key_of(platform, "estimate@example.com")) as client:
         generation_id = create(client)
+        seen: dict[str, Any] = {}
+
+        def running() -> bool:
+            seen.update(client.get(f"/v1/generations/{generation_id}").json())
+            return bool(seen["status"] == "running")
+
+        assert wait_for(running, timeout=30)
+        assert seen["progress"]["estimated"] is True  # the GET shows the estimate too
+        assert 0 <= seen["progress"]["percent"] < 100
         events = read(client, f"/v1/generations/{generation_id}/events")
     progress = [json.loads(e.data) for e in events if e.event == "progress"]
     assert len(progress) >= 3, [e.event for e in events]
