@@ -87,6 +87,9 @@ def create_app(container: Container) -> Litestar:
         client = aioredis.Redis.from_url(container.redis_url, socket_timeout=2)
         app.state.pool, app.state.redis, app.state.key_cache = pool, client, KeyCache()
         app.state.timings = Timings(pool, container.seed_timing)
+        app.state.streaming_models = frozenset(
+            spec.key for spec in container.catalogue if spec.capabilities.streaming
+        )
         try:
             yield
         finally:

@@ -189,9 +189,13 @@ class _Seen:
             self.model = message.data.get("model")
         self.finished = message.type in FINAL_TYPES
 
-    @property
-    def estimating(self) -> bool:
-        return self.running_since is not None and not self.real_progress
+    def estimating(self, streaming_models: frozenset[str]) -> bool:
+        """Whether to estimate: running on a model that reports no progress of its own."""
+        return (
+            self.running_since is not None
+            and not self.real_progress
+            and self.model not in streaming_models
+        )
 
 
 async def generation_stream(
@@ -200,7 +204,7 @@ async def generation_stream(
     last: int | None,
     stored: list[LiveMessage],
     queue: asyncio.Queue[bytes],
-) -> AsyncIterator[Out]:
+) -> AsyncGenerator[Out, None]:
     """The events of one generation: missed ones from the store, then live, then it closes."""
     if last is None and stored and stored[-1].type in FINAL_TYPES:
         yield _render(stored[-1])  # a finished generation: its final event, and done
@@ -212,11 +216,12 @@ async def generation_stream(
     for message in stored:
         if (out := seen.take(message)) is not None:
             yield out
+    streaming: frozenset[str] = state.streaming_models
     last_beat = last_estimate = time.monotonic()
     while not seen.finished:
         now = time.monotonic()
         wait = HEARTBEAT_S - (now - last_beat)
-        if seen.estimating:
+        if seen.estimating(streaming):
             wait = min(wait, ESTIMATE_EVERY_S - (now - last_estimate))
         try:
             raw = await asyncio.wait_for(queue.get(), timeout=max(wait, 0.0))
@@ -228,7 +233,7 @@ async def generation_stream(
                 for message in await generation_feed(state.pool, generation_id, seen.position):
                     if (out := seen.take(message)) is not None:
                         yield out
-            if seen.estimating and now - last_estimate >= ESTIMATE_EVERY_S:
+            if seen.estimating(streaming) and now - last_estimate >= ESTIMATE_EVERY_S:
                 last_estimate = now
                 yield await _estimate(state.timings, seen, generation_id)
             continue
@@ -250,7 +255,7 @@ async def _estimate(timings: Timings, seen: _Seen, generation_id: UUID) -> Out:
 
 async def user_stream(
     state: State, user_id: UUID, last: int | None, queue: asyncio.Queue[bytes]
-) -> AsyncIterator[Out]:
+) -> AsyncGenerator[Out, None]:
     """Every change to the user's generations: missed ones (with a Last-Event-ID), then live."""
     seen = _Seen(last if last is not None else await user_head(state.pool, user_id))
     if last is not None:
@@ -274,7 +279,9 @@ async def user_stream(
             yield out
 
 
-async def _closing(stream: AsyncIterator[Out], subscription: Subscription) -> AsyncIterator[Out]:
+async def _closing(
+    stream: AsyncGenerator[Out, None], subscription: Subscription
+) -> AsyncGenerator[Out, None]:
     """``stream``, unsubscribing when it ends or the client goes away."""
     try:
         async for out in stream:
@@ -283,16 +290,19 @@ async def _closing(stream: AsyncIterator[Out], subscription: Subscription) -> As
         await subscription.close()
 
 
-def _sse(stream: AsyncIterator[Out]) -> ServerSentEvent:
+def _sse(stream: AsyncGenerator[Out, None]) -> ServerSentEvent:
     async def messages() -> AsyncIterator[ServerSentEventMessage]:
-        yield ServerSentEventMessage(retry=2000, comment="stream open")
-        async for out in stream:
-            if out is HEARTBEAT:
-                yield ServerSentEventMessage(comment="heartbeat")
-            else:
-                yield ServerSentEventMessage(
-                    data=msgspec.json.encode(out.data).decode(), event=out.type, id=str(out.id)
-                )
+        try:
+            yield ServerSentEventMessage(retry=2000, comment="stream open")
+            async for out in stream:
+                if out is HEARTBEAT:
+                    yield ServerSentEventMessage(comment="heartbeat")
+                else:
+                    yield ServerSentEventMessage(
+                        data=msgspec.json.encode(out.data).decode(), event=out.type, id=str(out.id)
+                    )
+        finally:  # the client went away or the stream ended: unsubscribe now, not at GC
+            await stream.aclose()
 
     return ServerSentEvent(messages())
 
@@ -304,7 +314,7 @@ async def _open_generation(
     user: User,
     generation_id: UUID,
     last: int | None,
-) -> tuple[AsyncIterator[Out], bool]:
+) -> tuple[AsyncGenerator[Out, None], bool]:
     """(the stream, whether the client already has everything it will ever get)."""
     if generation_id.version != 7:
         raise ProblemError(404, f"no generation {generation_id}")
@@ -336,7 +346,7 @@ async def _open_generation(
 
 async def _open_user(
     container: Container, state: State, channels: ChannelsPlugin, user: User, last: int | None
-) -> AsyncIterator[Out]:
+) -> AsyncGenerator[Out, None]:
     subscription = await Subscription(
         channels, user_channel(container.settings.redis_namespace, user.id)
     ).open()
@@ -365,7 +375,7 @@ async def generation_events(
         container, state, channels, request.user, generation_id, last
     )
     if done:  # 204 tells an EventSource to stop reconnecting
-        await stream.aclose()  # type: ignore[attr-defined]
+        await stream.aclose()
         return Response(None, status_code=204)
     return _sse(stream)
 
@@ -396,9 +406,12 @@ async def user_socket(
     """The user's feed as JSON messages ``{"type", "id", "data"}``."""
     last = _position(None, last_event_id_query)
     stream = await _open_user(container, socket.app.state, channels, socket.user, last)
-    async for out in stream:
-        if out is not HEARTBEAT:
-            yield {"type": out.type, "id": str(out.id), "data": out.data}
+    try:
+        async for out in stream:
+            if out is not HEARTBEAT:
+                yield {"type": out.type, "id": str(out.id), "data": out.data}
+    finally:
+        await stream.aclose()
 
 
 @get("/v1/generations/{generation_id:uuid}/previews/{number:int}", opt=_STREAM_OPT)
