@@ -77,6 +77,8 @@ class CreditAccount(Aggregate):
         hold_id: UUID
         amount: int
         released: int
+        #: Why it was settled so, where a policy decided (events stored before it read None).
+        note: str | None = None
 
         def apply(self, aggregate: Any) -> None:
             account: CreditAccount = aggregate
@@ -87,6 +89,7 @@ class CreditAccount(Aggregate):
     class HoldReleased(Aggregate.Event):
         hold_id: UUID
         amount: int
+        note: str | None = None
 
         def apply(self, aggregate: Any) -> None:
             account: CreditAccount = aggregate
@@ -153,7 +156,7 @@ class CreditAccount(Aggregate):
         if amount > self.available:
             raise InsufficientCredits(requested=amount, available=self.available)
 
-    def capture(self, hold_id: UUID, amount: int) -> bool:
+    def capture(self, hold_id: UUID, amount: int, note: str | None = None) -> bool:
         """Spends up to the held amount and releases the rest; a repeated capture is a no-op."""
         hold = self._open_hold(hold_id, closing_as="captured")
         if hold is None:
@@ -163,16 +166,20 @@ class CreditAccount(Aggregate):
                 f"a capture must be between 0 and the held amount ({hold['amount']} units)"
             )
         self.trigger_event(
-            self.HoldCaptured, hold_id=hold_id, amount=amount, released=hold["amount"] - amount
+            self.HoldCaptured,
+            hold_id=hold_id,
+            amount=amount,
+            released=hold["amount"] - amount,
+            note=note,
         )
         return True
 
-    def release(self, hold_id: UUID) -> bool:
+    def release(self, hold_id: UUID, note: str | None = None) -> bool:
         """Gives the whole hold back; a repeated release is a no-op."""
         hold = self._open_hold(hold_id, closing_as="released")
         if hold is None:
             return False
-        self.trigger_event(self.HoldReleased, hold_id=hold_id, amount=hold["amount"])
+        self.trigger_event(self.HoldReleased, hold_id=hold_id, amount=hold["amount"], note=note)
         return True
 
     def _open_hold(self, hold_id: UUID, closing_as: str) -> OpenHold | None:

@@ -28,6 +28,7 @@ class LedgerEntry:
     cause: Cause
     hold_id: UUID | None
     version: int
+    note: str | None = None  # why a hold was settled so, where a policy decided
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,23 +77,25 @@ def apply(position: AccountPosition, event: object) -> tuple[AccountPosition, li
     account_id, version, at = event.originator_id, event.originator_version, event.timestamp
     holds = dict(position.holds)
     balance = position.balance
-    moves: list[tuple[str, int, Cause, UUID | None]] = []
+    moves: list[tuple[str, int, Cause, UUID | None, str | None]] = []
     if isinstance(event, CreditAccount.Deposited):
         balance += event.amount
-        moves.append((event.kind, event.amount, Cause(event.cause_type, event.cause_id), None))
+        moves.append(
+            (event.kind, event.amount, Cause(event.cause_type, event.cause_id), None, None)
+        )
     elif isinstance(event, CreditAccount.HoldPlaced):
         cause = Cause(event.cause_type, event.cause_id)
         holds[event.hold_id] = OpenHoldView(event.hold_id, event.amount, cause, at)
-        moves.append(("hold", event.amount, cause, event.hold_id))
+        moves.append(("hold", event.amount, cause, event.hold_id, None))
     elif isinstance(event, CreditAccount.HoldCaptured):
         cause = holds.pop(event.hold_id).cause
         balance -= event.amount
-        moves.append(("capture", event.amount, cause, event.hold_id))
+        moves.append(("capture", event.amount, cause, event.hold_id, event.note))
         if event.released:
-            moves.append(("release", event.released, cause, event.hold_id))
+            moves.append(("release", event.released, cause, event.hold_id, event.note))
     elif isinstance(event, CreditAccount.HoldReleased):
         cause = holds.pop(event.hold_id).cause
-        moves.append(("release", event.amount, cause, event.hold_id))
+        moves.append(("release", event.amount, cause, event.hold_id, event.note))
     after = replace(position, balance=balance, holds=holds, version=version, updated_at=at)
     entries = [
         LedgerEntry(
@@ -106,8 +109,9 @@ def apply(position: AccountPosition, event: object) -> tuple[AccountPosition, li
             cause=cause,
             hold_id=hold_id,
             version=version,
+            note=note,
         )
-        for i, (kind, amount, cause, hold_id) in enumerate(moves)
+        for i, (kind, amount, cause, hold_id, note) in enumerate(moves)
     ]
     return after, entries
 

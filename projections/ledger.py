@@ -118,6 +118,7 @@ class LedgerView(ProjectionView):
             "cause_id": [],
             "hold_id": [],
             "version": [],
+            "note": [],
         }
         for e in entries:
             for name, value in (
@@ -133,6 +134,7 @@ class LedgerView(ProjectionView):
                 ("cause_id", e.cause.id),
                 ("hold_id", e.hold_id),
                 ("version", e.version),
+                ("note", e.note),
             ):
                 columns[name].append(value)
         curs.execute(
@@ -140,7 +142,7 @@ class LedgerView(ProjectionView):
             f"({', '.join(columns)}) "
             "SELECT * FROM unnest(%s::uuid[], %s::timestamptz[], %s::uuid[], %s::uuid[], "
             "%s::text[], %s::numeric[], %s::numeric[], %s::numeric[], %s::text[], %s::text[], "
-            "%s::uuid[], %s::int[]) ON CONFLICT DO NOTHING",
+            "%s::uuid[], %s::int[], %s::text[]) ON CONFLICT DO NOTHING",
             list(columns.values()),
         )
 

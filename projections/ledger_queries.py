@@ -85,7 +85,7 @@ async def ledger_page(
         cur = conn.cursor(row_factory=dict_row)
         await cur.execute(
             f"SELECT id, created_at, kind, amount, balance_after, available_after, cause_type, "
-            f"cause_id FROM {SCHEMA}.ledger_entries WHERE user_id = %s {after} "
+            f"cause_id, note FROM {SCHEMA}.ledger_entries WHERE user_id = %s {after} "
             f"ORDER BY created_at DESC, id DESC LIMIT %s",
             params,
         )

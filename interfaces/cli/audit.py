@@ -41,6 +41,7 @@ def _entry(e: LedgerEntry) -> dict[str, object]:
         "cause": {"type": e.cause.type, "id": e.cause.id},
         "hold_id": str(e.hold_id) if e.hold_id else None,
         "version": e.version,
+        "note": e.note,
     }
 
 
@@ -83,7 +84,7 @@ def ledger(args: argparse.Namespace) -> int:
         print(
             f"{e.at.isoformat():<33} {e.kind:<8} {format_credits(e.amount):>14} "
             f"{format_credits(e.balance_after):>14} {format_credits(e.available_after):>14}  "
-            f"{e.cause}"
+            f"{e.cause}" + (f"  ({e.note})" if e.note else "")
         )
     print(
         f"balance {format_credits(position.balance)}, held {format_credits(position.held)}, "

@@ -40,6 +40,7 @@ def _entry(entry: DomainEntry) -> dto.LedgerEntry:
         balance_after=format_credits(entry.balance_after),
         available_after=format_credits(entry.available_after),
         cause=dto.Cause(entry.cause.type, entry.cause.id),
+        note=entry.note,
     )
 
 
@@ -126,6 +127,7 @@ class Credits(Controller):
                     balance_after=_credits(r["balance_after"]),
                     available_after=_credits(r["available_after"]),
                     cause=dto.Cause(r["cause_type"], r["cause_id"]),
+                    note=r["note"],
                 )
                 for r in rows
             ],

@@ -33,7 +33,10 @@ CREATE TABLE IF NOT EXISTS {schema}.ledger_entries (
     cause_id         text NOT NULL,
     hold_id          uuid,
     version          integer NOT NULL,
+    note             text,
     PRIMARY KEY (id, created_at)
 ) PARTITION BY RANGE (created_at);
+-- tables made before `note` existed (rebuilding the projection fills it)
+ALTER TABLE {schema}.ledger_entries ADD COLUMN IF NOT EXISTS note text;
 CREATE INDEX IF NOT EXISTS ledger_entries_user_time ON {schema}.ledger_entries (user_id, created_at DESC, id DESC);
 CREATE INDEX IF NOT EXISTS ledger_entries_time ON {schema}.ledger_entries (created_at);
