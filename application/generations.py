@@ -15,6 +15,7 @@ from eventsourcing.application import AggregateNotFoundError
 from application.base import PixevoApplication, command
 from application.catalogue import Catalogue, UnknownModel, default_catalogue
 from application.group_commit import GroupCommit
+from application.moderation import ModerationPolicy
 from application.normalise import GenerationRequest, InvalidRequest, Normalised, normalise
 from domain.generation import Generation, IdempotencyKey
 from domain.ids import uuid7
@@ -52,17 +53,23 @@ class GenerationsApplication(PixevoApplication):
     snapshotting_intervals: ClassVar = {Generation: Generation.snapshot_every}
 
     def __init__(
-        self, env: Mapping[str, str] | None = None, catalogue: Catalogue | None = None
+        self,
+        env: Mapping[str, str] | None = None,
+        catalogue: Catalogue | None = None,
+        moderation: ModerationPolicy | None = None,
     ) -> None:
         super().__init__(env)
         self.catalogue = catalogue or default_catalogue()
+        self.moderation = moderation or ModerationPolicy()
         self.group_commit = GroupCommit(self.save)
 
     def quote(self, request: GenerationRequest) -> Normalised:
+        """The normalised request and its price; refuses a prompt the moderation rules refuse."""
         try:
             spec = self.catalogue.get(request.model)
         except UnknownModel as unknown:
             raise InvalidRequest("model", str(unknown)) from None
+        self.moderation.rules.screen(request.prompt, request.negative_prompt)
         return normalise(spec, request)
 
     @command

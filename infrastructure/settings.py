@@ -11,6 +11,10 @@ PIXEVO_PROJECTION_BATCH   events per projection transaction (default 2000)
 PIXEVO_SIMULATOR_PORT     where ``pixevo up`` runs the provider simulator (default 8001)
 PIXEVO_PROVIDER_<NAME>_URL / _KEY   a provider's base URL and API key (default: the simulator)
 PIXEVO_STREAM_SECRET      signs stream tokens; unset: one made in the data dir
+PIXEVO_MODERATION_NSFW_THRESHOLD   classifier score that blocks an image (default 0.8)
+PIXEVO_MODERATION_BLOCKED_BILLING  waive (default) or charge: is a blocked generation billed
+PIXEVO_MODERATION_RULES            a prompt rules TOML file (default: the shipped rules)
+PIXEVO_CLASSIFIER_URL              the image classifier (default: the simulator's)
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 LOG_FORMATS = ("console", "json")
+BLOCKED_BILLING = ("waive", "charge")
 
 
 class SettingsError(ValueError):
@@ -40,6 +45,10 @@ class Settings:
     projection_batch: int = 2000
     simulator_port: int = 8001
     stream_secret: str | None = None
+    nsfw_threshold: float = 0.8
+    blocked_billing: str = "waive"
+    moderation_rules: Path | None = None
+    classifier_url: str | None = None
     providers: dict[str, tuple[str, str]] = field(default_factory=dict)  # name: (url, key)
 
     @classmethod
@@ -59,6 +68,22 @@ class Settings:
         sim_port = env.get("PIXEVO_SIMULATOR_PORT", "8001")
         if not sim_port.isdigit() or not 0 < int(sim_port) < 65536:
             raise SettingsError(f"PIXEVO_SIMULATOR_PORT must be a TCP port, not {sim_port!r}")
+        threshold = env.get("PIXEVO_MODERATION_NSFW_THRESHOLD", "0.8")
+        try:
+            nsfw_threshold = float(threshold)
+        except ValueError:
+            nsfw_threshold = -1.0
+        if not 0 <= nsfw_threshold <= 1:
+            raise SettingsError(
+                f"PIXEVO_MODERATION_NSFW_THRESHOLD must be between 0 and 1, not {threshold!r}"
+            )
+        billing = env.get("PIXEVO_MODERATION_BLOCKED_BILLING", "waive").lower()
+        if billing not in BLOCKED_BILLING:
+            raise SettingsError(
+                f"PIXEVO_MODERATION_BLOCKED_BILLING must be one of {BLOCKED_BILLING}, "
+                f"not {billing!r}"
+            )
+        rules = env.get("PIXEVO_MODERATION_RULES")
         providers = {
             key[len("PIXEVO_PROVIDER_") : -len("_URL")].lower(): (
                 value,
@@ -79,6 +104,10 @@ class Settings:
             projection_batch=int(batch),
             simulator_port=int(sim_port),
             stream_secret=env.get("PIXEVO_STREAM_SECRET") or None,
+            nsfw_threshold=nsfw_threshold,
+            blocked_billing=billing,
+            moderation_rules=Path(rules).absolute() if rules else None,
+            classifier_url=env.get("PIXEVO_CLASSIFIER_URL") or None,
             providers=providers,
         )
 
@@ -92,6 +121,10 @@ class Settings:
         """(base URL, API key) of a provider: configured, or the simulator's route for it."""
         default = (f"http://127.0.0.1:{self.simulator_port}/{name}", f"sim-{name}-key")
         return self.providers.get(name, default)
+
+    def classifier(self) -> str:
+        """The image classifier's base URL: configured, or the simulator's moderation route."""
+        return self.classifier_url or f"http://127.0.0.1:{self.simulator_port}/moderation"
 
     def with_urls(self, database_url: str, redis_url: str) -> Settings:
         return replace(self, database_url=database_url, redis_url=redis_url)
@@ -113,6 +146,12 @@ class Settings:
             env[f"PIXEVO_PROVIDER_{name.upper()}_KEY"] = key
         if self.stream_secret:
             env["PIXEVO_STREAM_SECRET"] = self.stream_secret
+        env["PIXEVO_MODERATION_NSFW_THRESHOLD"] = str(self.nsfw_threshold)
+        env["PIXEVO_MODERATION_BLOCKED_BILLING"] = self.blocked_billing
+        if self.moderation_rules:
+            env["PIXEVO_MODERATION_RULES"] = str(self.moderation_rules)
+        if self.classifier_url:
+            env["PIXEVO_CLASSIFIER_URL"] = self.classifier_url
         if self.database_url:
             env["PIXEVO_DATABASE_URL"] = self.database_url
         if self.redis_url:

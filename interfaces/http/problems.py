@@ -18,6 +18,7 @@ from redis.exceptions import ConnectionError as RedisUnavailable
 
 from application.billing import AccountNotFound
 from application.generations import GenerationNotFound, IdempotencyConflict
+from application.moderation import ContentPolicyViolation
 from application.normalise import InvalidRequest
 from application.retry import ConcurrencyConflict
 from application.users import EmailTaken, InvalidEmail
@@ -73,6 +74,10 @@ class Problem(msgspec.Struct, omit_defaults=True):
     status: int
     detail: str
     errors: list[FieldError] | None = None
+    #: A machine-readable reason where clients act on it (e.g. ``content_policy``).
+    code: str | None = None
+    rule: str | None = None
+    rules_version: str | None = None
 
 
 class ProblemError(Exception):
@@ -126,6 +131,22 @@ def handle(request: Request[Any, Any, Any], exc: Exception) -> Response[Problem]
         return problem_response(exc.status, exc.detail, errors=exc.errors, headers=exc.headers)
     if isinstance(exc, InvalidRequest):
         return problem_response(422, exc.message, errors=[FieldError(exc.field, exc.message)])
+    if isinstance(exc, ContentPolicyViolation):
+        log.info("moderation.prompt_refused", rule=exc.rule, rules_version=exc.version)
+        return Response(
+            Problem(
+                type="/problems/content-policy",
+                title="Content policy",
+                status=422,
+                detail=exc.message,
+                errors=[FieldError("prompt", exc.message)],
+                code="content_policy",
+                rule=exc.rule,
+                rules_version=exc.version,
+            ),
+            status_code=422,
+            media_type=MEDIA_TYPE,
+        )
     if isinstance(exc, ValidationException):
         errors = _validation_errors(exc.extra)
         detail = errors[0].message if errors else str(exc.detail)
