@@ -55,6 +55,31 @@ def cause_of(generation_id: UUID) -> Cause:
     return Cause("generation", str(generation_id))
 
 
+def request_for(generation: Generation, spec: ModelSpec) -> GenerationRequest:
+    """The generation's request as ``spec`` (its model now, after any fallback) takes it."""
+    params = (
+        {k: v for k, v in generation.params.items() if k != "aspect_ratio"}
+        if spec.capabilities.sizes
+        else dict(generation.params)
+    )
+    if spec.capabilities.aspect_ratios is not None:
+        params.pop("width", None)
+        params.pop("height", None)
+    return GenerationRequest(
+        model=spec.key,
+        prompt=generation.prompt,
+        negative_prompt=generation.negative_prompt,
+        params=params,
+        allow_fallback=generation.allow_fallback,
+        output_format=generation.output_format,
+    )
+
+
+def cost_of(generation: Generation, spec: ModelSpec) -> int:
+    """What the result costs on the model that made it (``complete`` caps it at the quote)."""
+    return normalise(spec, request_for(generation, spec)).cost_units
+
+
 class FundGeneration(Reaction):
     name = "fund_generation"
     upstream = "generations"
@@ -106,7 +131,13 @@ class SettleGeneration(Reaction):
     name = "settle_generation"
     upstream = "generations"
     topics = tuple(
-        topic_of(c) for c in (Generation.Completed, Generation.Failed, Generation.Cancelled)
+        topic_of(c)
+        for c in (
+            Generation.Completed,
+            Generation.Failed,
+            Generation.Cancelled,
+            Generation.Blocked,
+        )
     )
 
     def __init__(self, generations: GenerationsApplication, billing: BillingApplication) -> None:
@@ -124,7 +155,13 @@ class SettleGeneration(Reaction):
         if str(hold) in account.holds:
             if isinstance(event, Generation.Completed):
                 account.capture(hold, event.charged)
-            else:
+            elif isinstance(event, Generation.Blocked) and event.charged is not None:
+                note = f"blocked by {event.layer} ({event.version}); billing policy: {event.policy}"
+                if event.charged:
+                    account.capture(hold, event.charged, note)
+                else:
+                    account.release(hold, note)
+            elif not isinstance(event, Generation.Blocked):
                 account.release(hold)
         return self.billing.save_tracked(tracking, account)
 
@@ -180,12 +217,17 @@ class Generate(Reaction):
         while True:
             spec = self.generations.catalogue.get(generation.model)
             adapter: ProviderAdapter = self.providers.for_model(spec)
+            started = time.monotonic()
             try:
                 output = self._run(generation, spec, adapter)
             except _SwitchedModel:
                 generation = self.generations.generation(None, generation.id)
                 continue
             except ProviderFailure as failure:
+                if failure.kind == "content_rejected":  # the provider's safety filter
+                    return self._finish(
+                        tracking, generation.id, lambda g, f=failure, s=spec: self._block(g, s, f)
+                    )
                 return self._finish(
                     tracking, generation.id, lambda g, f=failure: g.fail(f.kind, f.message)
                 )
@@ -193,7 +235,7 @@ class Generate(Reaction):
                 return False
             if output is None:  # cancelled
                 return self._finish(tracking, generation.id, lambda g: g.cancel())
-            return self._produce(tracking, generation.id, spec, adapter, output)
+            return self._produce(tracking, generation.id, adapter, output, started)
 
     # -- one model -------------------------------------------------------------------------
 
@@ -330,21 +372,32 @@ class Generate(Reaction):
         self,
         tracking: Tracking,
         generation_id: UUID,
-        spec: ModelSpec,
         adapter: ProviderAdapter,
         output: Output,
+        started: float,
     ) -> bool:
         data = adapter.fetch(output)
         extension = EXTENSIONS.get(output.content_type, "bin")
         key = f"generations/{generation_id}/original.{extension}"
         self.blobs.put(key, data, output.content_type)
 
-        def done(generation: Generation) -> None:
-            cost = normalise(spec, self._request(generation, spec)).cost_units
-            generation.produced(key, output.width, output.height, output.content_type, len(data), 0)
-            generation.complete(cost)
+        def done(generation: Generation) -> None:  # post-processing completes it
+            elapsed_ms = int((time.monotonic() - started) * 1000)
+            generation.produced(
+                key, output.width, output.height, output.content_type, len(data), elapsed_ms
+            )
 
         return self._finish(tracking, generation_id, done)
+
+    def _block(self, generation: Generation, spec: ModelSpec, failure: ProviderFailure) -> None:
+        policy = self.generations.moderation.blocked_billing
+        generation.block(
+            "provider",
+            failure.message,
+            f"{spec.provider}/{spec.key}",
+            charge=cost_of(generation, spec) if policy == "charge" else 0,
+            policy=policy,
+        )
 
     def _finish(self, tracking: Tracking, generation_id: UUID, change: Any) -> bool:
         def record() -> bool:
@@ -364,27 +417,8 @@ class Generate(Reaction):
 
         retry_on_conflict(record)()
 
-    @staticmethod
-    def _request(generation: Generation, spec: ModelSpec) -> GenerationRequest:
-        params = (
-            {k: v for k, v in generation.params.items() if k != "aspect_ratio"}
-            if spec.capabilities.sizes
-            else dict(generation.params)
-        )
-        if spec.capabilities.aspect_ratios is not None:
-            params.pop("width", None)
-            params.pop("height", None)
-        return GenerationRequest(
-            model=spec.key,
-            prompt=generation.prompt,
-            negative_prompt=generation.negative_prompt,
-            params=params,
-            allow_fallback=generation.allow_fallback,
-            output_format=generation.output_format,
-        )
-
     def _normalised(self, generation: Generation, spec: ModelSpec) -> Normalised:
-        return normalise(spec, self._request(generation, spec))
+        return normalise(spec, request_for(generation, spec))
 
 
 class _SwitchedModel(Exception):

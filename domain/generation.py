@@ -103,6 +103,61 @@ class Generation(Aggregate):
                 "provider_ms": self.provider_ms,
             }
 
+    class Processed(Aggregate.Event):
+        """The pipeline's artefacts and scores, and the classifier's verdict inputs."""
+
+        artefacts: list[dict[str, Any]]  # kind, storage_key, width, height, format, bytes
+        blurhash: str
+        quality_score: float
+        nsfw_score: float | None
+        classifier: str | None  # the version of the classifier that scored it
+
+        def apply(self, aggregate: Any) -> None:
+            aggregate.processed = {
+                "artefacts": self.artefacts,
+                "blurhash": self.blurhash,
+                "quality_score": self.quality_score,
+                "nsfw_score": self.nsfw_score,
+                "classifier": self.classifier,
+            }
+
+    class Blocked(Aggregate.Event):
+        """Moderation hid the result: ``layer`` (provider, classifier, rescreen) decided, by the
+        rule set or classifier ``version``. ``charged`` follows the blocked-content billing
+        ``policy``; ``None`` when billing was already settled (a rescreen after completion)."""
+
+        layer: str
+        reason: str
+        version: str
+        score: float | None
+        charged: int | None
+        policy: str
+
+        def apply(self, aggregate: Any) -> None:
+            aggregate.status = "blocked"
+            aggregate.moderation = {
+                "layer": self.layer,
+                "reason": self.reason,
+                "version": self.version,
+                "score": self.score,
+            }
+            if self.charged is not None:
+                aggregate.charged = self.charged
+
+    class Reinstated(Aggregate.Event):
+        """A rescreen found an image the classifier had blocked acceptable after all."""
+
+        version: str
+        score: float
+
+        def apply(self, aggregate: Any) -> None:
+            aggregate.status = "completed"
+            aggregate.moderation = {
+                "layer": "rescreen",
+                "version": self.version,
+                "score": self.score,
+            }
+
     class Completed(Aggregate.Event):
         charged: int
         from_cache: UUID | None
@@ -159,6 +214,8 @@ class Generation(Aggregate):
         self.from_cache: UUID | None = None
         self.cancel_requested = False
         self.deferred: str | None = None
+        self.processed: dict[str, Any] | None = None
+        self.moderation: dict[str, Any] | None = None
 
     @classmethod
     def request(
@@ -221,6 +278,15 @@ class Generation(Aggregate):
             result["bytes"],
             provider_ms=0,
         )
+        processed = result.get("processed")
+        if processed:  # the source's derivatives and scores (blobs are never rewritten)
+            self.process(
+                processed["artefacts"],
+                processed["blurhash"],
+                processed["quality_score"],
+                processed["nsfw_score"],
+                processed["classifier"],
+            )
         self.complete(cost, from_cache=source_id)
 
     def fail(self, code: str, message: str) -> None:
@@ -264,6 +330,58 @@ class Generation(Aggregate):
             size_bytes=size_bytes,
             provider_ms=provider_ms,
         )
+
+    def process(
+        self,
+        artefacts: list[dict[str, Any]],
+        blurhash: str,
+        quality_score: float,
+        nsfw_score: float | None,
+        classifier: str | None,
+    ) -> None:
+        self._check_open()
+        if self.status != "processing":
+            raise GenerationFinished(f"generation {self.id} has no result to process")
+        self.trigger_event(
+            self.Processed,
+            artefacts=artefacts,
+            blurhash=blurhash,
+            quality_score=quality_score,
+            nsfw_score=nsfw_score,
+            classifier=classifier,
+        )
+
+    def block(
+        self,
+        layer: str,
+        reason: str,
+        version: str,
+        *,
+        score: float | None = None,
+        charge: int | None = None,
+        policy: str = "waive",
+    ) -> None:
+        """Hides the result. Before completion ``charge`` (capped at the quote) is what the
+        policy bills; after completion (a rescreen) billing stays as it was settled."""
+        if self.status == "blocked":
+            return
+        if self.status in ("failed", "cancelled"):
+            raise GenerationFinished(f"generation {self.id} is already {self.status}")
+        settled = self.status == "completed"
+        self.trigger_event(
+            self.Blocked,
+            layer=layer,
+            reason=reason,
+            version=version,
+            score=score,
+            charged=None if settled else min(charge or 0, self.quote),
+            policy=policy,
+        )
+
+    def reinstate(self, version: str, score: float) -> None:
+        """Lifts a classifier's block (never a provider's: it made no image)."""
+        if self.status == "blocked" and self.processed is not None:
+            self.trigger_event(self.Reinstated, version=version, score=score)
 
     def complete(self, cost: int, from_cache: UUID | None = None) -> None:
         """Charges ``cost``, capped at the quote: a user never pays more than was quoted."""

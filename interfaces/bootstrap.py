@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from functools import cached_property
-from typing import cast
+from typing import Any, cast
 
 import dramatiq
 import psycopg
@@ -25,6 +25,8 @@ from application.generation_saga import (
     SettleGeneration,
 )
 from application.generations import GenerationsApplication
+from application.moderation import RULES_FILE, BlockedBilling, ModerationPolicy, PromptRules
+from application.post_processing import ProcessResult
 from application.reactions import Reaction, Reactor
 from application.users import Users
 from infrastructure import embedded
@@ -33,6 +35,8 @@ from infrastructure.breakers import RedisCircuitBreakers
 from infrastructure.broker import make_broker
 from infrastructure.dispatcher import Dispatcher
 from infrastructure.identity import PostgresUserStore
+from infrastructure.imaging.classifier import HttpClassifier
+from infrastructure.imaging.pipeline import PyvipsPipeline
 from infrastructure.live import RedisLivePublisher
 from infrastructure.logging import configure_logging
 from infrastructure.migrations import migrate
@@ -66,6 +70,7 @@ REACTIONS: tuple[ReactionFactory, ...] = (
     lambda c: Generate(c.generations, c.providers, c.breakers, c.blobs, live=c.live),
     lambda c: CancelAtProvider(c.generations, c.providers),
     lambda c: SettleGeneration(c.generations, c.billing),
+    lambda c: ProcessResult(c.generations, c.blobs, PyvipsPipeline(), c.classifier),
 )
 
 
@@ -94,11 +99,24 @@ class Container:
                         sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(name))
                     )
                 return {
-                    name: cls(env=eventstore_env(self.database_url, schema=name))
+                    name: cls(env=eventstore_env(self.database_url, schema=name), **extra)
                     for name, cls in self._application_classes.items()
+                    for extra in [self._extras(cls)]
                 }
             finally:
                 conn.execute("SELECT pg_advisory_unlock(%s)", [DDL_LOCK])
+
+    def _extras(self, cls: type[PixevoApplication]) -> dict[str, Any]:
+        if issubclass(cls, GenerationsApplication):
+            return {"moderation": self.moderation}
+        return {}
+
+    @cached_property
+    def moderation(self) -> ModerationPolicy:
+        settings = self.settings
+        rules = PromptRules.load(settings.moderation_rules or RULES_FILE)
+        billing: BlockedBilling = "charge" if settings.blocked_billing == "charge" else "waive"
+        return ModerationPolicy(settings.nsfw_threshold, billing, rules)
 
     @property
     def billing(self) -> BillingApplication:
@@ -135,6 +153,10 @@ class Container:
     @cached_property
     def pool(self) -> psycopg_pool.ConnectionPool:
         return psycopg_pool.ConnectionPool(self.database_url, min_size=1, max_size=8, open=True)
+
+    @cached_property
+    def classifier(self) -> HttpClassifier:
+        return HttpClassifier(self.settings.classifier())
 
     @cached_property
     def live(self) -> RedisLivePublisher:
@@ -203,6 +225,8 @@ class Container:
             self.pool.close()
         if "live" in self.__dict__:
             self.live.close()
+        if "classifier" in self.__dict__:
+            self.classifier.close()
 
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -78,49 +78,97 @@ def apply(row: dict[str, Any] | None, event: Any) -> dict[str, Any] | None:
     if row is None or event.originator_version <= row["version"]:
         return row
     row = {**row, "updated_at": event.timestamp, "version": event.originator_version}
-    if isinstance(event, Generation.Funded):
-        row["status"] = "funded"
-    elif isinstance(event, Generation.Queued):
-        row.update(status="queued", model_key=event.model, provider=event.provider)
-    elif isinstance(event, Generation.FellBack):
-        row.update(
-            model_key=event.to_model,
-            provider=event.provider,
-            fallback_from=row["fallback_from"] or event.from_model,
-        )
-    elif isinstance(event, Generation.Deferred):
-        row["notice"] = f"taking longer than usual: {event.reason}; it will resume by itself"
-    elif isinstance(event, Generation.Submitted):
-        row.update(status="running", notice=None)
-    elif isinstance(event, Generation.Produced):
-        row.update(
-            status="processing",
-            result_metadata={
-                "storage_key": event.storage_key,
-                "width": event.width,
-                "height": event.height,
-                "content_type": event.content_type,
-                "bytes": event.size_bytes,
-            },
-        )
-    elif isinstance(event, Generation.Completed):
-        row.update(
-            status="completed",
-            charged_credits=to_credits(event.charged),
-            completed_at=event.timestamp,
-            served_from_cache=event.from_cache is not None,
-            generation_time_ms=_ms(row["created_at"], event.timestamp),
-        )
-    elif isinstance(event, Generation.Failed):
-        row.update(
-            status="failed",
-            error={"code": event.code, "message": event.message},
-            completed_at=event.timestamp,
-            charged_credits=to_credits(0),
-        )
-    elif isinstance(event, Generation.Cancelled):
-        row.update(status="cancelled", completed_at=event.timestamp, charged_credits=to_credits(0))
+    change = _CHANGES.get(type(event))
+    if change is not None:
+        change(row, event)
     return row
+
+
+def _produced(row: dict[str, Any], event: Any) -> None:
+    row.update(
+        status="processing",
+        result_metadata={
+            "storage_key": event.storage_key,
+            "width": event.width,
+            "height": event.height,
+            "content_type": event.content_type,
+            "bytes": event.size_bytes,
+        },
+    )
+
+
+def _processed(row: dict[str, Any], event: Any) -> None:
+    row["result_metadata"] = {
+        **(row["result_metadata"] or {}),
+        "processed": {
+            "artefacts": event.artefacts,
+            "blurhash": event.blurhash,
+            "quality_score": event.quality_score,
+            "nsfw_score": event.nsfw_score,
+            "classifier": event.classifier,
+        },
+    }
+
+
+def _blocked(row: dict[str, Any], event: Any) -> None:
+    row.update(
+        status="blocked",
+        error={"code": "content_blocked", "message": f"blocked by {event.layer} moderation"},
+        completed_at=row["completed_at"] or event.timestamp,
+        result_metadata={
+            **(row["result_metadata"] or {}),
+            "moderation": {
+                "layer": event.layer,
+                "reason": event.reason,
+                "version": event.version,
+                "score": event.score,
+                "policy": event.policy,
+            },
+        },
+    )
+    if event.charged is not None:
+        row["charged_credits"] = to_credits(event.charged)
+
+
+def _completed(row: dict[str, Any], event: Any) -> None:
+    row.update(
+        status="completed",
+        charged_credits=to_credits(event.charged),
+        completed_at=event.timestamp,
+        served_from_cache=event.from_cache is not None,
+        generation_time_ms=_ms(row["created_at"], event.timestamp),
+    )
+
+
+_CHANGES: dict[type, Callable[[dict[str, Any], Any], None]] = {
+    Generation.Funded: lambda row, _: row.update(status="funded"),
+    Generation.Queued: lambda row, e: row.update(
+        status="queued", model_key=e.model, provider=e.provider
+    ),
+    Generation.FellBack: lambda row, e: row.update(
+        model_key=e.to_model,
+        provider=e.provider,
+        fallback_from=row["fallback_from"] or e.from_model,
+    ),
+    Generation.Deferred: lambda row, e: row.update(
+        notice=f"taking longer than usual: {e.reason}; it will resume by itself"
+    ),
+    Generation.Submitted: lambda row, _: row.update(status="running", notice=None),
+    Generation.Produced: _produced,
+    Generation.Processed: _processed,
+    Generation.Blocked: _blocked,
+    Generation.Reinstated: lambda row, _: row.update(status="completed", error=None),
+    Generation.Completed: _completed,
+    Generation.Failed: lambda row, e: row.update(
+        status="failed",
+        error={"code": e.code, "message": e.message},
+        completed_at=e.timestamp,
+        charged_credits=to_credits(0),
+    ),
+    Generation.Cancelled: lambda row, e: row.update(
+        status="cancelled", completed_at=e.timestamp, charged_credits=to_credits(0)
+    ),
+}
 
 
 #: The message a change sends to live subscribers: its type, for events that end a generation.
@@ -128,7 +176,11 @@ _FINAL = {
     Generation.Completed: "completed",
     Generation.Failed: "failed",
     Generation.Cancelled: "cancelled",
+    Generation.Blocked: "blocked",
+    Generation.Reinstated: "completed",
 }
+#: Changes subscribers do not see (the status stays ``processing``; ``completed`` follows).
+_SILENT = frozenset({Generation.Processed})
 _DATES = ("created_at", "updated_at", "completed_at")
 _AMOUNTS = ("cost_credits", "charged_credits")
 
@@ -188,7 +240,10 @@ class GenerationsView(ProjectionView):
             Generation.Deferred,
             Generation.Submitted,
             Generation.Produced,
+            Generation.Processed,
             Generation.Completed,
+            Generation.Blocked,
+            Generation.Reinstated,
             Generation.Failed,
             Generation.Cancelled,
         )
@@ -213,7 +268,7 @@ class GenerationsView(ProjectionView):
             before = rows.get(key)
             after = rows[key] = apply(before, item.event)
             touched.add(key)
-            if after is not None and after is not before:
+            if after is not None and after is not before and type(item.event) not in _SILENT:
                 kind, data = feed_entry(after, item.event)
                 message = LiveMessage(
                     type=kind,

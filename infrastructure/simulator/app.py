@@ -7,6 +7,8 @@ queue       (provider "fal")        POST /fal/{model}, GET /fal/requests/{id}/st
                                     PUT /fal/requests/{id}/cancel
 images      (provider "openai")     POST /openai/v1/images/generations (base64, synchronous)
 files                               GET /files/{id}.{ext}, GET /files/{id}/preview/{n}
+moderation                          POST /moderation/v1/classify (image bytes -> nsfw score);
+                                    faults under the provider name "moderation"
 admin                               POST /_sim/faults/{provider}, DELETE /_sim/faults,
                                     GET /_sim/stats
 """
@@ -15,11 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import msgspec
+import pyvips
 from litestar import Litestar, Request, Response, delete, get, post, put
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
@@ -289,6 +293,33 @@ def _job_any(sim: Simulator, job_id: str) -> Job:
 # -- admin ---------------------------------------------------------------------------------
 
 
+CLASSIFIER_VERSION = "sim-nsfw-2026.11"
+
+
+@post("/moderation/v1/classify", status_code=200)
+async def classify(request: Request[Any, Any, Any]) -> dict[str, Any]:
+    """A stand-in image classifier: a deterministic score in [0, 0.4) from the image's bytes,
+    or the score set with ``POST /_sim/faults/moderation {"nsfw_score": x}``."""
+    faults = _sim(request).faults.get("moderation", Faults())
+    if faults.outage:
+        raise ProviderError(503, {"detail": "classifier unavailable"})
+    body = await request.body()
+    try:
+        image = pyvips.Image.new_from_buffer(body, "")
+    except pyvips.Error:
+        raise ProviderError(422, {"detail": "the body is not an image"}) from None
+    if faults.nsfw_score is not None:
+        score = faults.nsfw_score
+    else:
+        score = int.from_bytes(hashlib.sha256(body).digest()[:4], "big") / 2**32 * 0.4
+    return {
+        "nsfw": round(score, 4),
+        "model": CLASSIFIER_VERSION,
+        "width": image.width,
+        "height": image.height,
+    }
+
+
 @post("/_sim/faults/{provider:str}", status_code=200)
 async def set_faults(request: Request[Any, Any, Any], provider: str, data: Faults) -> Faults:
     _sim(request).faults[provider] = data
@@ -308,6 +339,7 @@ async def stats(request: Request[Any, Any, Any]) -> dict[str, Counters]:
 def create_simulator(catalogue: Catalogue | None = None, latency_scale: float = 1.0) -> Litestar:
     app = Litestar(
         route_handlers=[
+            classify,
             create_prediction,
             get_prediction,
             cancel_prediction,

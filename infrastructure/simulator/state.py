@@ -26,6 +26,7 @@ class Faults(msgspec.Struct, kw_only=True):
     outage: bool = False  # every call answers 503
     reject_content: str | None = None  # prompts containing this end content-rejected
     latency_scale: float | None = None  # multiplies the model's latency; 0 = instant
+    nsfw_score: float | None = None  # the moderation classifier answers this for every image
 
 
 @dataclass

@@ -62,6 +62,7 @@ class LedgerEntry(msgspec.Struct):
     balance_after: str
     available_after: str
     cause: Cause
+    note: str | None = None
 
 
 class LedgerPage(msgspec.Struct):

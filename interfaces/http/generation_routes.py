@@ -69,20 +69,57 @@ def _links(generation_id: UUID) -> dto.Links:
     )
 
 
-def _result(generation_id: UUID, meta: dict[str, Any] | None) -> dto.Result | None:
+def _asset_url(generation_id: UUID, kind: str) -> str:
+    return f"/v1/generations/{generation_id}/assets/{kind}"
+
+
+def _result(
+    generation_id: UUID, meta: dict[str, Any] | None, processed: dict[str, Any] | None
+) -> dto.Result | None:
+    """The result as the API shows it: the processed original and its derivatives."""
     if not meta:
         return None
-    fmt = str(meta.get("content_type", "image/png")).split("/")[-1]
+    processed = processed or {}
+    artefacts = processed.get("artefacts") or []
+    original = next((a for a in artefacts if a["kind"] == "original"), None)
+    if original is None:  # a video, or made before post-processing existed
+        original = {
+            "width": meta["width"],
+            "height": meta["height"],
+            "format": str(meta.get("content_type", "image/png")).split("/")[-1],
+        }
     return dto.Result(
-        url=f"/v1/generations/{generation_id}/assets/original",
-        width=int(meta["width"]),
-        height=int(meta["height"]),
-        format=fmt,
-        blurhash=None,
-        quality_score=None,
-        nsfw_score=None,
-        derivatives=[],
+        url=_asset_url(generation_id, "original"),
+        width=int(original["width"]),
+        height=int(original["height"]),
+        format=str(original["format"]),
+        blurhash=processed.get("blurhash"),
+        quality_score=processed.get("quality_score"),
+        nsfw_score=processed.get("nsfw_score"),
+        derivatives=[
+            dto.Derivative(
+                kind=a["kind"],
+                url=_asset_url(generation_id, a["kind"]),
+                width=a["width"],
+                height=a["height"],
+                format=a["format"],
+                bytes=a["bytes"],
+            )
+            for a in artefacts
+            if a["kind"] != "original"
+        ],
     )
+
+
+def asset_of(meta: dict[str, Any], kind: str) -> tuple[str, str] | None:
+    """(storage key, media type) of one of a result's artefacts; the raw result for an
+    ``original`` that was never processed (videos)."""
+    for artefact in (meta.get("processed") or {}).get("artefacts") or []:
+        if artefact["kind"] == kind:
+            return str(artefact["storage_key"]), str(artefact["media_type"])
+    if kind == "original":
+        return str(meta["storage_key"]), str(meta["content_type"])
+    return None
 
 
 def view_of_row(row: dict[str, Any]) -> dto.GenerationView:
@@ -100,7 +137,11 @@ def view_of_row(row: dict[str, Any]) -> dto.GenerationView:
         if row["charged_credits"] is not None
         else None,
         progress=None,
-        result=_result(row["id"], row["result_metadata"]) if done else None,
+        result=_result(
+            row["id"], row["result_metadata"], (row["result_metadata"] or {}).get("processed")
+        )
+        if done
+        else None,
         error=dto.ErrorInfo(**row["error"]) if row["error"] else None,
         notice=row["notice"],
         served_from_cache=row["served_from_cache"],
@@ -125,7 +166,7 @@ def view_of(generation: Generation) -> dto.GenerationView:
         if generation.charged is not None
         else None,
         progress=None,
-        result=_result(generation.id, generation.result)
+        result=_result(generation.id, generation.result, generation.processed)
         if generation.status == "completed"
         else None,
         error=dto.ErrorInfo(**generation.error) if generation.error else None,
@@ -253,23 +294,25 @@ class Generations(Controller):
         )
         return view_of(generation)
 
-    @get("/{generation_id:uuid}/assets/original")
+    @get("/{generation_id:uuid}/assets/{kind:str}")
     async def asset(
         self,
         request: Request[User, Any, Any],
         state: State,
         generation_id: FromPath[UUID],
+        kind: FromPath[str],
         container: NamedDependency[Container],
     ) -> Response[bytes]:
+        """The result (``original``) or a derivative; a blocked result is never served."""
         row = await generation_queries.generation(state.pool, request.user.id, generation_id)
         meta = row["result_metadata"] if row and row["status"] == "completed" else None
-        if not meta:
-            raise ProblemError(404, f"generation {generation_id} has no result to serve")
-        data = await asyncio.to_thread(container.blobs.get, meta["storage_key"])
+        found = asset_of(meta, kind) if meta else None
+        if found is None:
+            raise ProblemError(404, f"generation {generation_id} has no {kind[:40]} to serve")
+        key, media_type = found
+        data = await asyncio.to_thread(container.blobs.get, key)
         return Response(
-            data,
-            media_type=meta["content_type"],
-            headers={"Cache-Control": "private, max-age=86400"},
+            data, media_type=media_type, headers={"Cache-Control": "private, max-age=86400"}
         )
 
 

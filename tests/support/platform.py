@@ -17,7 +17,7 @@ def with_simulator(settings: Settings, simulator_url: str) -> Settings:
         name: (f"{simulator_url}/{name}", f"sim-{name}-key")
         for name in ("replicate", "fal", "openai")
     }
-    return replace(settings, providers=providers)
+    return replace(settings, providers=providers, classifier_url=f"{simulator_url}/moderation")
 
 
 @contextmanager

@@ -1,0 +1,45 @@
+"""What post-processing produces, and the ports it goes through (implemented in infrastructure/)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class Artefact:
+    kind: str  # thumb, preview, full, modern, original; poster for videos
+    data: bytes
+    width: int
+    height: int
+    format: str  # webp, avif, jpeg, png
+    media_type: str
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessedImage:
+    artefacts: list[Artefact]
+    width: int
+    height: int
+    blurhash: str
+    quality_score: float
+
+
+class ImagePipeline(Protocol):
+    def process(self, data: bytes, output_format: str, *, video: bool) -> ProcessedImage: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Classification:
+    nsfw_score: float
+    version: str  # of the classifier that scored it
+
+
+class ClassifierUnavailable(Exception):
+    """The classifier did not answer; the work is retried later."""
+
+
+class ImageClassifier(Protocol):
+    """Scores an image for safety (the moderation classifier, behind HTTP)."""
+
+    def classify(self, data: bytes, media_type: str) -> Classification: ...

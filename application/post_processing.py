@@ -1,0 +1,199 @@
+"""After a provider produced a result: derivatives, scores and the moderation verdict.
+
+    process_result   Produced -> the pipeline (artefacts, blurhash, quality), the classifier
+                                 -> Processed, then Completed (visible) or Blocked
+
+The artefacts are stored before anything is recorded (blob keys are the generation's and the
+artefact's, so a repeated run overwrites the same files); the events and the tracking record
+then commit together, so a redelivered message records nothing twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+from eventsourcing.domain import DomainEventProtocol
+from eventsourcing.persistence import Tracking
+
+from application.generation_saga import cost_of
+from application.generations import GenerationsApplication
+from application.imaging import (
+    Artefact,
+    Classification,
+    ClassifierUnavailable,
+    ImageClassifier,
+    ImagePipeline,
+)
+from application.logs import topic_of
+from application.moderation import ModerationPolicy
+from application.ports import BlobStore, Deferral
+from application.reactions import Reaction
+from application.retry import retry_on_conflict
+from domain.generation import Generation, GenerationFinished
+
+EXTENSIONS = {"webp": "webp", "avif": "avif", "jpeg": "jpg", "png": "png"}
+#: The artefact the classifier looks at: big enough to judge, small to send.
+CLASSIFIED = ("preview", "poster")
+CLASSIFIER_RETRY_S = 10.0
+
+
+def artefact_key(generation_id: UUID, kind: str, fmt: str) -> str:
+    return f"generations/{generation_id}/{kind}.{EXTENSIONS[fmt]}"
+
+
+def _stored(generation_id: UUID, artefact: Artefact) -> dict[str, Any]:
+    return {
+        "kind": artefact.kind,
+        "storage_key": artefact_key(generation_id, artefact.kind, artefact.format),
+        "width": artefact.width,
+        "height": artefact.height,
+        "format": artefact.format,
+        "media_type": artefact.media_type,
+        "bytes": len(artefact.data),
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    blocked: bool
+    score: float
+    version: str
+    reason: str
+
+
+def verdict_of(classification: Classification, policy: ModerationPolicy) -> Verdict:
+    score = classification.nsfw_score
+    return Verdict(
+        blocked=policy.blocks(score),
+        score=score,
+        version=classification.version,
+        reason=f"nsfw score {score:.4f} is at or above the threshold {policy.nsfw_threshold}",
+    )
+
+
+class ProcessResult(Reaction):
+    name = "process_result"
+    upstream = "generations"
+    topics = (topic_of(Generation.Produced),)
+
+    def __init__(
+        self,
+        generations: GenerationsApplication,
+        blobs: BlobStore,
+        pipeline: ImagePipeline,
+        classifier: ImageClassifier,
+    ) -> None:
+        self.generations, self.blobs = generations, blobs
+        self.pipeline, self.classifier = pipeline, classifier
+
+    def handle(self, event: DomainEventProtocol[UUID], tracking: Tracking) -> bool:
+        generation = self.generations.generation(None, event.originator_id)
+        if generation.status != "processing" or self.generations.already_processed(tracking):
+            return False  # served from the cache (already complete), or done before
+        result = generation.result or {}
+        spec = self.generations.catalogue.get(generation.model)
+        processed = self.pipeline.process(
+            self.blobs.get(str(result["storage_key"])),
+            generation.output_format,
+            video=spec.kind == "video",
+        )
+        for artefact in processed.artefacts:
+            key = artefact_key(generation.id, artefact.kind, artefact.format)
+            self.blobs.put(key, artefact.data, artefact.media_type)
+        judged = next(a for a in processed.artefacts if a.kind in CLASSIFIED)
+        try:
+            classification = self.classifier.classify(judged.data, judged.media_type)
+        except ClassifierUnavailable as unavailable:
+            raise Deferral(str(unavailable), CLASSIFIER_RETRY_S) from None
+        verdict = verdict_of(classification, self.generations.moderation)
+        artefacts = [_stored(generation.id, a) for a in processed.artefacts]
+
+        def record() -> bool:
+            current = self.generations.generation(None, generation.id)
+            if current.status != "processing":
+                return self.generations.save_tracked(tracking)
+            current.process(
+                artefacts,
+                processed.blurhash,
+                processed.quality_score,
+                verdict.score,
+                verdict.version,
+            )
+            cost = cost_of(current, spec)
+            if verdict.blocked:
+                policy = self.generations.moderation.blocked_billing
+                current.block(
+                    "classifier",
+                    verdict.reason,
+                    verdict.version,
+                    score=verdict.score,
+                    charge=cost if policy == "charge" else 0,
+                    policy=policy,
+                )
+            else:
+                current.complete(cost)
+            return self.generations.save_tracked(tracking, current)
+
+        try:
+            return bool(retry_on_conflict(record)())
+        except GenerationFinished:
+            return False
+
+
+@dataclass(frozen=True, slots=True)
+class Rescreened:
+    generation_id: UUID
+    before: str
+    after: str
+    score: float
+    version: str
+
+
+class Rescreen:
+    """Re-runs the current classifier and threshold over past images; records what changed."""
+
+    def __init__(
+        self,
+        generations: GenerationsApplication,
+        blobs: BlobStore,
+        classifier: ImageClassifier,
+    ) -> None:
+        self.generations, self.blobs, self.classifier = generations, blobs, classifier
+
+    def run(self, generation_ids: Iterator[UUID]) -> Iterator[Rescreened]:
+        for generation_id in generation_ids:
+            changed = self.one(generation_id)
+            if changed is not None:
+                yield changed
+
+    def one(self, generation_id: UUID) -> Rescreened | None:
+        generation = self.generations.generation(None, generation_id)
+        processed = generation.processed
+        if processed is None or generation.status not in ("completed", "blocked"):
+            return None
+        judged = next((a for a in processed["artefacts"] if a["kind"] in CLASSIFIED), None)
+        if judged is None:
+            return None
+        data = self.blobs.get(judged["storage_key"])
+        classification = self.classifier.classify(data, judged["media_type"])
+        verdict = verdict_of(classification, self.generations.moderation)
+        before = generation.status
+
+        def record() -> str:
+            current = self.generations.generation(None, generation_id)
+            if verdict.blocked and current.status == "completed":
+                current.block("rescreen", verdict.reason, verdict.version, score=verdict.score)
+            elif not verdict.blocked and current.status == "blocked":
+                if (current.moderation or {}).get("layer") == "provider":
+                    return str(current.status)
+                current.reinstate(verdict.version, verdict.score)
+            self.generations.save(current)
+            return str(current.status)
+
+        after = retry_on_conflict(record)()
+        if after == before:
+            return None
+        return Rescreened(generation_id, before, after, verdict.score, verdict.version)

@@ -1,0 +1,1 @@
+"""Image post-processing (pyvips) and the moderation classifier's HTTP adapter."""
