@@ -160,8 +160,10 @@ class Rescreen:
         generations: GenerationsApplication,
         blobs: BlobStore,
         classifier: ImageClassifier,
+        policy: ModerationPolicy | None = None,
     ) -> None:
         self.generations, self.blobs, self.classifier = generations, blobs, classifier
+        self.policy = policy or generations.moderation
 
     def run(self, generation_ids: Iterator[UUID]) -> Iterator[Rescreened]:
         for generation_id in generation_ids:
@@ -179,7 +181,7 @@ class Rescreen:
             return None
         data = self.blobs.get(judged["storage_key"])
         classification = self.classifier.classify(data, judged["media_type"])
-        verdict = verdict_of(classification, self.generations.moderation)
+        verdict = verdict_of(classification, self.policy)
         before = generation.status
 
         def record() -> str:

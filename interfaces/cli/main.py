@@ -16,7 +16,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from interfaces.cli import audit, operate, up
+from interfaces.cli import audit, moderation, operate, up
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -89,6 +89,17 @@ def _parser() -> argparse.ArgumentParser:
     audits.add_parser(
         "verify", help="replay every account; compare with credit_balances"
     ).set_defaults(run=audit.verify)
+
+    moderating = sub.add_parser("moderation", help="moderation").add_subparsers(
+        dest="action", required=True
+    )
+    again = moderating.add_parser(
+        "rescreen", help="run the current classifier over past images; record changed verdicts"
+    )
+    again.add_argument("--since", required=True, help="RFC 3339: images made since then")
+    again.add_argument("--threshold", type=float, help="override the configured nsfw threshold")
+    again.add_argument("--json", action="store_true")
+    again.set_defaults(run=moderation.rescreen)
     return parser
 
 
