@@ -11,6 +11,7 @@ PIXEVO_PROJECTION_BATCH   events per projection transaction (default 2000)
 PIXEVO_SIMULATOR_PORT     where ``pixevo up`` runs the provider simulator (default 8001)
 PIXEVO_PROVIDER_<NAME>_URL / _KEY   a provider's base URL and API key (default: the simulator)
 PIXEVO_STREAM_SECRET      signs stream tokens; unset: one made in the data dir
+PIXEVO_SSE_HEARTBEAT_S    seconds between keep-alive comments on live feeds (default 15)
 PIXEVO_MODERATION_NSFW_THRESHOLD   classifier score that blocks an image (default 0.8)
 PIXEVO_MODERATION_BLOCKED_BILLING  waive (default) or charge: is a blocked generation billed
 PIXEVO_MODERATION_RULES            a prompt rules TOML file (default: the shipped rules)
@@ -45,6 +46,7 @@ class Settings:
     projection_batch: int = 2000
     simulator_port: int = 8001
     stream_secret: str | None = None
+    sse_heartbeat_s: float = 15.0
     nsfw_threshold: float = 0.8
     blocked_billing: str = "waive"
     moderation_rules: Path | None = None
@@ -84,6 +86,13 @@ class Settings:
                 f"not {billing!r}"
             )
         rules = env.get("PIXEVO_MODERATION_RULES")
+        beat = env.get("PIXEVO_SSE_HEARTBEAT_S", "15")
+        try:
+            heartbeat = float(beat)
+        except ValueError:
+            heartbeat = 0.0
+        if not 0.1 <= heartbeat <= 300:
+            raise SettingsError(f"PIXEVO_SSE_HEARTBEAT_S must be 0.1..300 seconds, not {beat!r}")
         providers = {
             key[len("PIXEVO_PROVIDER_") : -len("_URL")].lower(): (
                 value,
@@ -104,6 +113,7 @@ class Settings:
             projection_batch=int(batch),
             simulator_port=int(sim_port),
             stream_secret=env.get("PIXEVO_STREAM_SECRET") or None,
+            sse_heartbeat_s=heartbeat,
             nsfw_threshold=nsfw_threshold,
             blocked_billing=billing,
             moderation_rules=Path(rules).absolute() if rules else None,
@@ -146,6 +156,7 @@ class Settings:
             env[f"PIXEVO_PROVIDER_{name.upper()}_KEY"] = key
         if self.stream_secret:
             env["PIXEVO_STREAM_SECRET"] = self.stream_secret
+        env["PIXEVO_SSE_HEARTBEAT_S"] = str(self.sse_heartbeat_s)
         env["PIXEVO_MODERATION_NSFW_THRESHOLD"] = str(self.nsfw_threshold)
         env["PIXEVO_MODERATION_BLOCKED_BILLING"] = self.blocked_billing
         if self.moderation_rules:

@@ -218,6 +218,16 @@ class Container:
             database_url=self.database_url,
         )
 
+    def prepare_read_side(self) -> None:
+        """Creates every projection's tables and partitions (what the API reads before the
+        runners ever ran): part of migrating."""
+        for name in PROJECTIONS:
+            runner = self.projection(name)
+            try:
+                runner.start()
+            finally:
+                runner.view.datastore.close()
+
     def close(self) -> None:
         for app in self.__dict__.get("applications", {}).values():
             app.close()
@@ -246,7 +256,10 @@ def build(
     settings = settings or load_settings()
     if run_migrations:
         migrate(settings.urls()[0])
-    return Container(settings, reactions=reactions, applications=applications)
+    container = Container(settings, reactions=reactions, applications=applications)
+    if run_migrations:
+        container.prepare_read_side()
+    return container
 
 
 def worker_container(

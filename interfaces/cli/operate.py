@@ -52,6 +52,11 @@ def migrate(_: argparse.Namespace) -> int:
     settings = load_settings()
     for name in apply(settings.urls()[0]):
         print(f"applied {name}")
+    c = Container(settings)
+    try:
+        c.prepare_read_side()
+    finally:
+        c.close()
     return 0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -87,6 +88,9 @@ def create_app(container: Container) -> Litestar:
         client = aioredis.Redis.from_url(container.redis_url, socket_timeout=2)
         app.state.pool, app.state.redis, app.state.key_cache = pool, client, KeyCache()
         app.state.timings = Timings(pool, container.seed_timing)
+        app.state.heartbeat_s = container.settings.sse_heartbeat_s
+        app.state.feed_reads = asyncio.Semaphore(feeds.CONCURRENT_READS)
+        app.state.subscribe_lock = asyncio.Lock()
         app.state.streaming_models = frozenset(
             spec.key for spec in container.catalogue if spec.capabilities.streaming
         )

@@ -4,13 +4,15 @@ A stream subscribes to its Redis channel *first*, then reads what the client mis
 feed table, then forwards live messages, dropping any whose position it has already sent. Since
 the projection publishes only after it commits, anything published after the subscription is
 either in the stored read or arrives live: no gap and no duplicate across the hand-over. Every
-:data:`HEARTBEAT_S` a comment keeps proxies from closing the connection and a catch-up read
+``PIXEVO_SSE_HEARTBEAT_S`` a comment keeps proxies from closing the connection, and every few
+heartbeats (jittered, and at most :data:`CONCURRENT_READS` at once per process) a catch-up read
 covers messages Redis lost (a restart, a publisher that died before it published).
 """
 
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import AsyncExitStack
@@ -20,6 +22,7 @@ from typing import Annotated, Any
 from uuid import UUID
 
 import msgspec
+import structlog
 from litestar import Request, Response, get, post
 from litestar.channels import ChannelsPlugin, Subscriber
 from litestar.connection import WebSocket
@@ -29,7 +32,6 @@ from litestar.handlers import websocket_stream
 from litestar.params import FromPath, HeaderParameter, QueryParameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 from psycopg.rows import dict_row
-from psycopg_pool import AsyncConnectionPool
 
 from application.generation_saga import preview_key
 from application.generations import GenerationNotFound
@@ -52,10 +54,15 @@ from projections import generation_queries
 from projections.generations import GenerationsView, message_of, row_from_json
 from projections.model_timings import Timings
 
-HEARTBEAT_S = 15.0
+#: Catch-up reads happen every this many heartbeats (jittered by 20 %).
+CATCH_UP_EVERY = 4
+#: Stored-feed reads one API process runs at once; the rest wait their turn, not the pool's.
+CONCURRENT_READS = 8
 ESTIMATE_EVERY_S = 0.5
 #: How far back ``GET /v1/events`` resumes from a ``Last-Event-ID``.
 RESUME_WINDOW = timedelta(days=7)
+#: At most this many stored messages per read; the rest follow at the next heartbeat.
+CATCH_UP_LIMIT = 5000
 FEED = f"{GenerationsView.live_schema()}.feed"
 
 LastEventId = Annotated[
@@ -75,6 +82,7 @@ class Out:
 
 
 HEARTBEAT = Out("heartbeat", 0, {})
+log = structlog.get_logger(__name__)
 
 
 def _position(header: str | None, query: str | None) -> int | None:
@@ -89,36 +97,38 @@ def _position(header: str | None, query: str | None) -> int | None:
 # -- stored feed -----------------------------------------------------------------------------
 
 
-async def _stored(pool: AsyncConnectionPool, where: str, params: list[Any]) -> list[LiveMessage]:
-    async with pool.connection() as conn:
+async def _stored(
+    state: State, where: str, params: list[Any], limit: int = CATCH_UP_LIMIT
+) -> list[LiveMessage]:
+    async with state.feed_reads, state.pool.connection() as conn:
         cur = conn.cursor(row_factory=dict_row)
-        await cur.execute(f"SELECT * FROM {FEED} WHERE {where} ORDER BY position", params)
+        await cur.execute(
+            f"SELECT * FROM {FEED} WHERE {where} ORDER BY position LIMIT %s", [*params, limit]
+        )
         return [message_of(row) for row in await cur.fetchall()]
 
 
-async def generation_feed(
-    pool: AsyncConnectionPool, generation_id: UUID, after: int = 0
-) -> list[LiveMessage]:
+async def generation_feed(state: State, generation_id: UUID, after: int = 0) -> list[LiveMessage]:
     made = uuid7_time(generation_id) - timedelta(seconds=1)  # nothing happens before its id
     return await _stored(
-        pool,
+        state,
         "generation_id = %s AND created_at >= %s AND position > %s",
         [generation_id, made, after],
     )
 
 
-async def user_feed(pool: AsyncConnectionPool, user_id: UUID, after: int) -> list[LiveMessage]:
+async def user_feed(state: State, user_id: UUID, after: int) -> list[LiveMessage]:
     since = datetime.now(UTC) - RESUME_WINDOW
     return await _stored(
-        pool,
-        "user_id = %s AND created_at >= %s AND position > %s LIMIT 5000",
+        state,
+        "user_id = %s AND created_at >= %s AND position > %s",
         [user_id, since, after],
     )
 
 
-async def user_head(pool: AsyncConnectionPool, user_id: UUID) -> int:
+async def user_head(state: State, user_id: UUID) -> int:
     since = datetime.now(UTC) - RESUME_WINDOW
-    async with pool.connection() as conn:
+    async with state.feed_reads, state.pool.connection() as conn:
         cur = await conn.execute(
             f"SELECT coalesce(max(position), 0) FROM {FEED} "
             "WHERE user_id = %s AND created_at >= %s",
@@ -138,6 +148,31 @@ def _render(message: LiveMessage) -> Out:
     return Out(message.type, message.position or 0, data)
 
 
+class Beat:
+    """When a stream sends its keep-alive comment, and when it re-reads the store."""
+
+    def __init__(self, heartbeat_s: float) -> None:
+        self.heartbeat_s = heartbeat_s
+        self.catch_up_s = heartbeat_s * CATCH_UP_EVERY
+        now = time.monotonic()
+        self.next_beat = now + heartbeat_s
+        self.next_catch_up = now + self.catch_up_s * random.uniform(0.8, 1.2)  # noqa: S311
+
+    def wait(self) -> float:
+        return max(self.next_beat - time.monotonic(), 0.0)
+
+    def due(self) -> tuple[bool, bool]:
+        """(send a heartbeat now, catch up now)."""
+        now = time.monotonic()
+        beat = now >= self.next_beat
+        if beat:
+            self.next_beat = now + self.heartbeat_s
+        catch_up = now >= self.next_catch_up
+        if catch_up:
+            self.next_catch_up = now + self.catch_up_s * random.uniform(0.8, 1.2)  # noqa: S311
+        return beat, catch_up
+
+
 class Subscription:
     """A subscriber's Redis channel, drained into a queue the stream reads with a timeout."""
 
@@ -147,8 +182,11 @@ class Subscription:
         self._stack = AsyncExitStack()
         self._subscriber: Subscriber | None = None
 
-    async def open(self) -> Subscription:
-        self._subscriber = await self.channels.subscribe([self.channel])
+    async def open(self, lock: asyncio.Lock) -> Subscription:
+        # one at a time: concurrent first subscribes each open a pub/sub connection in
+        # redis-py, and only the last one is ever read
+        async with lock:
+            self._subscriber = await self.channels.subscribe([self.channel])
         await self._stack.enter_async_context(
             self._subscriber.run_in_background(self.queue.put, join=False)
         )
@@ -182,6 +220,9 @@ class _Seen:
         self.note(message)
         return _render(message)
 
+    def take_all(self, messages: list[LiveMessage]) -> list[Out]:
+        return [out for message in messages if (out := self.take(message)) is not None]
+
     def note(self, message: LiveMessage) -> None:
         if message.type == "status":
             running = message.data.get("status") == "running"
@@ -213,32 +254,33 @@ async def generation_stream(
     for message in stored:
         seen.note(message)  # what ran when, even from events the client already has
     seen.finished = False
-    for message in stored:
-        if (out := seen.take(message)) is not None:
-            yield out
+    for out in seen.take_all(stored):
+        yield out
     streaming: frozenset[str] = state.streaming_models
-    last_beat = last_estimate = time.monotonic()
+    beat = Beat(state.heartbeat_s)
+    last_estimate = time.monotonic()
     while not seen.finished:
-        now = time.monotonic()
-        wait = HEARTBEAT_S - (now - last_beat)
+        wait = beat.wait()
         if seen.estimating(streaming):
-            wait = min(wait, ESTIMATE_EVERY_S - (now - last_estimate))
+            wait = min(wait, ESTIMATE_EVERY_S - (time.monotonic() - last_estimate))
         try:
             raw = await asyncio.wait_for(queue.get(), timeout=max(wait, 0.0))
         except TimeoutError:
-            now = time.monotonic()
-            if now - last_beat >= HEARTBEAT_S:  # keep-alive, and whatever Redis did not bring
-                last_beat = now
+            heartbeat, catch_up = beat.due()
+            if heartbeat:
                 yield HEARTBEAT
-                for message in await generation_feed(state.pool, generation_id, seen.position):
-                    if (out := seen.take(message)) is not None:
-                        yield out
+            if catch_up:  # whatever Redis did not bring
+                for out in seen.take_all(
+                    await generation_feed(state, generation_id, seen.position)
+                ):
+                    yield out
+            now = time.monotonic()
             if seen.estimating(streaming) and now - last_estimate >= ESTIMATE_EVERY_S:
                 last_estimate = now
                 yield await _estimate(state.timings, seen, generation_id)
             continue
-        if (out := seen.take(decode(raw))) is not None:
-            yield out
+        if (live := seen.take(decode(raw))) is not None:
+            yield live
 
 
 async def _estimate(timings: Timings, seen: _Seen, generation_id: UUID) -> Out:
@@ -257,26 +299,24 @@ async def user_stream(
     state: State, user_id: UUID, last: int | None, queue: asyncio.Queue[bytes]
 ) -> AsyncGenerator[Out, None]:
     """Every change to the user's generations: missed ones (with a Last-Event-ID), then live."""
-    seen = _Seen(last if last is not None else await user_head(state.pool, user_id))
+    seen = _Seen(last if last is not None else await user_head(state, user_id))
     if last is not None:
-        for message in await user_feed(state.pool, user_id, seen.position):
-            if (out := seen.take(message)) is not None:
-                yield out
-    last_beat = time.monotonic()
+        for out in seen.take_all(await user_feed(state, user_id, seen.position)):
+            yield out
+    beat = Beat(state.heartbeat_s)
     while True:
         try:
-            raw = await asyncio.wait_for(
-                queue.get(), timeout=max(HEARTBEAT_S - (time.monotonic() - last_beat), 0.0)
-            )
+            raw = await asyncio.wait_for(queue.get(), timeout=beat.wait())
         except TimeoutError:
-            last_beat = time.monotonic()
-            yield HEARTBEAT
-            for message in await user_feed(state.pool, user_id, seen.position):
-                if (out := seen.take(message)) is not None:
+            heartbeat, catch_up = beat.due()
+            if heartbeat:
+                yield HEARTBEAT
+            if catch_up:
+                for out in seen.take_all(await user_feed(state, user_id, seen.position)):
                     yield out
             continue
-        if (out := seen.take(decode(raw))) is not None:
-            yield out
+        if (live := seen.take(decode(raw))) is not None:
+            yield live
 
 
 async def _closing(
@@ -293,14 +333,17 @@ async def _closing(
 def _sse(stream: AsyncGenerator[Out, None]) -> ServerSentEvent:
     async def messages() -> AsyncIterator[ServerSentEventMessage]:
         try:
-            yield ServerSentEventMessage(retry=2000, comment="stream open")
+            # comments carry no data line: a browser would fire an empty "message" event
+            yield ServerSentEventMessage(data=None, retry=2000, comment="stream open")
             async for out in stream:
                 if out is HEARTBEAT:
-                    yield ServerSentEventMessage(comment="heartbeat")
+                    yield ServerSentEventMessage(data=None, comment="heartbeat")
                 else:
                     yield ServerSentEventMessage(
                         data=msgspec.json.encode(out.data).decode(), event=out.type, id=str(out.id)
                     )
+        except Exception as error:  # noqa: BLE001 - the client resumes from its last event id
+            log.warning("feed.stream_failed", error=f"{type(error).__name__}: {error}")
         finally:  # the client went away or the stream ended: unsubscribe now, not at GC
             await stream.aclose()
 
@@ -320,9 +363,9 @@ async def _open_generation(
         raise ProblemError(404, f"no generation {generation_id}")
     subscription = await Subscription(
         channels, generation_channel(container.settings.redis_namespace, generation_id)
-    ).open()
+    ).open(state.subscribe_lock)
     try:
-        stored = await generation_feed(state.pool, generation_id)
+        stored = await generation_feed(state, generation_id)
         if stored:
             if stored[0].user_id != user.id:
                 raise ProblemError(404, f"no generation {generation_id}")
@@ -349,7 +392,7 @@ async def _open_user(
 ) -> AsyncGenerator[Out, None]:
     subscription = await Subscription(
         channels, user_channel(container.settings.redis_namespace, user.id)
-    ).open()
+    ).open(state.subscribe_lock)
     return _closing(user_stream(state, user.id, last, subscription.queue), subscription)
 
 
@@ -410,6 +453,8 @@ async def user_socket(
         async for out in stream:
             if out is not HEARTBEAT:
                 yield {"type": out.type, "id": str(out.id), "data": out.data}
+    except Exception as error:  # noqa: BLE001 - the client resumes from its last event id
+        log.warning("feed.stream_failed", error=f"{type(error).__name__}: {error}")
     finally:
         await stream.aclose()
 

@@ -7,6 +7,7 @@ import json
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -105,8 +106,9 @@ def read(
     with connect_sse(client, "GET", path, headers=headers, timeout=timeout) as source:
         assert source.response.status_code == 200, source.response.read()
         for event in source.iter_sse():
-            if event.event == "message" and not event.data:
-                continue  # the opening comment / retry hint
+            if event.retry is not None and not event.data:
+                continue  # the opening comment and retry hint
+            assert event.data, event  # comments (heartbeats) must not dispatch empty events
             events.append(event)
             if until is not None and until(events):
                 break
@@ -314,3 +316,99 @@ def test_streams_are_private_and_stream_tokens_are_bound_and_short_lived(
         refused = api.base.replace("http", "ws") + f"/v1/ws?token={old}"
         with pytest.raises(InvalidStatus, match=r"HTTP 40[13]"), ws_connect(refused):
             pass
+
+
+def test_the_user_feed_resumes_and_catches_up_what_redis_never_delivered(
+    platform: Container, tmp_path: Path
+) -> None:
+    """A short heartbeat, so catch-up reads come within a second or two; a feed row written
+    without being published (as if Redis lost it) still reaches the subscriber."""
+    settings = replace(platform.settings, sse_heartbeat_s=0.3)
+    with ExitStack() as stack:
+        api = start_api(stack, settings, tmp_path, "api-short-heartbeat")
+        with api.client(key_of(platform, "catch-up@example.com")) as client:
+            generation_id = create(client, "sim-instant")
+            user_id = UUID(client.get("/v1/me").json()["user_id"])
+            assert wait_for(lambda: len(stored_positions(platform, generation_id)) == 6, 30)
+            first = stored_positions(platform, generation_id)[0]
+            # resume from the first event: the five after it, from the store
+            resumed = read(
+                client, "/v1/events", last_event_id=str(first), until=lambda e: len(e) >= 5
+            )
+            assert [int(e.id) for e in resumed] == stored_positions(platform, generation_id)[1:]
+            lost = max(stored_positions(platform, generation_id)) + 1_000_000
+
+            def write_unpublished_row(events: list[ServerSentEvent]) -> bool:
+                if not events:  # the first heartbeat: subscribed; now the lost message
+                    with platform.pool.connection() as conn:
+                        conn.execute(
+                            "INSERT INTO proj_generations.feed (position, created_at, user_id, "
+                            "generation_id, type, data) VALUES (%s, now(), %s, %s, 'status', "
+                            "%s::jsonb)",
+                            [lost, user_id, generation_id, json.dumps(lost_data(generation_id))],
+                        )
+                return any(e.event == "status" for e in events)
+
+            caught = read_with_heartbeats(client, "/v1/events", until=write_unpublished_row)
+            assert [int(e.id) for e in caught if e.event == "status"] == [lost]
+
+
+def lost_data(generation_id: str) -> dict[str, Any]:
+    return {
+        "generation_id": generation_id,
+        "status": "completed",
+        "model": "sim-instant",
+        "provider": "replicate",
+        "notice": None,
+        "fallback_from": None,
+        "at": datetime.now(UTC).isoformat(),
+    }
+
+
+def read_with_heartbeats(
+    client: httpx.Client, path: str, *, until: Any, timeout: float = 30
+) -> list[ServerSentEvent]:
+    """Like :func:`read`, but ``until`` also sees the heartbeats (as an unchanged list)."""
+    events: list[ServerSentEvent] = []
+    deadline = time.monotonic() + timeout
+    with client.stream("GET", path, timeout=timeout) as response:
+        assert response.status_code == 200
+        block: list[str] = []
+        for line in response.iter_lines():
+            assert time.monotonic() < deadline, events
+            if line.startswith(":") and "heartbeat" in line and until(events):
+                break
+            if line:
+                block.append(line)
+                continue
+            fields = dict(item.split(": ", 1) for item in block if ": " in item)
+            block = []
+            if "data" in fields:
+                events.append(
+                    ServerSentEvent(fields.get("event", ""), fields["data"], fields.get("id", ""))
+                )
+                if until(events):
+                    break
+    return events
+
+
+def test_streams_opened_together_on_a_fresh_process_all_receive(
+    platform: Container, tmp_path: Path
+) -> None:
+    """Concurrent first subscriptions must share one pub/sub connection (redis-py opens one per
+    caller when none exists yet, and only the last is read)."""
+    slow_catch_up = replace(platform.settings, sse_heartbeat_s=300)  # only live delivery counts
+    with ExitStack() as stack:
+        api = start_api(stack, slow_catch_up, tmp_path, "api-fresh")
+        keys = [key_of(platform, f"together-{n}@example.com") for n in range(6)]
+        clients = [stack.enter_context(api.client(key)) for key in keys]
+        with ThreadPoolExecutor(6) as pool:
+            opened = [
+                pool.submit(lambda c=c: read(c, "/v1/events", until=bool, timeout=30))
+                for c in clients
+            ]
+            time.sleep(1.0)  # every stream is subscribed by now
+            made = [create(c, "sim-instant") for c in clients]
+            received = [f.result(timeout=60) for f in opened]
+        for generation_id, events in zip(made, received, strict=True):
+            assert generation_of(events[0]) == generation_id
