@@ -10,16 +10,16 @@ What it measures
     ends early counts as dropped.
 
     Before the steps, 100 streams are opened and closed (the first one alone), so that one-time
-    costs are not charged to connections; then the 0 point is taken. After each step and ``--settle`` seconds: the API's RSS and open fds
-    (psutil, children included), the streams alive, ``GET /health`` latency (20 requests on a
-    connection of their own, 5 s timeout each) and ``--rounds`` fan-out rounds: one ``status``
-    message per user published through ``RedisLivePublisher`` as the projection publishes them
-    (positions above anything stored), timed from publish to each stream's delivery; every
-    stream must get it within 10 s. The run stops at the first step where a connect fails, a
-    stream drops, a message is not delivered or ``/health`` does not answer within 5 s (after 50
-    failed connects a step opens no more, and a failed step has no fan-out rounds). Memory
-    per connection: the least-squares slope of RSS over the steps held, and (RSS(N) - RSS(0)) / N
-    per step.
+    costs are not charged to connections; then the 0 point is taken. After each step and
+    ``--settle`` seconds: the API's RSS and open fds (psutil, children included), the streams
+    alive, ``GET /health`` latency (20 requests on a connection of their own, 5 s timeout each)
+    and ``--rounds`` fan-out rounds: one ``status`` message per user published through
+    ``RedisLivePublisher`` as the projection publishes them (positions above anything stored),
+    timed from publish to each stream's delivery; every stream must get it within 10 s. The run
+    stops at the first step where a connect fails, a stream drops, a message is not delivered or
+    ``/health`` does not answer within 5 s (after 50 failed connects a step opens no more, and a
+    failed step has no fan-out rounds). Memory per connection: the least-squares slope of RSS
+    over the steps held, and (RSS(N) - RSS(0)) / N per step.
 
     Then a hold until every stream has had a heartbeat (one every 15 s per stream; every fourth,
     jittered, is followed by a catch-up read of the feed table), ``/health`` sampled every 0.25 s
