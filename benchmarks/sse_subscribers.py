@@ -23,8 +23,8 @@ What it measures
 
     Then a hold until every stream has had a heartbeat (one every 15 s per stream; every fourth,
     jittered, is followed by a catch-up read of the feed table), ``/health`` sampled every 0.25 s
-    meanwhile. Last, the
-    client closes every stream and times until the API has unsubscribed from every Redis channel.
+    meanwhile. Last, the client closes every stream and times until the API has unsubscribed
+    from every Redis channel.
     The API log is kept as ``benchmarks/results/sse_subscribers.api.log`` and its errors counted.
 
 Command
