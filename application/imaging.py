@@ -35,6 +35,11 @@ class Classification:
     version: str  # of the classifier that scored it
 
 
+class ProcessingFailed(Exception):
+    """The result cannot be processed (not a readable image, refused by the classifier): the
+    generation fails and nothing is charged; retrying would not help."""
+
+
 class ClassifierUnavailable(Exception):
     """The classifier did not answer; the work is retried later."""
 

@@ -26,6 +26,7 @@ from application.imaging import (
     ClassifierUnavailable,
     ImageClassifier,
     ImagePipeline,
+    ProcessingFailed,
 )
 from application.logs import topic_of
 from application.moderation import ModerationPolicy
@@ -95,19 +96,21 @@ class ProcessResult(Reaction):
             return False  # served from the cache (already complete), or done before
         result = generation.result or {}
         spec = self.generations.catalogue.get(generation.model)
-        processed = self.pipeline.process(
-            self.blobs.get(str(result["storage_key"])),
-            generation.output_format,
-            video=spec.kind == "video",
-        )
-        for artefact in processed.artefacts:
-            key = artefact_key(generation.id, artefact.kind, artefact.format)
-            self.blobs.put(key, artefact.data, artefact.media_type)
-        judged = next(a for a in processed.artefacts if a.kind in CLASSIFIED)
         try:
+            processed = self.pipeline.process(
+                self.blobs.get(str(result["storage_key"])),
+                generation.output_format,
+                video=spec.kind == "video",
+            )
+            for artefact in processed.artefacts:
+                key = artefact_key(generation.id, artefact.kind, artefact.format)
+                self.blobs.put(key, artefact.data, artefact.media_type)
+            judged = next(a for a in processed.artefacts if a.kind in CLASSIFIED)
             classification = self.classifier.classify(judged.data, judged.media_type)
         except ClassifierUnavailable as unavailable:
             raise Deferral(str(unavailable), CLASSIFIER_RETRY_S) from None
+        except ProcessingFailed as failed:
+            return self._fail(tracking, generation.id, str(failed))
         verdict = verdict_of(classification, self.generations.moderation)
         artefacts = [_stored(generation.id, a) for a in processed.artefacts]
 
@@ -141,6 +144,14 @@ class ProcessResult(Reaction):
             return bool(retry_on_conflict(record)())
         except GenerationFinished:
             return False
+
+    def _fail(self, tracking: Tracking, generation_id: UUID, message: str) -> bool:
+        def record() -> bool:
+            current = self.generations.generation(None, generation_id)
+            current.fail("processing_failed", message)
+            return self.generations.save_tracked(tracking, current)
+
+        return bool(retry_on_conflict(record)())
 
 
 @dataclass(frozen=True, slots=True)

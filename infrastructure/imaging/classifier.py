@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import httpx
 
-from application.imaging import Classification, ClassifierUnavailable
+from application.imaging import Classification, ClassifierUnavailable, ProcessingFailed
 
 
 class HttpClassifier:
@@ -24,12 +24,15 @@ class HttpClassifier:
         if response.status_code >= 500:
             raise ClassifierUnavailable(f"the classifier answered {response.status_code}")
         if response.status_code != 200:
-            raise ValueError(f"the classifier refused the image: {response.text[:200]}")
-        body = response.json()
-        score = float(body["nsfw"])
+            raise ProcessingFailed(f"the classifier refused the image: {response.text[:200]}")
+        try:
+            body = response.json()
+            score, version = float(body["nsfw"]), str(body["model"])
+        except (ValueError, KeyError, TypeError):
+            raise ClassifierUnavailable("the classifier answered nonsense") from None
         if not 0 <= score <= 1:
-            raise ValueError(f"the classifier's score {score} is not in [0, 1]")
-        return Classification(nsfw_score=score, version=str(body["model"]))
+            raise ClassifierUnavailable(f"the classifier's score {score} is not in [0, 1]")
+        return Classification(nsfw_score=score, version=version)
 
     def close(self) -> None:
         self._client.close()

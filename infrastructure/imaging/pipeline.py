@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import blurhash
 import pyvips
 
-from application.imaging import Artefact, ProcessedImage
+from application.imaging import Artefact, ProcessedImage, ProcessingFailed
 
 KEEP_NONE = pyvips.enums.ForeignKeep.NONE
 SIZES = {"thumb": 256, "preview": 512}
@@ -200,4 +200,8 @@ class PyvipsPipeline:
     """The :class:`application.imaging.ImagePipeline` port."""
 
     def process(self, data: bytes, output_format: str, *, video: bool) -> ProcessedImage:
-        return process_video(data) if video else process(data, output_format)
+        try:
+            return process_video(data) if video else process(data, output_format)
+        except pyvips.Error as error:
+            message = str(error).strip().splitlines()[0] if str(error).strip() else "unreadable"
+            raise ProcessingFailed(f"the result is not a readable image: {message}") from None

@@ -1,0 +1,149 @@
+"""The process_result reaction with the in-memory store and stand-in ports: the verdict, the
+billing policy, failures and redelivery."""
+
+from __future__ import annotations
+
+from uuid import uuid4
+
+import pytest
+from eventsourcing.persistence import Tracking
+
+from application.generations import GenerationsApplication
+from application.imaging import (
+    Artefact,
+    Classification,
+    ClassifierUnavailable,
+    ProcessedImage,
+    ProcessingFailed,
+)
+from application.moderation import ModerationPolicy
+from application.normalise import GenerationRequest
+from application.ports import Deferral
+from application.post_processing import ProcessResult
+from domain.generation import Generation
+
+KINDS = ("thumb", "preview", "full", "modern", "original")
+
+
+class Blobs:
+    def __init__(self) -> None:
+        self.data: dict[str, bytes] = {}
+
+    def put(self, key: str, data: bytes, content_type: str) -> None:
+        self.data[key] = data
+
+    def get(self, key: str) -> bytes:
+        return self.data[key]
+
+
+class Pipeline:
+    def __init__(self, fail: bool = False) -> None:
+        self.fail, self.runs = fail, 0
+
+    def process(self, data: bytes, output_format: str, *, video: bool) -> ProcessedImage:
+        self.runs += 1
+        if self.fail:
+            raise ProcessingFailed("the result is not a readable image: truncated")
+        assert (data, video) == (b"raw", False)
+        artefacts = [Artefact(k, k.encode(), 64, 64, "webp", "image/webp") for k in KINDS]
+        return ProcessedImage(artefacts, 64, 64, "LEHV6nWB2yk8", 0.61)
+
+
+class Classifier:
+    def __init__(self, score: float = 0.1, down: bool = False) -> None:
+        self.score, self.down = score, down
+
+    def classify(self, data: bytes, media_type: str) -> Classification:
+        if self.down:
+            raise ClassifierUnavailable("connection refused")
+        assert (data, media_type) == (b"preview", "image/webp")
+        return Classification(self.score, "test-classifier-1")
+
+
+def produced(policy: ModerationPolicy) -> tuple[GenerationsApplication, Blobs, Generation]:
+    app = GenerationsApplication(
+        env={"PERSISTENCE_MODULE": "eventsourcing.popo"}, moderation=policy
+    )
+    ask = GenerationRequest(model="flux-schnell", prompt="a fox", params={"seed": 1})
+    generation, _ = app.request(uuid4(), ask)
+    generation.fund(uuid4())
+    generation.queue()
+    generation.submitted("job-1", 1)
+    generation.produced("generations/x/original.png", 64, 64, "image/png", 3, 900)
+    app.save(generation)
+    blobs = Blobs()
+    blobs.put("generations/x/original.png", b"raw", "image/png")
+    return app, blobs, generation
+
+
+def run(
+    app: GenerationsApplication,
+    blobs: Blobs,
+    generation: Generation,
+    *,
+    pipeline: Pipeline | None = None,
+    classifier: Classifier | None = None,
+) -> bool:
+    """Delivers the generation's ``Produced`` event to the reaction (as notification 5)."""
+    reaction = ProcessResult(app, blobs, pipeline or Pipeline(), classifier or Classifier())
+    event = next(e for e in app.events.get(generation.id) if isinstance(e, Generation.Produced))
+    return reaction.handle(event, Tracking("generations", 5))
+
+
+def test_a_clean_image_is_processed_then_completed_at_its_cost() -> None:
+    app, blobs, generation = produced(ModerationPolicy())
+    assert run(app, blobs, generation)
+    done = app.generation(None, generation.id)
+    assert done.status == "completed"
+    assert done.charged == 3000
+    assert done.processed is not None
+    assert [a["kind"] for a in done.processed["artefacts"]] == list(KINDS)
+    assert done.processed["classifier"] == "test-classifier-1"
+    assert blobs.get(f"generations/{generation.id}/thumb.webp") == b"thumb"
+
+
+@pytest.mark.parametrize(("billing", "charged"), [("waive", 0), ("charge", 3000)])
+def test_a_score_at_the_threshold_blocks_and_the_policy_decides_the_charge(
+    billing: str, charged: int
+) -> None:
+    app, blobs, generation = produced(ModerationPolicy(0.5, billing))  # type: ignore[arg-type]
+    assert run(app, blobs, generation, classifier=Classifier(score=0.5))
+    blocked = app.generation(None, generation.id)
+    assert blocked.status == "blocked"
+    assert blocked.charged == charged
+    last = list(app.events.get(generation.id))[-1]
+    assert isinstance(last, Generation.Blocked)
+    assert (last.layer, last.version, last.policy, last.score) == (
+        "classifier",
+        "test-classifier-1",
+        billing,
+        0.5,
+    )
+
+
+def test_an_unreachable_classifier_defers_and_records_nothing() -> None:
+    app, blobs, generation = produced(ModerationPolicy())
+    with pytest.raises(Deferral):
+        run(app, blobs, generation, classifier=Classifier(down=True))
+    assert app.generation(None, generation.id).status == "processing"
+
+
+def test_an_unreadable_result_fails_without_a_charge() -> None:
+    app, blobs, generation = produced(ModerationPolicy())
+    assert run(app, blobs, generation, pipeline=Pipeline(fail=True))
+    failed = app.generation(None, generation.id)
+    assert failed.status == "failed"
+    assert failed.error == {
+        "code": "processing_failed",
+        "message": "the result is not a readable image: truncated",
+    }
+
+
+def test_a_redelivered_message_processes_nothing_twice() -> None:
+    app, blobs, generation = produced(ModerationPolicy())
+    pipeline = Pipeline()
+    assert run(app, blobs, generation, pipeline=pipeline)
+    version = app.generation(None, generation.id).version
+    assert not run(app, blobs, generation, pipeline=pipeline)
+    assert pipeline.runs == 1
+    assert app.generation(None, generation.id).version == version
