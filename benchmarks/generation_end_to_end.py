@@ -491,7 +491,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             name: (f"{sim_url}/{name}", f"sim-{name}-key")
             for name in ("replicate", "fal", "openai")
         }
-        env = replace(base, settings=replace(base.settings, providers=providers))
+        settings = replace(
+            base.settings, providers=providers, classifier_url=f"{sim_url}/moderation"
+        )
+        env = replace(base, settings=settings)
         c = build(env.settings)
         stack.callback(c.close)
         created = c.users.create("bench@example.com", credits="1000000")
