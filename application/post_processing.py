@@ -79,6 +79,7 @@ class ProcessResult(Reaction):
     name = "process_result"
     upstream = "generations"
     topics = (topic_of(Generation.Produced),)
+    queue = "images"  # CPU-bound: its own workers, sized by cores
 
     def __init__(
         self,

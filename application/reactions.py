@@ -37,6 +37,9 @@ class Reaction(ABC):
     #: The application whose events it reacts to, and to which of them.
     upstream: ClassVar[str]
     topics: ClassVar[tuple[str, ...]]
+    #: The broker queue its messages go to: CPU-bound work gets a queue (and workers) of its own
+    #: so it never holds the threads that wait on providers.
+    queue: ClassVar[str] = "reactions"
 
     @abstractmethod
     def handle(self, event: DomainEventProtocol[UUID], tracking: Tracking) -> bool:
@@ -55,6 +58,15 @@ class Reactor:
     def subscriptions(self, upstream: str) -> dict[str, tuple[str, ...]]:
         """``{reaction name: topics}`` of the reactions following ``upstream``."""
         return {r.name: r.topics for r in self.reactions.values() if r.upstream == upstream}
+
+    def queues(self) -> set[str]:
+        return {reaction.queue for reaction in self.reactions.values()}
+
+    def queue_of(self, reaction_name: str) -> str:
+        try:
+            return self.reactions[reaction_name].queue
+        except KeyError:
+            raise UnknownReaction(f"no reaction {reaction_name!r}") from None
 
     def react(self, reaction_name: str, upstream: str, notification_id: int) -> bool:
         try:

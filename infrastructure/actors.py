@@ -13,9 +13,10 @@ REACTIONS_QUEUE = "reactions"
 
 
 def declare_react_actor(
-    broker: dramatiq.Broker, reactor: Callable[[], Reactor]
+    broker: dramatiq.Broker, reactor: Callable[[], Reactor], queue: str = REACTIONS_QUEUE
 ) -> dramatiq.Actor[..., None]:
-    """The actor that hands one dispatched notification to one reaction."""
+    """The actor that hands one dispatched notification to one reaction (one actor per queue:
+    ``react`` on ``reactions``, ``react_<queue>`` on the others)."""
 
     def react(reaction: str, upstream: str, notification_id: int) -> None:
         try:
@@ -25,8 +26,8 @@ def declare_react_actor(
 
     return dramatiq.actor(
         react,
-        actor_name="react",
-        queue_name=REACTIONS_QUEUE,
+        actor_name="react" if queue == REACTIONS_QUEUE else f"react_{queue}",
+        queue_name=queue,
         broker=broker,
         max_retries=100,
         time_limit=30 * 60 * 1000,  # a video may take many minutes

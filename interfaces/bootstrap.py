@@ -30,7 +30,7 @@ from application.post_processing import ProcessResult
 from application.reactions import Reaction, Reactor
 from application.users import Users
 from infrastructure import embedded
-from infrastructure.actors import declare_react_actor
+from infrastructure.actors import REACTIONS_QUEUE, declare_react_actor
 from infrastructure.breakers import RedisCircuitBreakers
 from infrastructure.broker import make_broker
 from infrastructure.dispatcher import Dispatcher
@@ -179,11 +179,17 @@ class Container:
         return broker
 
     @cached_property
+    def react_actors(self) -> dict[str, dramatiq.Actor[..., None]]:
+        """One actor per queue the reactions use (``reactions`` always)."""
+        queues = sorted({REACTIONS_QUEUE, *self.reactor.queues()})
+        return {q: declare_react_actor(self.broker, lambda: self.reactor, q) for q in queues}
+
+    @property
     def react_actor(self) -> dramatiq.Actor[..., None]:
-        return declare_react_actor(self.broker, lambda: self.reactor)
+        return self.react_actors[REACTIONS_QUEUE]
 
     def enqueue_reaction(self, reaction: str, upstream: str, notification_id: int) -> None:
-        self.react_actor.send_with_options(
+        self.react_actors[self.reactor.queue_of(reaction)].send_with_options(
             kwargs={"reaction": reaction, "upstream": upstream, "notification_id": notification_id}
         )
 
@@ -270,5 +276,5 @@ def worker_container(
     container = build(
         load_settings(), reactions=reactions, applications=applications, run_migrations=False
     )
-    container.react_actor  # noqa: B018 - declaring the actor registers it with the broker
+    container.react_actors  # noqa: B018 - declaring the actors registers them with the broker
     return container

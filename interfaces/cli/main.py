@@ -35,6 +35,12 @@ def _parser() -> argparse.ArgumentParser:
     worker = sub.add_parser("worker", help="run Dramatiq workers")
     worker.add_argument("--processes", type=int, default=1)
     worker.add_argument("--threads", type=int, default=8)
+    worker.add_argument(
+        "--queues",
+        nargs="+",
+        metavar="QUEUE",
+        help="only these queues (reactions, images); default: all",
+    )
     worker.set_defaults(run=operate.worker)
     sub.add_parser("dispatcher", help="relay events to the workers").set_defaults(
         run=operate.dispatcher

@@ -91,6 +91,8 @@ def worker(args: argparse.Namespace) -> int:
         "--threads",
         str(args.threads),
     ]
+    if args.queues:
+        argv += ["--queues", *args.queues]
     os.execve(sys.executable, argv, env)  # noqa: S606 - replaces this process by design
 
 
