@@ -390,6 +390,8 @@ class Generation(Aggregate):
 
     def request_cancel(self) -> None:
         self._check_open()
+        if self.status == "processing":  # the provider has delivered (and billed): too late
+            raise GenerationFinished(f"generation {self.id} has its result; it is being processed")
         if not self.cancel_requested:
             self.trigger_event(self.CancelRequested)
 

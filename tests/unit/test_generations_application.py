@@ -94,3 +94,17 @@ def test_charges_never_exceed_the_quote() -> None:
     )
     generation.complete(cost=250)
     assert generation.charged == 100
+
+
+def test_a_produced_result_can_no_longer_be_cancelled(app: GenerationsApplication) -> None:
+    """The provider has delivered (and billed us); the result is processed and charged."""
+    user = uuid4()
+    generation, _ = app.request(user, ASK)
+    generation.fund(uuid4())
+    generation.queue()
+    generation.submitted("job-1", 1)
+    generation.produced("k", 64, 64, "image/png", 3, 10)
+    app.save(generation)
+    with pytest.raises(GenerationFinished, match="being processed"):
+        app.cancel(user, generation.id)
+    assert not app.generation(user, generation.id).cancel_requested
