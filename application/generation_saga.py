@@ -186,7 +186,10 @@ class CancelAtProvider(Reaction):
         if self.generations.already_processed(tracking):
             return False
         generation = self.generations.generation(None, generation_id)
-        if generation.job_id is None or generation.status == "running":
+        # a produced result is past cancelling: processing completes it
+        if generation.status != "processing" and (
+            generation.job_id is None or generation.status == "running"
+        ):
             generation.cancel()
         return self.generations.save_tracked(tracking, generation)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
@@ -39,6 +40,9 @@ EXTENSIONS = {"webp": "webp", "avif": "avif", "jpeg": "jpg", "png": "png"}
 #: The artefact the classifier looks at: big enough to judge, small to send.
 CLASSIFIED = ("preview", "poster")
 CLASSIFIER_RETRY_S = 10.0
+#: How long a result waits for the classifier before its generation fails (nothing charged);
+#: well inside the broker's retry budget (100 retries), so it never stays ``processing``.
+CLASSIFIER_PATIENCE = timedelta(minutes=10)
 
 
 def artefact_key(generation_id: UUID, kind: str, fmt: str) -> str:
@@ -109,6 +113,10 @@ class ProcessResult(Reaction):
             judged = next(a for a in processed.artefacts if a.kind in CLASSIFIED)
             classification = self.classifier.classify(judged.data, judged.media_type)
         except ClassifierUnavailable as unavailable:
+            if datetime.now(UTC) - generation.modified_on > CLASSIFIER_PATIENCE:
+                return self._fail(  # before the broker's retries run out: never stuck
+                    tracking, generation.id, f"the classifier was unavailable: {unavailable}"
+                )
             raise Deferral(str(unavailable), CLASSIFIER_RETRY_S) from None
         except ProcessingFailed as failed:
             return self._fail(tracking, generation.id, str(failed))

@@ -28,6 +28,9 @@ class GenerationFinished(DomainError):
 
 class Generation(Aggregate):
     snapshot_every: ClassVar[int] = 50
+    #: Defaults for snapshots taken before these attributes existed.
+    processed: dict[str, Any] | None = None
+    moderation: dict[str, Any] | None = None
 
     class Requested(Aggregate.Created):
         user_id: UUID

@@ -26,7 +26,8 @@ class ProjectedResultCache:
             row = conn.execute(
                 f"SELECT id, result_metadata FROM {SCHEMA}.generations WHERE fingerprint = %s "
                 "AND status = 'completed' AND NOT served_from_cache AND fallback_from IS NULL "
-                "ORDER BY created_at LIMIT 1",
+                # only results that went through the pipeline and the classifier
+                "AND result_metadata ? 'processed' ORDER BY created_at LIMIT 1",
                 [fingerprint],
             ).fetchone()
         return (row[0], row[1]) if row and row[1] else None

@@ -40,6 +40,7 @@ class ModelTimingsView(ProjectionView):
             Generation.Produced,
             Generation.Failed,
             Generation.Cancelled,
+            Generation.Blocked,
         )
     )
 
@@ -72,7 +73,7 @@ class ModelTimingsView(ProjectionView):
                     "* 1000)::integer) FROM done WHERE submitted_at IS NOT NULL",
                     [key, event.timestamp, event.timestamp],
                 )
-            else:  # failed or cancelled: no sample
+            else:  # failed, cancelled or blocked by the provider: no sample
                 curs.execute(f"DELETE FROM {self.schema}.running WHERE generation_id = %s", [key])
         curs.execute(
             f"DELETE FROM {self.schema}.samples WHERE finished_at < now() - %s", [RETENTION]

@@ -92,7 +92,7 @@ def _position(header: str | None, query: str | None) -> int | None:
     value = header if header is not None else query
     if value is None or value == "":
         return None
-    if not value.isdigit():
+    if not (value.isascii() and value.isdecimal()):
         raise ProblemError(400, "Last-Event-ID must be the id of an event this API sent")
     return int(value)
 
@@ -203,10 +203,18 @@ class Subscription:
 
 
 class _Seen:
-    """A stream's position (what it has sent) and what it knows for estimating progress."""
+    """What a stream has sent, and what it knows for estimating progress.
+
+    ``position`` is the highest position sent (the id a client resumes after). ``read_to`` is
+    how far the stored feed has been read: every row at or below it has been seen, so catch-up
+    reads start there, not at ``position`` - a live message that overtook a lost one does not
+    hide it. ``sent`` holds what went out above ``read_to``.
+    """
 
     def __init__(self, position: int) -> None:
         self.position = position
+        self.read_to = position
+        self.sent: set[int] = set()
         self.model: str | None = None
         self.running_since: datetime | None = None
         self.real_progress = False
@@ -217,14 +225,26 @@ class _Seen:
         if message.position is None:  # provider progress: not stored, resumes at ``position``
             self.real_progress = True
             return Out(message.type, self.position, message.data)
-        if message.position <= self.position:
+        if message.position <= self.read_to or message.position in self.sent:
             return None
+        self.sent.add(message.position)
+        out = _render(message)
+        if message.position < self.position:  # a late one: keep the client's resume point
+            return Out(out.type, self.position, out.data)
         self.position = message.position
         self.note(message)
-        return _render(message)
+        return out
 
     def take_all(self, messages: list[LiveMessage]) -> list[Out]:
         return [out for message in messages if (out := self.take(message)) is not None]
+
+    def caught_up(self, messages: list[LiveMessage], *, complete: bool = True) -> list[Out]:
+        """Takes a stored read's rows; ``complete``: the read had every row above ``read_to``."""
+        outs = self.take_all(messages)
+        if complete and messages:
+            self.read_to = max(self.read_to, *(m.position or 0 for m in messages))
+            self.sent = {p for p in self.sent if p > self.read_to}
+        return outs
 
     def note(self, message: LiveMessage) -> None:
         if message.type == "status":
@@ -257,7 +277,7 @@ async def generation_stream(
     for message in stored:
         seen.note(message)  # what ran when, even from events the client already has
     seen.finished = False
-    for out in seen.take_all(stored):
+    for out in seen.caught_up(stored):
         yield out
     streaming: frozenset[str] = state.streaming_models
     beat = Beat(state.heartbeat_s)
@@ -273,9 +293,8 @@ async def generation_stream(
             if heartbeat:
                 yield HEARTBEAT
             if catch_up:  # whatever Redis did not bring
-                for out in seen.take_all(
-                    await generation_feed(state, generation_id, seen.position)
-                ):
+                rows = await generation_feed(state, generation_id, seen.read_to)
+                for out in seen.caught_up(rows, complete=len(rows) < CATCH_UP_LIMIT):
                     yield out
             now = time.monotonic()
             if seen.estimating(streaming) and now - last_estimate >= ESTIMATE_EVERY_S:
@@ -354,13 +373,16 @@ async def user_stream(
     running = _Running(state.streaming_models)
     running.add(await running_now(state, user_id))
 
-    def take(messages: list[LiveMessage]) -> list[Out]:
+    def take(messages: list[LiveMessage], *, complete: bool | None = None) -> list[Out]:
         for message in messages:
             running.note(message)
-        return seen.take_all(messages)
+        if complete is None:  # live
+            return seen.take_all(messages)
+        return seen.caught_up(messages, complete=complete)
 
     if last is not None:
-        for out in take(await user_feed(state, user_id, seen.position)):
+        rows = await user_feed(state, user_id, seen.read_to)
+        for out in take(rows, complete=len(rows) < CATCH_UP_LIMIT):
             yield out
     beat = Beat(state.heartbeat_s)
     next_estimate = time.monotonic() + USER_ESTIMATE_EVERY_S
@@ -375,7 +397,8 @@ async def user_stream(
             if heartbeat:
                 yield HEARTBEAT
             if catch_up:
-                for out in take(await user_feed(state, user_id, seen.position)):
+                rows = await user_feed(state, user_id, seen.read_to)
+                for out in take(rows, complete=len(rows) < CATCH_UP_LIMIT):
                     yield out
             if running.items and time.monotonic() >= next_estimate:
                 next_estimate = time.monotonic() + USER_ESTIMATE_EVERY_S
@@ -447,6 +470,8 @@ async def _open_generation(
             and stored[-1].type in FINAL_TYPES
             and (stored[-1].position or 0) <= last
         )
+        if done:  # nothing will ever come: no stream (a never-started generator's finally
+            await subscription.close()  # would not run, so do not rely on closing one)
     except BaseException:
         await subscription.close()
         raise
@@ -485,7 +510,6 @@ async def generation_events(
         container, state, channels, request.user, generation_id, last
     )
     if done:  # 204 tells an EventSource to stop reconnecting
-        await stream.aclose()
         return Response(None, status_code=204)
     return _sse(stream)
 

@@ -17,10 +17,12 @@ from uuid import UUID
 
 import httpx
 import pytest
+import redis
 from httpx_sse import ServerSentEvent, connect_sse
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect as ws_connect
 
+from application.live import generation_channel
 from infrastructure.settings import Settings
 from infrastructure.tokens import StreamTokens, stream_secret
 from interfaces.bootstrap import Container, build
@@ -265,6 +267,10 @@ def test_a_finished_generation_sends_its_final_event_and_then_204(
         assert [e.event for e in events] == ["completed"]
         again = client.get(path, headers={"Last-Event-ID": events[0].id})
         assert again.status_code == 204
+        # neither the finished stream nor the 204 left a subscription behind
+        channel = generation_channel(platform.settings.redis_namespace, UUID(generation_id))
+        with redis.Redis.from_url(platform.redis_url) as r:
+            assert wait_for(lambda: r.pubsub_numsub(channel)[0][1] == 0, timeout=10)
         bad = client.get(path, headers={"Last-Event-ID": "not-a-number"})
         assert bad.status_code == 400
         assert bad.headers["content-type"].startswith("application/problem+json")

@@ -129,3 +129,32 @@ def test_a_final_feed_entry_carries_the_whole_row_and_decodes_back() -> None:
     assert back["cost_credits"] == Decimal("0.3000")
     assert back["completed_at"] == now
     assert row_to_json(row)["params"] == {"width": 1024}
+
+
+def _status(position: int, generation_id: object, status: str = "running") -> LiveMessage:
+    return LiveMessage(
+        type="status",
+        generation_id=generation_id,  # type: ignore[arg-type]
+        user_id=uuid4(),
+        data={"status": status, "model": "flux-schnell", "at": datetime.now(UTC).isoformat()},
+        position=position,
+    )
+
+
+def test_a_live_message_that_overtook_a_lost_one_does_not_hide_it() -> None:
+    from interfaces.http.feeds import _Seen  # noqa: PLC0415
+
+    gid = uuid4()
+    seen = _Seen(10)
+    assert seen.take_all([_status(11, gid)])[0].id == 11  # live
+    # 12 was lost (Redis); 13 arrives live
+    assert [o.id for o in seen.take_all([_status(13, gid)])] == [13]
+    # the catch-up reads from what the store gave, not from the highest sent: 12 is found,
+    # sent once, with the client's resume point kept at 13; 11 and 13 are not repeated
+    outs = seen.caught_up([_status(11, gid), _status(12, gid), _status(13, gid)])
+    assert [(o.type, o.id) for o in outs] == [("status", 13)]
+    assert outs[0].data["status"] == "running"
+    assert seen.read_to == 13
+    assert seen.sent == set()
+    assert seen.take_all([_status(12, gid), _status(13, gid)]) == []  # duplicates, live
+    assert [o.id for o in seen.take_all([_status(14, gid)])] == [14]

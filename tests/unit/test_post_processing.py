@@ -147,3 +147,19 @@ def test_a_redelivered_message_processes_nothing_twice() -> None:
     assert not run(app, blobs, generation, pipeline=pipeline)
     assert pipeline.runs == 1
     assert app.generation(None, generation.id).version == version
+
+
+def test_a_classifier_down_for_too_long_fails_the_generation_instead_of_waiting_forever(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from datetime import timedelta  # noqa: PLC0415
+
+    from application import post_processing  # noqa: PLC0415
+
+    app, blobs, generation = produced(ModerationPolicy())
+    monkeypatch.setattr(post_processing, "CLASSIFIER_PATIENCE", timedelta(seconds=-1))
+    assert run(app, blobs, generation, classifier=Classifier(down=True))
+    failed = app.generation(None, generation.id)
+    assert failed.status == "failed"
+    assert failed.error is not None
+    assert "classifier was unavailable" in failed.error["message"]
