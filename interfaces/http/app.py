@@ -103,7 +103,9 @@ def create_app(container: Container) -> Litestar:
     settings = container.settings
     # the live feeds: one pub/sub connection per process, fanned out to its subscribers
     channels = ChannelsPlugin(
-        backend=RedisChannelsPubSubBackend(redis=aioredis.Redis.from_url(container.redis_url)),
+        backend=RedisChannelsPubSubBackend(
+            redis=aioredis.Redis.from_url(container.redis_url, socket_connect_timeout=2)
+        ),
         arbitrary_channels_allowed=True,
         subscriber_max_backlog=1000,
         subscriber_backlog_strategy="dropleft",

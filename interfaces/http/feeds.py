@@ -63,6 +63,7 @@ ESTIMATE_EVERY_S = 0.5
 USER_ESTIMATE_EVERY_S = 1.0
 #: How far back ``GET /v1/events`` resumes from a ``Last-Event-ID``.
 RESUME_WINDOW = timedelta(days=7)
+SUBSCRIBE_TIMEOUT_S = 5.0
 #: At most this many stored messages per read; the rest follow at the next heartbeat.
 CATCH_UP_LIMIT = 5000
 FEED = f"{GenerationsView.live_schema()}.feed"
@@ -189,7 +190,12 @@ class Subscription:
         # one at a time: concurrent first subscribes each open a pub/sub connection in
         # redis-py, and only the last one is ever read
         async with lock:
-            self._subscriber = await self.channels.subscribe([self.channel])
+            try:  # a hung Redis must not hold every new stream behind this lock
+                self._subscriber = await asyncio.wait_for(
+                    self.channels.subscribe([self.channel]), SUBSCRIBE_TIMEOUT_S
+                )
+            except TimeoutError:
+                raise ProblemError(503, "live updates are unavailable; try again shortly") from None
         await self._stack.enter_async_context(
             self._subscriber.run_in_background(self.queue.put, join=False)
         )

@@ -311,8 +311,9 @@ class Generations(Controller):
             raise ProblemError(404, f"generation {generation_id} has no {kind[:40]} to serve")
         key, media_type = found
         data = await asyncio.to_thread(container.blobs.get, key)
+        # short: a rescreen may block it later, and a browser would keep showing it this long
         return Response(
-            data, media_type=media_type, headers={"Cache-Control": "private, max-age=86400"}
+            data, media_type=media_type, headers={"Cache-Control": "private, max-age=300"}
         )
 
 
