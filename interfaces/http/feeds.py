@@ -59,15 +59,12 @@ CATCH_UP_EVERY = 4
 #: Stored-feed reads one API process runs at once; the rest wait their turn, not the pool's.
 CONCURRENT_READS = 8
 ESTIMATE_EVERY_S = 0.5
-#: The user feed estimates every running generation it knows, less often than one stream does.
-USER_ESTIMATE_EVERY_S = 1.0
 #: How far back ``GET /v1/events`` resumes from a ``Last-Event-ID``.
 RESUME_WINDOW = timedelta(days=7)
 SUBSCRIBE_TIMEOUT_S = 5.0
 #: At most this many stored messages per read; the rest follow at the next heartbeat.
 CATCH_UP_LIMIT = 5000
 FEED = f"{GenerationsView.live_schema()}.feed"
-GENERATIONS = f"{GenerationsView.live_schema()}.generations"
 
 LastEventId = Annotated[
     str | None, HeaderParameter(name="Last-Event-ID", max_length=30, required=False)
@@ -330,88 +327,29 @@ async def _estimate_of(
     return Out("progress", position, data)
 
 
-class _Running:
-    """A user feed's generations running on models that report no progress: (model, since)."""
-
-    def __init__(self, streaming_models: frozenset[str]) -> None:
-        self.streaming = streaming_models
-        self.items: dict[str, tuple[str, datetime]] = {}
-
-    def note(self, message: LiveMessage) -> None:
-        key = str(message.generation_id)
-        if message.type == "status" and message.data.get("status") == "running":
-            model = str(message.data.get("model"))
-            if model not in self.streaming:
-                self.items[key] = (model, datetime.fromisoformat(message.data["at"]))
-                return
-        if message.type != "progress" or not message.data.get("estimated", True):
-            self.items.pop(key, None)
-
-    def add(self, found: list[tuple[str, str, datetime]]) -> None:
-        for key, model, since in found:
-            if model not in self.streaming:
-                self.items[key] = (model, since)
-
-    async def estimates(self, timings: Timings, position: int) -> list[Out]:
-        return [
-            await _estimate_of(timings, key, model, since, position)
-            for key, (model, since) in list(self.items.items())
-        ]
-
-
-async def running_now(state: State, user_id: UUID) -> list[tuple[str, str, datetime]]:
-    """The user's generations running at this moment: (id, model, running since ~ last change)."""
-    async with state.feed_reads, state.pool.connection() as conn:
-        cur = await conn.execute(
-            f"SELECT id, model_key, updated_at FROM {GENERATIONS} WHERE user_id = %s "
-            "AND status = 'running' AND created_at >= %s",
-            [user_id, datetime.now(UTC) - timedelta(days=1)],
-        )
-        return [(str(row[0]), str(row[1]), row[2]) for row in await cur.fetchall()]
-
-
 async def user_stream(
     state: State, user_id: UUID, last: int | None, queue: asyncio.Queue[bytes]
 ) -> AsyncGenerator[Out, None]:
-    """Every change to the user's generations: missed ones (with a Last-Event-ID), then live,
-    with estimated progress for those running on models that report none."""
+    """Every change to the user's generations: missed ones (with a Last-Event-ID), then live."""
     seen = _Seen(last if last is not None else await user_head(state, user_id))
-    running = _Running(state.streaming_models)
-    running.add(await running_now(state, user_id))
-
-    def take(messages: list[LiveMessage], *, complete: bool | None = None) -> list[Out]:
-        for message in messages:
-            running.note(message)
-        if complete is None:  # live
-            return seen.take_all(messages)
-        return seen.caught_up(messages, complete=complete)
-
     if last is not None:
         rows = await user_feed(state, user_id, seen.read_to)
-        for out in take(rows, complete=len(rows) < CATCH_UP_LIMIT):
+        for out in seen.caught_up(rows, complete=len(rows) < CATCH_UP_LIMIT):
             yield out
     beat = Beat(state.heartbeat_s)
-    next_estimate = time.monotonic() + USER_ESTIMATE_EVERY_S
     while True:
-        wait = beat.wait()
-        if running.items:
-            wait = min(wait, max(next_estimate - time.monotonic(), 0.0))
         try:
-            raw = await asyncio.wait_for(queue.get(), timeout=wait)
+            raw = await asyncio.wait_for(queue.get(), timeout=beat.wait())
         except TimeoutError:
             heartbeat, catch_up = beat.due()
             if heartbeat:
                 yield HEARTBEAT
             if catch_up:
                 rows = await user_feed(state, user_id, seen.read_to)
-                for out in take(rows, complete=len(rows) < CATCH_UP_LIMIT):
-                    yield out
-            if running.items and time.monotonic() >= next_estimate:
-                next_estimate = time.monotonic() + USER_ESTIMATE_EVERY_S
-                for out in await running.estimates(state.timings, seen.position):
+                for out in seen.caught_up(rows, complete=len(rows) < CATCH_UP_LIMIT):
                     yield out
             continue
-        for live in take([decode(raw)]):
+        if (live := seen.take(decode(raw))) is not None:
             yield live
 
 

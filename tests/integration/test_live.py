@@ -418,34 +418,3 @@ def test_streams_opened_together_on_a_fresh_process_all_receive(
             received = [f.result(timeout=60) for f in opened]
         for generation_id, events in zip(made, received, strict=True):
             assert generation_of(events[0]) == generation_id
-
-
-def test_the_user_feed_estimates_each_running_generation(
-    platform: Container, apis: list[Api], simulator: str
-) -> None:
-    slow_provider(simulator, "replicate", 4.0)  # a few seconds of running: a few estimates
-    made: list[str] = []
-    events: list[ServerSentEvent] = []
-    with (
-        apis[0].client(key_of(platform, "feed-estimates@example.com")) as client,
-        connect_sse(client, "GET", "/v1/events", timeout=60) as source,
-    ):
-        for event in source.iter_sse():
-            if not made:  # subscribed: make one now
-                made.append(create(client))
-            if event.data:
-                events.append(event)
-            if event.event == "completed":
-                break
-    progress = [json.loads(e.data) for e in events if e.event == "progress"]
-    assert len(progress) >= 2, [e.event for e in events]
-    assert {p["generation_id"] for p in progress} == {made[0]}
-    assert all(p["estimated"] is True and 0 < p["percent"] < 100 for p in progress)
-    percents = [p["percent"] for p in progress]
-    assert percents == sorted(percents)
-    assert events[-1].event == "completed"
-    # estimates come only while it runs: none after the result
-    after = events.index(
-        next(e for e in events if e.event == "status" and '"processing"' in e.data)
-    )
-    assert all(e.event != "progress" for e in events[after:])
