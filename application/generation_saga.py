@@ -393,24 +393,17 @@ class Generate(Reaction):
         return self._finish(tracking, generation_id, done)
 
     def _block(self, generation: Generation, spec: ModelSpec, failure: ProviderFailure) -> None:
-        policy = self.generations.moderation.blocked_billing
+        policy = self.generations.moderation
         generation.block(
             "provider",
             failure.message,
             f"{spec.provider}/{spec.key}",
-            charge=cost_of(generation, spec) if policy == "charge" else 0,
-            policy=policy,
+            charge=policy.blocked_charge(cost_of(generation, spec)),
+            policy=policy.blocked_billing,
         )
 
     def _finish(self, tracking: Tracking, generation_id: UUID, change: Any) -> bool:
-        def record() -> bool:
-            generation = self.generations.generation(None, generation_id)
-            if generation.finished:
-                return self.generations.save_tracked(tracking)
-            change(generation)
-            return self.generations.save_tracked(tracking, generation)
-
-        return bool(retry_on_conflict(record)())
+        return self.generations.change_tracked(tracking, generation_id, change)
 
     def _change(self, generation_id: UUID, change: Any) -> None:
         def record() -> None:

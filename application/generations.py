@@ -5,18 +5,20 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 from uuid import UUID, uuid5
 
 from eventsourcing.application import AggregateNotFoundError
+from eventsourcing.persistence import Tracking
 
 from application.base import PixevoApplication, command
 from application.catalogue import Catalogue, UnknownModel, default_catalogue
 from application.group_commit import GroupCommit
 from application.moderation import ModerationPolicy
 from application.normalise import GenerationRequest, InvalidRequest, Normalised, normalise
+from application.retry import retry_on_conflict
 from domain.generation import Generation, IdempotencyKey
 from domain.ids import uuid7
 
@@ -146,6 +148,27 @@ class GenerationsApplication(PixevoApplication):
         if user_id is not None and generation.user_id != user_id:
             raise GenerationNotFound(f"no generation {generation_id}")
         return generation
+
+    def change_tracked(
+        self,
+        tracking: Tracking,
+        generation_id: UUID,
+        change: Callable[[Generation], None],
+        *,
+        applies: Callable[[Generation], bool] = lambda g: not g.finished,
+    ) -> bool:
+        """A reaction's effect: ``change`` the generation and record it with ``tracking`` in one
+        transaction (only the tracking when the change no longer ``applies``); conflicts are
+        retried. ``False`` when the tracked event was handled before."""
+
+        def record() -> bool:
+            generation = self.generation(None, generation_id)
+            if not applies(generation):
+                return self.save_tracked(tracking)
+            change(generation)
+            return self.save_tracked(tracking, generation)
+
+        return bool(retry_on_conflict(record)())
 
     @command
     def cancel(self, user_id: UUID, generation_id: UUID) -> Generation:

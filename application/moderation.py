@@ -82,3 +82,7 @@ class ModerationPolicy:
 
     def blocks(self, score: float) -> bool:
         return score >= self.nsfw_threshold
+
+    def blocked_charge(self, cost: int) -> int:
+        """What a blocked generation is billed under :attr:`blocked_billing`."""
+        return cost if self.blocked_billing == "charge" else 0

@@ -34,7 +34,7 @@ from application.moderation import ModerationPolicy
 from application.ports import BlobStore, Deferral
 from application.reactions import Reaction
 from application.retry import retry_on_conflict
-from domain.generation import Generation, GenerationFinished
+from domain.generation import Generation
 
 EXTENSIONS = {"webp": "webp", "avif": "avif", "jpeg": "jpg", "png": "png"}
 #: The artefact the classifier looks at: big enough to judge, small to send.
@@ -123,10 +123,7 @@ class ProcessResult(Reaction):
         verdict = verdict_of(classification, self.generations.moderation)
         artefacts = [_stored(generation.id, a) for a in processed.artefacts]
 
-        def record() -> bool:
-            current = self.generations.generation(None, generation.id)
-            if current.status != "processing":
-                return self.generations.save_tracked(tracking)
+        def judge(current: Generation) -> None:
             current.process(
                 artefacts,
                 processed.blurhash,
@@ -136,31 +133,26 @@ class ProcessResult(Reaction):
             )
             cost = cost_of(current, spec)
             if verdict.blocked:
-                policy = self.generations.moderation.blocked_billing
+                policy = self.generations.moderation
                 current.block(
                     "classifier",
                     verdict.reason,
                     verdict.version,
                     score=verdict.score,
-                    charge=cost if policy == "charge" else 0,
-                    policy=policy,
+                    charge=policy.blocked_charge(cost),
+                    policy=policy.blocked_billing,
                 )
             else:
                 current.complete(cost)
-            return self.generations.save_tracked(tracking, current)
 
-        try:
-            return bool(retry_on_conflict(record)())
-        except GenerationFinished:
-            return False
+        return self.generations.change_tracked(
+            tracking, generation.id, judge, applies=lambda g: g.status == "processing"
+        )
 
     def _fail(self, tracking: Tracking, generation_id: UUID, message: str) -> bool:
-        def record() -> bool:
-            current = self.generations.generation(None, generation_id)
-            current.fail("processing_failed", message)
-            return self.generations.save_tracked(tracking, current)
-
-        return bool(retry_on_conflict(record)())
+        return self.generations.change_tracked(
+            tracking, generation_id, lambda g: g.fail("processing_failed", message)
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -309,22 +309,15 @@ async def generation_stream(
 
 
 async def _estimate(timings: Timings, seen: _Seen, generation_id: UUID) -> Out:
-    since = seen.running_since or datetime.now(UTC)
-    return await _estimate_of(timings, str(generation_id), seen.model or "", since, seen.position)
-
-
-async def _estimate_of(
-    timings: Timings, generation_id: str, model: str, since: datetime, position: int
-) -> Out:
-    guess = await timings.estimate(model, since)
+    guess = await timings.estimate(seen.model or "", seen.running_since or datetime.now(UTC))
     data: dict[str, Any] = {
-        "generation_id": generation_id,
+        "generation_id": str(generation_id),
         "percent": guess.percent,
         "estimated": True,
     }
     if guess.slow:
         data["notice"] = SLOW_NOTICE
-    return Out("progress", position, data)
+    return Out("progress", seen.position, data)
 
 
 async def user_stream(
