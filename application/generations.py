@@ -1,11 +1,16 @@
-"""The generation context's use cases: request (idempotently), quote, cancel; and the saga's
-steps that reactions drive (fund, submit, produce, complete, fail)."""
+"""The generation context's use cases: quote, request (idempotently), cancel; and the loading
+and tracked changes the saga's reactions (:mod:`application.saga`) make with them.
+
+The use cases answer with :class:`GenerationState`, a plain copy of what the write side knows
+(a create's answer is readable at once, whatever the read model's lag); aggregates stay inside.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 from uuid import UUID, uuid5
@@ -19,7 +24,8 @@ from application.group_commit import GroupCommit
 from application.moderation import ModerationPolicy
 from application.normalise import GenerationRequest, InvalidRequest, Normalised, normalise
 from application.retry import retry_on_conflict
-from domain.generation import Generation, IdempotencyKey
+from domain.credits import Cause
+from domain.generation import Generation, IdempotencyKey, Status
 from domain.ids import uuid7
 
 _KEY_NAMESPACE = UUID("3f0b8c1e-6d2a-4b7f-9a5e-1c2d3e4f5a6b")
@@ -31,6 +37,49 @@ class GenerationNotFound(LookupError):
 
 class IdempotencyConflict(Exception):
     """The same ``Idempotency-Key`` with a different body (HTTP 409)."""
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationState:
+    """A generation as the write side has it now: what a use case answers with."""
+
+    id: UUID
+    user_id: UUID
+    status: Status
+    model: str
+    provider: str
+    prompt: str
+    negative_prompt: str | None
+    params: dict[str, Any]
+    quote: int
+    charged: int | None
+    result: dict[str, Any] | None
+    processed: dict[str, Any] | None
+    error: dict[str, str] | None
+    from_cache: UUID | None
+    fallback_from: str | None
+    created_on: datetime
+
+    @classmethod
+    def of(cls, generation: Generation) -> GenerationState:
+        return cls(
+            id=generation.id,
+            user_id=generation.user_id,
+            status=generation.status,
+            model=generation.model,
+            provider=generation.provider,
+            prompt=generation.prompt,
+            negative_prompt=generation.negative_prompt,
+            params=dict(generation.params),
+            quote=generation.quote,
+            charged=generation.charged,
+            result=generation.result,
+            processed=generation.processed,
+            error=generation.error,
+            from_cache=generation.from_cache,
+            fallback_from=generation.fallback_from,
+            created_on=generation.created_on,
+        )
 
 
 def _digest(value: Any) -> str:
@@ -81,10 +130,12 @@ class GenerationsApplication(PixevoApplication):
         request: GenerationRequest,
         idempotency_key: str | None = None,
         normalised: Normalised | None = None,
-    ) -> tuple[Generation, bool]:
+        cause: Cause | None = None,
+    ) -> tuple[GenerationState, bool]:
         """The generation this request makes: ``(generation, True)`` when new.
 
-        ``normalised`` is :meth:`quote`'s answer for this request, when the caller has it.
+        ``normalised`` is :meth:`quote`'s answer for this request, when the caller has it;
+        ``cause`` what the generation is for (by default, itself).
         """
         normalised = normalised or self.quote(request)
         request_hash = _digest(
@@ -119,7 +170,7 @@ class GenerationsApplication(PixevoApplication):
                         "this Idempotency-Key was used with a different request"
                     )
                 else:
-                    return self.generation(user_id, existing.generation_id), False
+                    return self.state(user_id, existing.generation_id), False
         spec = self.catalogue.get(normalised.model)
         generation = Generation.request(
             generation_id=generation_id,
@@ -134,10 +185,15 @@ class GenerationsApplication(PixevoApplication):
             allow_fallback=request.allow_fallback,
             fingerprint=fingerprint(normalised),
             request_hash=request_hash,
+            cause=cause,
         )
         # both or neither (a racing duplicate conflicts on the key), batched with concurrent ones
         self.group_commit.save(generation, claim)
-        return generation, True
+        return GenerationState.of(generation), True
+
+    def state(self, user_id: UUID | None, generation_id: UUID) -> GenerationState:
+        """The generation as the write side has it, if ``user_id`` (when given) owns it."""
+        return GenerationState.of(self.generation(user_id, generation_id))
 
     def generation(self, user_id: UUID | None, generation_id: UUID) -> Generation:
         """The generation, if ``user_id`` (when given) owns it; else :class:`GenerationNotFound`."""
@@ -148,6 +204,16 @@ class GenerationsApplication(PixevoApplication):
         if user_id is not None and generation.user_id != user_id:
             raise GenerationNotFound(f"no generation {generation_id}")
         return generation
+
+    def change(self, generation_id: UUID, change: Callable[[Generation], None]) -> None:
+        """Loads the generation, applies ``change`` and saves it; conflicts are retried."""
+
+        def record() -> None:
+            generation = self.generation(None, generation_id)
+            change(generation)
+            self.save(generation)
+
+        retry_on_conflict(record)()
 
     def change_tracked(
         self,
@@ -171,11 +237,10 @@ class GenerationsApplication(PixevoApplication):
         return bool(retry_on_conflict(record)())
 
     @command
-    def cancel(self, user_id: UUID, generation_id: UUID) -> Generation:
-        """Asks to cancel; one that never reached a provider is cancelled at once."""
+    def cancel(self, user_id: UUID, generation_id: UUID) -> GenerationState:
+        """Asks to cancel: the aggregate cancels at once what no provider has yet; otherwise
+        ``cancel_at_provider`` asks the provider."""
         generation = self.generation(user_id, generation_id)
         generation.request_cancel()
-        if generation.job_id is None and generation.status in ("requested", "funded", "queued"):
-            generation.cancel()
         self.save(generation)
-        return generation
+        return GenerationState.of(generation)

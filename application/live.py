@@ -21,8 +21,11 @@ from uuid import UUID
 
 import msgspec
 
-#: Message types; the last four end a generation's stream.
-FINAL_TYPES = frozenset({"completed", "failed", "cancelled", "blocked"})
+from domain.generation import TERMINAL
+
+#: Message types are ``status``, ``progress`` and, ending a generation's stream, one named
+#: after the terminal status it reached.
+FINAL_TYPES: frozenset[str] = frozenset(TERMINAL)
 PROGRESS_PER_SECOND = 2.0
 #: What an estimate shows at the model's P95 time; past it, it creeps towards :data:`CEILING`.
 AT_P95 = 90.0

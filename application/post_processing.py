@@ -19,7 +19,7 @@ from uuid import UUID
 from eventsourcing.domain import DomainEventProtocol
 from eventsourcing.persistence import Tracking
 
-from application.generation_saga import cost_of
+from application.assets import artefact_key
 from application.generations import GenerationsApplication
 from application.imaging import (
     Artefact,
@@ -36,17 +36,12 @@ from application.reactions import Reaction
 from application.retry import retry_on_conflict
 from domain.generation import Generation
 
-EXTENSIONS = {"webp": "webp", "avif": "avif", "jpeg": "jpg", "png": "png"}
 #: The artefact the classifier looks at: big enough to judge, small to send.
 CLASSIFIED = ("preview", "poster")
 CLASSIFIER_RETRY_S = 10.0
 #: How long a result waits for the classifier before its generation fails (nothing charged);
 #: well inside the broker's retry budget (100 retries), so it never stays ``processing``.
 CLASSIFIER_PATIENCE = timedelta(minutes=10)
-
-
-def artefact_key(generation_id: UUID, kind: str, fmt: str) -> str:
-    return f"generations/{generation_id}/{kind}.{EXTENSIONS[fmt]}"
 
 
 def _stored(generation_id: UUID, artefact: Artefact) -> dict[str, Any]:
@@ -131,7 +126,6 @@ class ProcessResult(Reaction):
                 verdict.score,
                 verdict.version,
             )
-            cost = cost_of(current, spec)
             if verdict.blocked:
                 policy = self.generations.moderation
                 current.block(
@@ -139,11 +133,11 @@ class ProcessResult(Reaction):
                     verdict.reason,
                     verdict.version,
                     score=verdict.score,
-                    charge=policy.blocked_charge(cost),
+                    charge=policy.blocked_charge(current.cost),
                     policy=policy.blocked_billing,
                 )
             else:
-                current.complete(cost)
+                current.complete()
 
         return self.generations.change_tracked(
             tracking, generation.id, judge, applies=lambda g: g.status == "processing"

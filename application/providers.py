@@ -93,3 +93,9 @@ class ProviderAdapter(Protocol):
     def cancel(self, model: ModelSpec, job_id: str) -> None: ...
 
     def fetch(self, output: Output) -> bytes: ...
+
+
+class ProviderDirectory(Protocol):
+    """The adapter that speaks to a model's provider."""
+
+    def for_model(self, model: ModelSpec) -> ProviderAdapter: ...

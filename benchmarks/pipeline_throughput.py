@@ -54,7 +54,6 @@ import psycopg
 import pyvips
 from eventsourcing.persistence import Tracking
 
-from application.generation_saga import cause_of
 from application.generations import fingerprint
 from application.normalise import GenerationRequest
 from application.reactions import tracking_name
@@ -108,7 +107,7 @@ def stage(c: Container, user_id: UUID, run: str, first: int, count: int, pngs: l
             fingerprint=fingerprint(normalised),
             request_hash=uuid.uuid4().hex,
         )
-        generation.fund(c.billing.place_hold(user_id, generation.quote, cause_of(generation.id)))
+        generation.fund(c.billing.place_hold(user_id, generation.quote, generation.cause))
         generation.submitted(f"staged-{n}", 1)
         png = pngs[n % len(pngs)]
         key = f"generations/{generation.id}/original.png"

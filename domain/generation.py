@@ -12,14 +12,30 @@ waits on it, so a worker that dies mid-call is resumed without submitting twice.
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal, get_args
 from uuid import UUID
 
 from eventsourcing.domain import Aggregate
 
+from domain.credits import Cause
 from domain.errors import DomainError
 
-TERMINAL = frozenset({"completed", "failed", "cancelled", "blocked"})
+Status = Literal[
+    "requested",
+    "funded",
+    "queued",
+    "running",
+    "processing",
+    "completed",
+    "failed",
+    "cancelled",
+    "blocked",
+]
+STATUSES: tuple[Status, ...] = get_args(Status)
+#: The statuses a generation never leaves (but for a rescreen's blocked <-> completed).
+TERMINAL: frozenset[Status] = frozenset({"completed", "failed", "cancelled", "blocked"})
+#: Before any provider has the request: cancelling needs nobody's agreement.
+NOT_SUBMITTED: frozenset[Status] = frozenset({"requested", "funded", "queued"})
 
 
 class GenerationFinished(DomainError):
@@ -31,6 +47,8 @@ class Generation(Aggregate):
     #: Defaults for snapshots taken before these attributes existed.
     processed: dict[str, Any] | None = None
     moderation: dict[str, Any] | None = None
+    _cause: dict[str, str] | None = None
+    _cost: int | None = None
 
     class Requested(Aggregate.Created):
         user_id: UUID
@@ -44,6 +62,9 @@ class Generation(Aggregate):
         allow_fallback: bool
         fingerprint: str
         request_hash: str
+        #: What the generation is for, ``{"type", "id"}``: a workflow node, a batch item...
+        #: ``None`` (and events stored before it existed): the generation is its own cause.
+        cause: dict[str, str] | None = None
 
     class Funded(Aggregate.Event):
         hold_id: UUID
@@ -63,15 +84,24 @@ class Generation(Aggregate):
             )
 
     class FellBack(Aggregate.Event):
+        """Another model takes over, with the request normalised for it (``params``) and what
+        it costs there (``cost``). Both ``None`` in events stored before they were recorded."""
+
         from_model: str
         to_model: str
         provider: str
         reason: str
+        params: dict[str, Any] | None = None
+        cost: int | None = None
 
         def apply(self, aggregate: Any) -> None:
             aggregate.fallback_from = aggregate.fallback_from or self.from_model
             aggregate.model, aggregate.provider = self.to_model, self.provider
             aggregate.job_id = None
+            if self.params is not None:
+                aggregate.params = self.params
+            if self.cost is not None:
+                aggregate._cost = self.cost
 
     class Deferred(Aggregate.Event):
         reason: str
@@ -200,13 +230,15 @@ class Generation(Aggregate):
         allow_fallback: bool,
         fingerprint: str,
         request_hash: str,
+        cause: dict[str, str] | None = None,
     ) -> None:
         self.user_id, self.model, self.provider = user_id, model, provider
         self.requested_model = model
         self.prompt, self.negative_prompt, self.params = prompt, negative_prompt, params
         self.output_format, self.quote, self.allow_fallback = output_format, quote, allow_fallback
         self.fingerprint, self.request_hash = fingerprint, request_hash
-        self.status = "requested"
+        self._cause = cause
+        self.status: Status = "requested"
         self.hold_id: UUID | None = None
         self.job_id: str | None = None
         self.attempts = 0
@@ -236,6 +268,7 @@ class Generation(Aggregate):
         allow_fallback: bool,
         fingerprint: str,
         request_hash: str,
+        cause: Cause | None = None,
     ) -> Generation:
         return cls._create(
             cls.Requested,
@@ -251,7 +284,20 @@ class Generation(Aggregate):
             allow_fallback=allow_fallback,
             fingerprint=fingerprint,
             request_hash=request_hash,
+            cause={"type": cause.type, "id": cause.id} if cause else None,
         )
+
+    @property
+    def cost(self) -> int:
+        """What the result costs on the model now asked: the quote, until a fallback."""
+        return self.quote if self._cost is None else self._cost
+
+    @property
+    def cause(self) -> Cause:
+        """Why this generation runs; its hold and ledger entries carry it."""
+        if self._cause is None:
+            return Cause("generation", str(self.id))
+        return Cause(self._cause["type"], self._cause["id"])
 
     @property
     def finished(self) -> bool:
@@ -300,7 +346,10 @@ class Generation(Aggregate):
         self._check_open()
         self.trigger_event(self.Submitted, job_id=job_id, attempt=attempt)
 
-    def fall_back(self, to_model: str, provider: str, reason: str) -> None:
+    def fall_back(
+        self, to_model: str, provider: str, reason: str, params: dict[str, Any], cost: int
+    ) -> None:
+        """Hands the request, normalised for ``to_model`` as ``params``, to that model."""
         self._check_open()
         self.trigger_event(
             self.FellBack,
@@ -308,6 +357,8 @@ class Generation(Aggregate):
             to_model=to_model,
             provider=provider,
             reason=reason,
+            params=params,
+            cost=cost,
         )
 
     def defer(self, reason: str) -> None:
@@ -386,20 +437,30 @@ class Generation(Aggregate):
         if self.status == "blocked" and self.processed is not None:
             self.trigger_event(self.Reinstated, version=version, score=score)
 
-    def complete(self, cost: int, from_cache: UUID | None = None) -> None:
-        """Charges ``cost``, capped at the quote: a user never pays more than was quoted."""
+    def complete(self, cost: int | None = None, from_cache: UUID | None = None) -> None:
+        """Charges ``cost`` (by default what the result costs on the model that made it),
+        capped at the quote: a user never pays more than was quoted."""
         self._check_open()
-        self.trigger_event(self.Completed, charged=min(cost, self.quote), from_cache=from_cache)
+        charged = min(self.cost if cost is None else cost, self.quote)
+        self.trigger_event(self.Completed, charged=charged, from_cache=from_cache)
 
-    def request_cancel(self) -> None:
+    def request_cancel(self) -> bool:
+        """Cancels at once what no provider has yet; otherwise records the request, and
+        answers ``True``: the provider must be asked (see :meth:`cancel`)."""
         self._check_open()
         if self.status == "processing":  # the provider has delivered (and billed): too late
             raise GenerationFinished(f"generation {self.id} has its result; it is being processed")
         if not self.cancel_requested:
             self.trigger_event(self.CancelRequested)
+        if self.job_id is None and self.status in NOT_SUBMITTED:
+            self.cancel()
+            return False
+        return True
 
     def cancel(self) -> None:
-        if not self.finished:
+        """Ends it with nothing charged; a produced result is past cancelling (processing
+        completes it), and an ended one stays as it ended."""
+        if not self.finished and self.status != "processing":
             self.trigger_event(self.Cancelled)
 
 
@@ -433,3 +494,19 @@ class IdempotencyKey(Aggregate):
 
     def reclaim(self, generation_id: UUID, request_hash: str) -> None:
         self.trigger_event(self.Reclaimed, generation_id=generation_id, request_hash=request_hash)
+
+
+#: The status each event leads to; an event absent here leaves the status as it was. (The
+#: aggregate's ``apply`` methods say the same; read models use this instead of their own copy.)
+STATUS_AFTER: dict[type[Aggregate.Event], Status] = {
+    Generation.Requested: "requested",
+    Generation.Funded: "funded",
+    Generation.Queued: "queued",
+    Generation.Submitted: "running",
+    Generation.Produced: "processing",
+    Generation.Blocked: "blocked",
+    Generation.Reinstated: "completed",
+    Generation.Completed: "completed",
+    Generation.Failed: "failed",
+    Generation.Cancelled: "cancelled",
+}

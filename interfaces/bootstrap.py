@@ -18,16 +18,11 @@ from psycopg import sql
 from application.base import DDL_LOCK, PixevoApplication
 from application.billing import BillingApplication
 from application.catalogue import Catalogue, UnknownModel, default_catalogue
-from application.generation_saga import (
-    CancelAtProvider,
-    FundGeneration,
-    Generate,
-    SettleGeneration,
-)
 from application.generations import GenerationsApplication
 from application.moderation import RULES_FILE, BlockedBilling, ModerationPolicy, PromptRules
 from application.post_processing import ProcessResult
 from application.reactions import Reaction, Reactor
+from application.saga import CancelAtProvider, FundGeneration, Generate, SettleGeneration
 from application.users import Users
 from infrastructure import embedded
 from infrastructure.actors import REACTIONS_QUEUE, declare_react_actor

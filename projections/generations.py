@@ -16,7 +16,7 @@ from psycopg.types.json import Jsonb
 from application.live import LiveMessage, LivePublisher
 from application.logs import topic_of
 from domain.credits import to_credits
-from domain.generation import Generation
+from domain.generation import STATUS_AFTER, TERMINAL, Generation
 from projections.base import NotifiedEvent, ProjectionView
 
 COLUMNS = (
@@ -57,7 +57,7 @@ def apply(row: dict[str, Any] | None, event: Any) -> dict[str, Any] | None:
             "model_key": event.model,
             "requested_model": event.model,
             "provider": event.provider,
-            "status": "requested",
+            "status": STATUS_AFTER[Generation.Requested],
             "prompt": event.prompt,
             "negative_prompt": event.negative_prompt,
             "params": event.params,
@@ -78,6 +78,9 @@ def apply(row: dict[str, Any] | None, event: Any) -> dict[str, Any] | None:
     if row is None or event.originator_version <= row["version"]:
         return row
     row = {**row, "updated_at": event.timestamp, "version": event.originator_version}
+    status = STATUS_AFTER.get(type(event))
+    if status is not None:
+        row["status"] = status
     change = _CHANGES.get(type(event))
     if change is not None:
         change(row, event)
@@ -86,7 +89,6 @@ def apply(row: dict[str, Any] | None, event: Any) -> dict[str, Any] | None:
 
 def _produced(row: dict[str, Any], event: Any) -> None:
     row.update(
-        status="processing",
         result_metadata={
             "storage_key": event.storage_key,
             "width": event.width,
@@ -112,7 +114,6 @@ def _processed(row: dict[str, Any], event: Any) -> None:
 
 def _blocked(row: dict[str, Any], event: Any) -> None:
     row.update(
-        status="blocked",
         error={"code": "content_blocked", "message": f"blocked by {event.layer} moderation"},
         completed_at=row["completed_at"] or event.timestamp,
         result_metadata={
@@ -132,7 +133,6 @@ def _blocked(row: dict[str, Any], event: Any) -> None:
 
 def _completed(row: dict[str, Any], event: Any) -> None:
     row.update(
-        status="completed",
         charged_credits=to_credits(event.charged),
         completed_at=event.timestamp,
         served_from_cache=event.from_cache is not None,
@@ -141,10 +141,7 @@ def _completed(row: dict[str, Any], event: Any) -> None:
 
 
 _CHANGES: dict[type, Callable[[dict[str, Any], Any], None]] = {
-    Generation.Funded: lambda row, _: row.update(status="funded"),
-    Generation.Queued: lambda row, e: row.update(
-        status="queued", model_key=e.model, provider=e.provider
-    ),
+    Generation.Queued: lambda row, e: row.update(model_key=e.model, provider=e.provider),
     Generation.FellBack: lambda row, e: row.update(
         model_key=e.to_model,
         provider=e.provider,
@@ -153,32 +150,23 @@ _CHANGES: dict[type, Callable[[dict[str, Any], Any], None]] = {
     Generation.Deferred: lambda row, e: row.update(
         notice=f"taking longer than usual: {e.reason}; it will resume by itself"
     ),
-    Generation.Submitted: lambda row, _: row.update(status="running", notice=None),
+    Generation.Submitted: lambda row, _: row.update(notice=None),
     Generation.Produced: _produced,
     Generation.Processed: _processed,
     Generation.Blocked: _blocked,
-    Generation.Reinstated: lambda row, _: row.update(status="completed", error=None),
+    Generation.Reinstated: lambda row, _: row.update(error=None),
     Generation.Completed: _completed,
     Generation.Failed: lambda row, e: row.update(
-        status="failed",
         error={"code": e.code, "message": e.message},
         completed_at=e.timestamp,
         charged_credits=to_credits(0),
     ),
     Generation.Cancelled: lambda row, e: row.update(
-        status="cancelled", completed_at=e.timestamp, charged_credits=to_credits(0)
+        completed_at=e.timestamp, charged_credits=to_credits(0)
     ),
 }
 
 
-#: The message a change sends to live subscribers: its type, for events that end a generation.
-_FINAL = {
-    Generation.Completed: "completed",
-    Generation.Failed: "failed",
-    Generation.Cancelled: "cancelled",
-    Generation.Blocked: "blocked",
-    Generation.Reinstated: "completed",
-}
 #: Changes subscribers do not see (the status stays ``processing``; ``completed`` follows).
 _SILENT = frozenset({Generation.Processed})
 _DATES = ("created_at", "updated_at", "completed_at")
@@ -191,9 +179,8 @@ def feed_entry(row: dict[str, Any], event: Any) -> tuple[str, dict[str, Any]]:
     A final message carries the whole row (the API renders it as the generation); the others
     carry what a progress display needs.
     """
-    final = _FINAL.get(type(event))
-    if final is not None:
-        return final, row_to_json(row)
+    if type(event) in STATUS_AFTER and row["status"] in TERMINAL:  # it ended: type = status
+        return row["status"], row_to_json(row)
     return "status", {
         "generation_id": str(row["id"]),
         "status": row["status"],

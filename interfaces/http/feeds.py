@@ -33,7 +33,7 @@ from litestar.params import FromPath, HeaderParameter, QueryParameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 from psycopg.rows import dict_row
 
-from application.generation_saga import preview_key
+from application.assets import preview_key
 from application.generations import GenerationNotFound
 from application.live import (
     FINAL_TYPES,

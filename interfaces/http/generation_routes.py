@@ -12,11 +12,12 @@ from litestar.datastructures import State
 from litestar.di import NamedDependency
 from litestar.params import FromPath, HeaderParameter, JSONBody, Parameter
 
+from application import assets
 from application.catalogue import ModelSpec, UnknownModel
+from application.generations import GenerationState
 from application.normalise import GenerationRequest
 from application.users import User
 from domain.credits import format_credits
-from domain.generation import Generation
 from interfaces.bootstrap import Container
 from interfaces.http import dto
 from interfaces.http.problems import ProblemError
@@ -65,12 +66,8 @@ def model_view(spec: ModelSpec) -> dto.Model:
 
 def _links(generation_id: UUID) -> dto.Links:
     return dto.Links(
-        self=f"/v1/generations/{generation_id}", events=f"/v1/generations/{generation_id}/events"
+        self=assets.generation_url(generation_id), events=assets.events_url(generation_id)
     )
-
-
-def _asset_url(generation_id: UUID, kind: str) -> str:
-    return f"/v1/generations/{generation_id}/assets/{kind}"
 
 
 def _result(
@@ -89,7 +86,7 @@ def _result(
             "format": str(meta.get("content_type", "image/png")).split("/")[-1],
         }
     return dto.Result(
-        url=_asset_url(generation_id, "original"),
+        url=assets.asset_url(generation_id, "original"),
         width=int(original["width"]),
         height=int(original["height"]),
         format=str(original["format"]),
@@ -99,7 +96,7 @@ def _result(
         derivatives=[
             dto.Derivative(
                 kind=a["kind"],
-                url=_asset_url(generation_id, a["kind"]),
+                url=assets.asset_url(generation_id, a["kind"]),
                 width=a["width"],
                 height=a["height"],
                 format=a["format"],
@@ -152,7 +149,7 @@ def view_of_row(row: dict[str, Any]) -> dto.GenerationView:
     )
 
 
-def view_of(generation: Generation) -> dto.GenerationView:
+def view_of(generation: GenerationState) -> dto.GenerationView:
     return dto.GenerationView(
         id=generation.id,
         status=generation.status,

@@ -99,7 +99,7 @@ def test_charges_never_exceed_the_quote() -> None:
 def test_a_produced_result_can_no_longer_be_cancelled(app: GenerationsApplication) -> None:
     """The provider has delivered (and billed us); the result is processed and charged."""
     user = uuid4()
-    generation, _ = app.request(user, ASK)
+    generation = app.generation(user, app.request(user, ASK)[0].id)
     generation.fund(uuid4())
     generation.queue()
     generation.submitted("job-1", 1)

@@ -65,7 +65,7 @@ def produced(policy: ModerationPolicy) -> tuple[GenerationsApplication, Blobs, G
         env={"PERSISTENCE_MODULE": "eventsourcing.popo"}, moderation=policy
     )
     ask = GenerationRequest(model="flux-schnell", prompt="a fox", params={"seed": 1})
-    generation, _ = app.request(uuid4(), ask)
+    generation = app.generation(None, app.request(uuid4(), ask)[0].id)
     generation.fund(uuid4())
     generation.queue()
     generation.submitted("job-1", 1)

@@ -1,0 +1,46 @@
+"""Where a generation's files live in the blob store, and the URLs the API serves them at.
+
+Every blob key and every asset URL is built here, so storage and routes cannot drift apart.
+Keys are the generation's and the artefact's, so a repeated step overwrites the same files.
+"""
+
+from __future__ import annotations
+
+from uuid import UUID
+
+#: A provider's result, by media type (anything else is stored as ``.bin``).
+_RESULT_EXTENSIONS = {"image/png": "png", "image/webp": "webp", "image/jpeg": "jpg"}
+#: A processed artefact, by format.
+_ARTEFACT_EXTENSIONS = {"webp": "webp", "avif": "avif", "jpeg": "jpg", "png": "png"}
+
+
+def result_key(generation_id: UUID, content_type: str) -> str:
+    """The provider's bytes, as fetched."""
+    extension = _RESULT_EXTENSIONS.get(content_type, "bin")
+    return f"generations/{generation_id}/original.{extension}"
+
+
+def artefact_key(generation_id: UUID, kind: str, fmt: str) -> str:
+    """A derivative made by the image pipeline (``thumb``, ``preview``, ``original``, ...)."""
+    return f"generations/{generation_id}/{kind}.{_ARTEFACT_EXTENSIONS[fmt]}"
+
+
+def preview_key(generation_id: UUID, number: int) -> str:
+    """A streaming provider's ``number``-th preview."""
+    return f"generations/{generation_id}/previews/{number}.jpg"
+
+
+def generation_url(generation_id: UUID) -> str:
+    return f"/v1/generations/{generation_id}"
+
+
+def events_url(generation_id: UUID) -> str:
+    return f"/v1/generations/{generation_id}/events"
+
+
+def asset_url(generation_id: UUID, kind: str) -> str:
+    return f"/v1/generations/{generation_id}/assets/{kind}"
+
+
+def preview_url(generation_id: UUID, number: int) -> str:
+    return f"/v1/generations/{generation_id}/previews/{number}"
