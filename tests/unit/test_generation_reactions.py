@@ -1,0 +1,405 @@
+"""The generation reactions with hand-written fakes of their ports: no database, no Redis, no
+HTTP. Fund, generate (retries, Retry-After, circuit breaker, fallback, deferral), cancel and
+settle, each delivered twice where redelivery matters."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+from uuid import UUID, uuid4
+
+import pytest
+from eventsourcing.domain import DomainEventProtocol
+from eventsourcing.persistence import Tracking
+
+from application.billing import BillingApplication
+from application.catalogue import ModelSpec
+from application.generations import GenerationsApplication
+from application.normalise import GenerationRequest, Normalised
+from application.ports import CircuitOpen, Deferral
+from application.providers import Output, ProgressSink, ProviderFailure, Submitted
+from application.saga import CancelAtProvider, FundGeneration, Generate, SettleGeneration
+from application.saga.provider_call import DEFER_S
+from domain.credits import Cause, hold_id_for, to_units
+from domain.generation import Generation
+
+POPO = {"PERSISTENCE_MODULE": "eventsourcing.popo"}
+PNG = b"\x89PNG fake"
+
+
+# -- fakes of the ports ----------------------------------------------------------------------
+
+
+class FakeAdapter:
+    """A provider: answers each ``submit`` with the next scripted failure, then a job."""
+
+    def __init__(self, *failures: ProviderFailure, synchronous: bool = False) -> None:
+        self.failures = list(failures)
+        self.synchronous = synchronous
+        self.submitted: list[Normalised] = []
+        self.cancelled: list[str] = []
+        self.waited: list[str] = []
+
+    def submit(self, model: ModelSpec, request: Normalised) -> Submitted:
+        self.submitted.append(request)
+        if self.failures:
+            raise self.failures.pop(0)
+        output = Output("https://provider/result.png", None, 64, 64, "image/png")
+        if self.synchronous:
+            return Submitted(None, output)
+        return Submitted(f"job-{len(self.submitted)}")
+
+    def wait(
+        self, model: ModelSpec, job_id: str, on_progress: ProgressSink | None = None
+    ) -> Output:
+        self.waited.append(job_id)
+        return Output("https://provider/result.png", None, 64, 64, "image/png")
+
+    def cancel(self, model: ModelSpec, job_id: str) -> None:
+        self.cancelled.append(job_id)
+
+    def fetch(self, output: Output) -> bytes:
+        return PNG
+
+
+class FakeProviders:
+    def __init__(self, **adapters: FakeAdapter) -> None:
+        self.adapters = adapters
+
+    def for_model(self, model: ModelSpec) -> FakeAdapter:
+        return self.adapters[model.provider]
+
+
+class FakeBreakers:
+    def __init__(self, *open_providers: str) -> None:
+        self.open = set(open_providers)
+        self.guarded: list[str] = []
+
+    def is_open(self, provider: str) -> bool:
+        return provider in self.open
+
+    @contextmanager
+    def guard(self, provider: str) -> Iterator[None]:
+        self.guarded.append(provider)
+        if provider in self.open:
+            raise CircuitOpen(provider)
+        yield
+
+
+class FakeBlobs:
+    def __init__(self) -> None:
+        self.data: dict[str, bytes] = {}
+
+    def put(self, key: str, data: bytes, content_type: str) -> None:
+        self.data[key] = data
+
+    def get(self, key: str) -> bytes:
+        return self.data[key]
+
+
+class FakeCache:
+    def __init__(self, hit: tuple[UUID, dict[str, Any]] | None = None) -> None:
+        self.hit, self.asked = hit, 0
+
+    def find(self, fingerprint: str) -> tuple[UUID, dict[str, Any]] | None:
+        self.asked += 1
+        return self.hit
+
+
+class Sleeps:
+    def __init__(self) -> None:
+        self.delays: list[float] = []
+
+    def __call__(self, delay: float) -> None:
+        self.delays.append(delay)
+
+
+# -- the platform in memory ------------------------------------------------------------------
+
+
+class Saga:
+    def __init__(self) -> None:
+        self.generations = GenerationsApplication(env=POPO)
+        self.billing = BillingApplication(env=POPO)
+        self.user = uuid4()
+        self.billing.deposit(self.user, "grant", to_units(10), Cause("signup", str(self.user)))
+        self.sleeps = Sleeps()
+        self.blobs = FakeBlobs()
+        self._delivered = 0
+
+    def request(self, model: str = "flux-schnell", **params: Any) -> UUID:
+        asked = GenerationRequest(model=model, prompt="a fox", params={"seed": 7, **params})
+        return self.generations.request(self.user, asked)[0].id
+
+    def generation(self, generation_id: UUID) -> Generation:
+        return self.generations.generation(None, generation_id)
+
+    def last(self, generation_id: UUID, kind: type[Any]) -> DomainEventProtocol[UUID]:
+        events = list(self.generations.events.get(generation_id))
+        return next(e for e in reversed(events) if isinstance(e, kind))
+
+    def tracking(self, reaction: str) -> Tracking:
+        self._delivered += 1
+        return Tracking(f"generations->{reaction}", self._delivered)
+
+    def deliver(self, reaction: Any, event: DomainEventProtocol[UUID]) -> tuple[bool, bool]:
+        """Delivers ``event`` twice with one tracking record: (first, second) answers."""
+        tracking = self.tracking(reaction.name)
+        return reaction.handle(event, tracking), reaction.handle(event, tracking)
+
+    def fund(self, generation_id: UUID, cache: FakeCache | None = None) -> None:
+        fund = FundGeneration(self.generations, self.billing, cache)
+        fund.handle(self.last(generation_id, Generation.Requested), self.tracking(fund.name))
+
+    def generate(self, providers: FakeProviders, breakers: FakeBreakers | None = None) -> Generate:
+        return Generate(
+            self.generations, providers, breakers or FakeBreakers(), self.blobs, sleep=self.sleeps
+        )
+
+    def available(self) -> int:
+        return self.billing.position(self.user).available
+
+
+@pytest.fixture
+def saga() -> Saga:
+    return Saga()
+
+
+# -- fund ------------------------------------------------------------------------------------
+
+
+def test_funding_holds_the_quote_for_the_generations_cause_once(saga: Saga) -> None:
+    gid = saga.request()
+    quote = saga.generation(gid).quote
+    fund = FundGeneration(saga.generations, saga.billing)
+    assert saga.deliver(fund, saga.last(gid, Generation.Requested)) == (True, False)
+    generation = saga.generation(gid)
+    assert generation.status == "queued"
+    assert generation.hold_id == hold_id_for(Cause("generation", str(gid)))
+    assert saga.available() == to_units(10) - quote
+
+
+def test_a_generation_with_another_cause_holds_for_that_cause(saga: Saga) -> None:
+    cause = Cause("workflow_node", f"{uuid4()}:upscale")
+    asked = GenerationRequest(model="flux-schnell", prompt="a fox")
+    gid = saga.generations.request(saga.user, asked, cause=cause)[0].id
+    saga.fund(gid)
+    assert saga.generation(gid).hold_id == hold_id_for(cause)
+    assert str(hold_id_for(cause)) in saga.billing.load_account(saga.user).holds
+
+
+def test_funding_without_enough_credits_fails_and_holds_nothing(saga: Saga) -> None:
+    saga.billing.place_hold(saga.user, to_units(10) - 1, Cause("elsewhere", "x"))
+    gid = saga.request()
+    saga.fund(gid)
+    generation = saga.generation(gid)
+    assert (generation.status, (generation.error or {}).get("code")) == (
+        "failed",
+        "insufficient_credits",
+    )
+    assert saga.available() == 1
+
+
+def test_an_identical_seeded_request_is_served_from_the_cache(saga: Saga) -> None:
+    source = uuid4()
+    stored = {"storage_key": "k", "width": 64, "height": 64, "content_type": "image/png"}
+    gid = saga.request()
+    saga.fund(gid, FakeCache((source, {**stored, "bytes": 3})))
+    generation = saga.generation(gid)
+    assert (generation.status, generation.from_cache) == ("completed", source)
+    assert generation.charged == to_units(
+        saga.generations.catalogue.get("flux-schnell").pricing.cache_credits
+    )
+
+
+# -- generate --------------------------------------------------------------------------------
+
+
+def test_generate_sends_the_recorded_request_and_records_job_then_result(saga: Saga) -> None:
+    gid = saga.request(aspect_ratio="16:9")
+    saga.fund(gid)
+    adapter = FakeAdapter()
+    generate = saga.generate(FakeProviders(replicate=adapter))
+    assert saga.deliver(generate, saga.last(gid, Generation.Queued)) == (True, False)
+    generation = saga.generation(gid)
+    sent = adapter.submitted[0]
+    assert (sent.model, sent.params, sent.cost_units) == (
+        "flux-schnell",
+        generation.params,
+        generation.quote,
+    )
+    assert (generation.status, generation.job_id) == ("processing", "job-1")
+    assert adapter.waited == ["job-1"]
+    assert saga.blobs.data[(generation.result or {})["storage_key"]] == PNG
+    assert len(adapter.submitted) == 1  # the second delivery submitted nothing
+
+
+def test_a_redelivered_message_resumes_the_recorded_job_without_submitting(saga: Saga) -> None:
+    gid = saga.request()
+    saga.fund(gid)
+    generation = saga.generation(gid)
+    generation.submitted("job-earlier", 1)  # a worker recorded it, then died waiting
+    saga.generations.save(generation)
+    adapter = FakeAdapter()
+    saga.generate(FakeProviders(replicate=adapter)).handle(
+        saga.last(gid, Generation.Queued), saga.tracking("generate")
+    )
+    assert (adapter.submitted, adapter.waited) == ([], ["job-earlier"])
+    assert saga.generation(gid).status == "processing"
+
+
+def test_transient_failures_are_retried_after_the_stated_delay_or_the_backoff(saga: Saga) -> None:
+    gid = saga.request()
+    saga.fund(gid)
+    adapter = FakeAdapter(
+        ProviderFailure("rate_limited", "slow down", retry_after_s=3.0),
+        ProviderFailure("provider_error", "hiccup"),
+    )
+    saga.generate(FakeProviders(replicate=adapter)).handle(
+        saga.last(gid, Generation.Queued), saga.tracking("generate")
+    )
+    backoff_s = saga.generations.catalogue.get("flux-schnell").retry.backoff_ms / 1000
+    assert saga.sleeps.delays == [3.0, backoff_s * 2]  # Retry-After, then the second backoff
+    generation = saga.generation(gid)
+    assert (generation.status, generation.attempts, len(adapter.submitted)) == ("processing", 3, 3)
+
+
+def test_a_final_failure_fails_the_generation_and_settling_releases_the_hold(saga: Saga) -> None:
+    gid = saga.request()
+    saga.fund(gid)
+    adapter = FakeAdapter(ProviderFailure("invalid_request", "no such size"))
+    saga.generate(FakeProviders(replicate=adapter)).handle(
+        saga.last(gid, Generation.Queued), saga.tracking("generate")
+    )
+    assert (saga.generation(gid).error or {}).get("code") == "invalid_request"
+    assert len(adapter.submitted) == 1  # not retryable
+    settle = SettleGeneration(saga.generations, saga.billing)
+    assert saga.deliver(settle, saga.last(gid, Generation.Failed)) == (True, False)
+    assert saga.available() == to_units(10)
+
+
+def test_an_open_breaker_falls_back_to_an_equivalent_model_at_its_own_cost(saga: Saga) -> None:
+    gid = saga.request(aspect_ratio="1:1")
+    saga.fund(gid)
+    quote = saga.generation(gid).quote
+    fal = FakeAdapter()
+    breakers = FakeBreakers("replicate")  # sdxl-lightning is on replicate too: skipped
+    saga.generate(FakeProviders(replicate=FakeAdapter(), fal=fal), breakers).handle(
+        saga.last(gid, Generation.Queued), saga.tracking("generate")
+    )
+    fell_back = saga.last(gid, Generation.FellBack)
+    assert isinstance(fell_back, Generation.FellBack)
+    assert (fell_back.from_model, fell_back.to_model) == ("flux-schnell", "flux-dev-fal")
+    generation = saga.generation(gid)
+    assert fal.submitted[0].model == "flux-dev-fal"
+    assert fal.submitted[0].params == fell_back.params == generation.params
+    assert generation.cost == fell_back.cost
+    assert fell_back.cost is not None
+    assert fell_back.cost != quote  # another model, another price
+    generation.process([], "h", 0.5, 0.0, "c")
+    generation.complete()
+    assert generation.charged == min(fell_back.cost, quote)  # never above the quote
+
+
+def test_no_fallback_allowed_defers_durably_and_tells_the_user_why(saga: Saga) -> None:
+    asked = GenerationRequest(model="flux-schnell", prompt="a fox", allow_fallback=False)
+    gid = saga.generations.request(saga.user, asked)[0].id
+    saga.fund(gid)
+    generate = saga.generate(FakeProviders(replicate=FakeAdapter()), FakeBreakers("replicate"))
+    with pytest.raises(Deferral) as deferred:
+        generate.handle(saga.last(gid, Generation.Queued), saga.tracking("generate"))
+    assert deferred.value.delay_s == DEFER_S
+    generation = saga.generation(gid)
+    assert (generation.status, generation.deferred) == ("queued", "replicate is unavailable")
+
+
+def test_an_outage_that_outlasts_the_retries_falls_back(saga: Saga) -> None:
+    gid = saga.request()
+    saga.fund(gid)
+    down = ProviderFailure("unavailable", "503")
+    replicate, fal = FakeAdapter(down, down, down), FakeAdapter()
+    saga.generate(FakeProviders(replicate=replicate, fal=fal), FakeBreakers()).handle(
+        saga.last(gid, Generation.Queued), saga.tracking("generate")
+    )
+    # every attempt on flux-schnell, then its first fallback (whose breaker is still closed)
+    assert [r.model for r in replicate.submitted] == ["flux-schnell"] * 3 + ["sdxl-lightning"]
+    assert fal.submitted == []
+    generation = saga.generation(gid)
+    assert (generation.model, generation.fallback_from, generation.status) == (
+        "sdxl-lightning",
+        "flux-schnell",
+        "processing",
+    )
+
+
+def test_the_providers_safety_filter_blocks_with_the_billing_policy(saga: Saga) -> None:
+    gid = saga.request()
+    saga.fund(gid)
+    adapter = FakeAdapter(ProviderFailure("content_rejected", "nsfw"))
+    saga.generate(FakeProviders(replicate=adapter)).handle(
+        saga.last(gid, Generation.Queued), saga.tracking("generate")
+    )
+    blocked = saga.last(gid, Generation.Blocked)
+    assert isinstance(blocked, Generation.Blocked)
+    assert (blocked.layer, blocked.charged, blocked.policy) == ("provider", 0, "waive")
+    SettleGeneration(saga.generations, saga.billing).handle(blocked, saga.tracking("settle"))
+    assert saga.available() == to_units(10)
+
+
+# -- cancel ----------------------------------------------------------------------------------
+
+
+def test_cancel_before_any_provider_has_it_is_immediate(saga: Saga) -> None:
+    gid = saga.request()
+    saga.fund(gid)
+    assert saga.generations.cancel(saga.user, gid).status == "cancelled"
+    SettleGeneration(saga.generations, saga.billing).handle(
+        saga.last(gid, Generation.Cancelled), saga.tracking("settle")
+    )
+    assert saga.available() == to_units(10)
+
+
+def test_cancel_while_a_provider_has_the_job_asks_the_provider_first(saga: Saga) -> None:
+    gid = saga.request()
+    saga.fund(gid)
+    generation = saga.generation(gid)
+    generation.submitted("job-9", 1)
+    saga.generations.save(generation)
+    assert saga.generations.cancel(saga.user, gid).status == "running"  # not yet
+    adapter = FakeAdapter()
+    cancel = CancelAtProvider(saga.generations, FakeProviders(replicate=adapter))
+    assert saga.deliver(cancel, saga.last(gid, Generation.CancelRequested)) == (True, False)
+    assert adapter.cancelled == ["job-9"]
+    assert saga.generation(gid).status == "cancelled"
+
+
+def test_a_produced_result_is_not_cancelled_by_the_provider_reaction(saga: Saga) -> None:
+    gid = saga.request()
+    saga.fund(gid)
+    generation = saga.generation(gid)
+    generation.submitted("job-9", 1)
+    generation.request_cancel()
+    generation.produced("k", 64, 64, "image/png", 3, 10)  # it arrived before the cancel did
+    saga.generations.save(generation)
+    CancelAtProvider(saga.generations, FakeProviders(replicate=FakeAdapter())).handle(
+        saga.last(gid, Generation.CancelRequested), saga.tracking("cancel_at_provider")
+    )
+    assert saga.generation(gid).status == "processing"
+
+
+# -- settle ----------------------------------------------------------------------------------
+
+
+def test_completion_captures_what_was_charged_and_releases_the_rest_once(saga: Saga) -> None:
+    gid = saga.request()
+    saga.fund(gid)
+    generation = saga.generation(gid)
+    generation.submitted("job-1", 1)
+    generation.produced("k", 64, 64, "image/png", 3, 10)
+    generation.complete(cost=generation.quote - 1000)
+    saga.generations.save(generation)
+    settle = SettleGeneration(saga.generations, saga.billing)
+    assert saga.deliver(settle, saga.last(gid, Generation.Completed)) == (True, False)
+    position = saga.billing.position(saga.user)
+    assert (position.balance, position.held) == (to_units(10) - (generation.quote - 1000), 0)
