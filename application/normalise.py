@@ -14,22 +14,15 @@ from decimal import ROUND_CEILING, Decimal
 from fractions import Fraction
 from typing import Any
 
-from application.catalogue import CatalogueError, ModelSpec, SizeRange
+from application.catalogue import ModelSpec, SizeRange
+from application.errors import CatalogueError
+from application.errors import InvalidRequest as InvalidRequest
 from domain.credits import UNITS_PER_CREDIT
 
 OUTPUT_FORMATS = ("png", "jpeg", "webp", "avif")
 MAX_PROMPT = 4000
 MAX_SEED = 2**32 - 1
 _DEFAULT_PIXELS = 1024 * 1024
-
-
-class InvalidRequest(ValueError):
-    """Well-formed but not something this model can do (HTTP 422), naming the field."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
-        self.field = field
-        self.message = message
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,12 +17,12 @@ from uuid import UUID
 
 from eventsourcing.domain import Aggregate
 
-from domain.errors import DomainError
+from domain.errors import Conflict, DomainError
 
 TERMINAL = frozenset({"completed", "failed", "cancelled", "blocked"})
 
 
-class GenerationFinished(DomainError):
+class GenerationFinished(DomainError, Conflict):
     """A change asked of a generation that has already ended (HTTP 409)."""
 
 
