@@ -16,14 +16,11 @@ from eventsourcing.application import AggregateNotFoundError
 from eventsourcing.persistence import Tracking
 
 from application.base import PixevoApplication, command
+from application.errors import AccountNotFound as AccountNotFound
 from application.logs import topic_of
 from domain.billing import CreditAccount
 from domain.credits import Cause, account_id_for, hold_id_for
 from domain.ledger import AccountPosition, LedgerEntry, entry_id, replay
-
-
-class AccountNotFound(LookupError):
-    pass
 
 
 class BillingApplication(PixevoApplication):

@@ -14,6 +14,9 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from application.errors import CatalogueError as CatalogueError
+from application.errors import UnknownModel as UnknownModel
+
 CATALOGUE_FILE = Path(__file__).with_name("models.toml")
 
 Kind = Literal["image", "video", "upscale", "edit"]
@@ -73,14 +76,6 @@ class ModelSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     timeouts: Timeouts
     retry: RetryPolicy
     fallbacks: tuple[str, ...] = ()
-
-
-class CatalogueError(ValueError):
-    pass
-
-
-class UnknownModel(LookupError):
-    pass
 
 
 class _File(msgspec.Struct):

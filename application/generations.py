@@ -20,6 +20,7 @@ from eventsourcing.persistence import Tracking
 
 from application.base import PixevoApplication, command
 from application.catalogue import Catalogue, UnknownModel, default_catalogue
+from application.errors import Conflict, NotFound
 from application.group_commit import GroupCommit
 from application.moderation import ModerationPolicy
 from application.normalise import GenerationRequest, InvalidRequest, Normalised, normalise
@@ -31,11 +32,11 @@ from domain.ids import uuid7
 _KEY_NAMESPACE = UUID("3f0b8c1e-6d2a-4b7f-9a5e-1c2d3e4f5a6b")
 
 
-class GenerationNotFound(LookupError):
+class GenerationNotFound(NotFound, LookupError):
     pass
 
 
-class IdempotencyConflict(Exception):
+class IdempotencyConflict(Conflict):
     """The same ``Idempotency-Key`` with a different body (HTTP 409)."""
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from application.errors import Unavailable
+
 
 @dataclass(frozen=True, slots=True)
 class Artefact:
@@ -40,7 +42,7 @@ class ProcessingFailed(Exception):
     generation fails and nothing is charged; retrying would not help."""
 
 
-class ClassifierUnavailable(Exception):
+class ClassifierUnavailable(Unavailable):
     """The classifier did not answer; the work is retried later."""
 
 

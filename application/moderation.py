@@ -20,18 +20,10 @@ from typing import Literal
 
 import msgspec
 
-from domain.errors import DomainError
+from application.errors import ContentPolicyViolation as ContentPolicyViolation
 
 RULES_FILE = Path(__file__).with_name("moderation.toml")
 BlockedBilling = Literal["waive", "charge"]
-
-
-class ContentPolicyViolation(DomainError):
-    """A prompt the rules refuse (HTTP 422, code ``content_policy``)."""
-
-    def __init__(self, rule: str, message: str, version: str) -> None:
-        super().__init__(f"{message} (rule {rule}, rules {version})")
-        self.rule, self.message, self.version = rule, message, version
 
 
 class _Rule(msgspec.Struct, frozen=True):

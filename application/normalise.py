@@ -14,22 +14,18 @@ from decimal import ROUND_CEILING, Decimal
 from fractions import Fraction
 from typing import Any
 
-from application.catalogue import CatalogueError, ModelSpec, SizeRange
+from application.catalogue import ModelSpec, SizeRange
+from application.errors import CatalogueError
+from application.errors import InvalidRequest as InvalidRequest
 from domain.credits import UNITS_PER_CREDIT
 
 OUTPUT_FORMATS = ("png", "jpeg", "webp", "avif")
 MAX_PROMPT = 4000
 MAX_SEED = 2**32 - 1
 _DEFAULT_PIXELS = 1024 * 1024
-
-
-class InvalidRequest(ValueError):
-    """Well-formed but not something this model can do (HTTP 422), naming the field."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
-        self.field = field
-        self.message = message
+#: One normalised parameter as a provider receives it: a number (width, height, seed, steps,
+#: guidance, duration_s, scale) or a ratio's text (aspect_ratio).
+ParamValue = int | float | str
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +41,7 @@ class GenerationRequest:
 @dataclass(frozen=True, slots=True)
 class Normalised:
     model: str
-    params: dict[str, Any]  # what the provider receives: width, height, seed, ...
+    params: dict[str, ParamValue]  # what the provider receives: width, height, seed, ...
     prompt: str
     negative_prompt: str | None
     output_format: str
@@ -63,7 +59,7 @@ def normalise(spec: ModelSpec, request: GenerationRequest) -> Normalised:
     if request.output_format not in OUTPUT_FORMATS:
         raise InvalidRequest("output_format", f"one of {', '.join(OUTPUT_FORMATS)}")
     raw = dict(request.params)
-    params: dict[str, Any] = {}
+    params: dict[str, ParamValue] = {}
     width, height = _dimensions(spec, raw, params, warnings)
     params["width"], params["height"] = width, height
     negative = (request.negative_prompt or "").strip() or None

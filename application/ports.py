@@ -6,6 +6,8 @@ from contextlib import AbstractContextManager
 from typing import Any, Protocol
 from uuid import UUID
 
+from application.errors import Unavailable
+
 
 class BlobStore(Protocol):
     """Object storage for results: local files by default, a bucket in production."""
@@ -23,7 +25,7 @@ class ResultCache(Protocol):
         ...
 
 
-class CircuitOpen(Exception):
+class CircuitOpen(Unavailable):
     """A provider's circuit is open: calls are refused until it has had time to recover."""
 
 

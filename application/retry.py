@@ -16,16 +16,14 @@ from typing import ParamSpec, TypeVar
 
 from eventsourcing.persistence import IntegrityError
 
+from application.errors import ConcurrencyConflict as ConcurrencyConflict
+
 P = ParamSpec("P")
 T = TypeVar("T")
 
 MAX_ATTEMPTS = 25
 _BASE_DELAY_S = 0.002
 _MAX_DELAY_S = 0.1
-
-
-class ConcurrencyConflict(Exception):
-    """The aggregate kept changing under the command; the caller may try again later."""
 
 
 def retry_on_conflict(fn: Callable[P, T], *, attempts: int = MAX_ATTEMPTS) -> Callable[P, T]:

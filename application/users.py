@@ -15,18 +15,12 @@ from typing import Protocol
 from uuid import UUID, uuid4
 
 from application.billing import BillingApplication
+from application.errors import EmailTaken as EmailTaken
+from application.errors import InvalidEmail as InvalidEmail
 from domain.credits import Cause, positive_units
 
 KEY_PREFIX = "pxv_"
 _EMAIL = re.compile(r"^[^@\s\x00]{1,64}@[^@\s\x00]{1,255}$")
-
-
-class EmailTaken(Exception):
-    pass
-
-
-class InvalidEmail(ValueError):
-    pass
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,7 +18,7 @@ from uuid import UUID
 from eventsourcing.domain import Aggregate
 
 from domain.credits import Cause
-from domain.errors import DomainError
+from domain.errors import Conflict, DomainError
 
 Status = Literal[
     "requested",
@@ -38,7 +38,7 @@ TERMINAL: frozenset[Status] = frozenset({"completed", "failed", "cancelled", "bl
 NOT_SUBMITTED: frozenset[Status] = frozenset({"requested", "funded", "queued"})
 
 
-class GenerationFinished(DomainError):
+class GenerationFinished(DomainError, Conflict):
     """A change asked of a generation that has already ended (HTTP 409)."""
 
 

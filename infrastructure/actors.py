@@ -14,7 +14,7 @@ REACTIONS_QUEUE = "reactions"
 
 def declare_react_actor(
     broker: dramatiq.Broker, reactor: Callable[[], Reactor], queue: str = REACTIONS_QUEUE
-) -> dramatiq.Actor[..., None]:
+) -> dramatiq.Actor[[str, str, int], None]:
     """The actor that hands one dispatched notification to one reaction (one actor per queue:
     ``react`` on ``reactions``, ``react_<queue>`` on the others)."""
 
@@ -24,8 +24,7 @@ def declare_react_actor(
         except Deferral as deferral:  # wait durably in the broker, then run again
             raise dramatiq.Retry(str(deferral), delay=int(deferral.delay_s * 1000)) from None
 
-    return dramatiq.actor(
-        react,
+    declare = dramatiq.actor(
         actor_name="react" if queue == REACTIONS_QUEUE else f"react_{queue}",
         queue_name=queue,
         broker=broker,
@@ -34,3 +33,4 @@ def declare_react_actor(
         min_backoff=200,
         max_backoff=60_000,
     )
+    return declare(react)

@@ -12,6 +12,7 @@ from typing import Any
 
 import dramatiq
 import structlog
+from dramatiq.broker import MessageProxy
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import Middleware
 
@@ -25,7 +26,7 @@ MAINTENANCE_CHANCE = 200_000  # per million fetches
 class LogContext(Middleware):
     """Binds the message's ids to structlog's context for the message's lifetime."""
 
-    def before_process_message(self, _broker: dramatiq.Broker, message: dramatiq.Message) -> None:
+    def before_process_message(self, _broker: dramatiq.Broker, message: MessageProxy) -> None:
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(
             message_id=message.message_id,

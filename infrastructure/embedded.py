@@ -36,9 +36,11 @@ def resolve(settings: Settings) -> Settings:
 def start_postgres(data_dir: Path) -> str:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        import pgserver  # noqa: PLC0415 - heavy, and only the embedded default needs it
+        # heavy, and only the embedded default needs it; imported from the module that defines
+        # it, since pgserver's package re-exports it implicitly (mypy --strict refuses that)
+        from pgserver.postgres_server import get_server  # noqa: PLC0415
 
-        server = pgserver.get_server(data_dir / "postgres", cleanup_mode="stop")
+        server = get_server(data_dir / "postgres", cleanup_mode="stop")
     _handles.append(server)
     admin_url: str = server.get_uri()
     with psycopg.connect(admin_url, autocommit=True) as conn:

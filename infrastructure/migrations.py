@@ -5,12 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import psycopg
+from psycopg.rows import TupleRow
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 _LOCK_KEY = 0x5049_5845  # "PIXE": one migrator at a time, across processes
 
 
-def pending(conn: psycopg.Connection[object]) -> list[Path]:
+def pending(conn: psycopg.Connection[TupleRow]) -> list[Path]:
     applied = {row[0] for row in conn.execute("SELECT name FROM public.pixevo_migrations")}
     return [path for path in sorted(MIGRATIONS_DIR.glob("[0-9]*.sql")) if path.name not in applied]
 
@@ -27,7 +28,7 @@ def migrate(database_url: str) -> list[str]:
             )
             for path in pending(conn):
                 with conn.transaction():
-                    conn.execute(path.read_text())  # type: ignore[call-overload]
+                    conn.execute(path.read_text())
                     conn.execute(
                         "INSERT INTO public.pixevo_migrations (name) VALUES (%s)", [path.name]
                     )

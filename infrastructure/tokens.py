@@ -16,11 +16,13 @@ from uuid import UUID
 
 import jwt
 
+from application.errors import Forbidden
+
 AUDIENCE = "pixevo:stream"
 DEFAULT_TTL = timedelta(minutes=5)
 
 
-class InvalidStreamToken(Exception):
+class InvalidStreamToken(Forbidden):
     pass
 
 

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 
 from psycopg.sql import SQL, Identifier
 
+from projections.base import timestamped
 from projections.runner import ProjectionRunner, lock_key
 
 
@@ -37,7 +38,7 @@ def status(runner: ProjectionRunner) -> ProjectionStatus:
     lag_seconds = 0.0
     lag_events = 0
     if pending:
-        oldest = runner.mapper.to_domain_event(pending[0])
+        oldest = timestamped(runner.mapper.to_domain_event(pending[0]))
         lag_seconds = max(0.0, (datetime.now(UTC) - oldest.timestamp).total_seconds())
         lag_events = _count_after(runner, position)
     return ProjectionStatus(

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
-from eventsourcing.domain import DomainEventProtocol
+from eventsourcing.domain import DomainEvent, DomainEventProtocol
 from eventsourcing.postgres import PostgresDatastore, PostgresTrackingRecorder
 from psycopg import Cursor
 from psycopg.rows import DictRow
@@ -23,8 +23,20 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 class NotifiedEvent(Protocol):
     """A decoded event with its position in the upstream notification log."""
 
-    notification_id: int
-    event: DomainEventProtocol[Any]
+    @property
+    def notification_id(self) -> int: ...
+
+    @property
+    def event(self) -> DomainEvent: ...
+
+
+def timestamped(event: DomainEventProtocol[Any]) -> DomainEvent:
+    """The decoded event as what every event of our aggregates is: an eventsourcing
+    :class:`~eventsourcing.domain.DomainEvent`, which has a ``timestamp`` (the protocol the
+    mapper answers with does not promise one)."""
+    if not isinstance(event, DomainEvent):
+        raise TypeError(f"{type(event).__qualname__} is not a DomainEvent")
+    return event
 
 
 class ProjectionView(PostgresTrackingRecorder):
@@ -61,7 +73,7 @@ class ProjectionView(PostgresTrackingRecorder):
     def table_statements(self) -> list[Composed]:
         """The projection's DDL: ``migrations/projections/<name>.sql`` in this view's schema."""
         ddl = (MIGRATIONS_DIR / "projections" / f"{self.projection_name}.sql").read_text()
-        return [SQL(ddl).format(schema=Identifier(self.schema))]  # type: ignore[arg-type]
+        return [SQL(ddl).format(schema=Identifier(self.schema))]
 
     def project(self, curs: Cursor[DictRow], batch: Sequence[NotifiedEvent]) -> None:
         """Writes what the batch changes, on the runner's cursor (inside its transaction)."""

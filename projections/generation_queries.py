@@ -53,7 +53,8 @@ async def page(
     since: datetime | None = None,
     until: datetime | None = None,
 ) -> tuple[list[dict[str, Any]], str | None]:
-    where, params = ["user_id = %s"], [user_id]
+    where: list[str] = ["user_id = %s"]
+    params: list[UUID | str | datetime] = [user_id]
     for clause, value in (
         ("status = %s", status),
         ("model_key = %s", model),

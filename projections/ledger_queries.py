@@ -12,12 +12,13 @@ from uuid import UUID
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
+from application.errors import Invalid
 from projections.ledger import LedgerView
 
 SCHEMA = LedgerView.live_schema()
 
 
-class BadCursor(ValueError):
+class BadCursor(Invalid, ValueError):
     pass
 
 

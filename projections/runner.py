@@ -19,14 +19,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
-from eventsourcing.domain import DomainEventProtocol
+from eventsourcing.domain import DomainEvent
 from eventsourcing.persistence import ApplicationRecorder, Mapper, Tracking
 from psycopg import Cursor
 from psycopg.rows import DictRow
 
 from application.base import DDL_LOCK
 from application.logs import read_after
-from projections.base import ProjectionView
+from projections.base import ProjectionView, timestamped
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True, slots=True)
 class Notified:
     notification_id: int
-    event: DomainEventProtocol[Any]
+    event: DomainEvent
 
 
 def lock_key(projection_name: str) -> int:
@@ -95,7 +95,7 @@ class ProjectionRunner:
         )
         if covered == position:
             return 0
-        batch = [Notified(n.id, self.mapper.to_domain_event(n)) for n in notifications]
+        batch = [Notified(n.id, timestamped(self.mapper.to_domain_event(n))) for n in notifications]
         if batch:
             self.view.project(curs, batch)
         self.view._insert_tracking(curs, Tracking(self.view.upstream, covered))

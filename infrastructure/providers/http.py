@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -10,7 +11,8 @@ from typing import Any
 import httpx
 
 from application.catalogue import ModelSpec
-from application.providers import Output, ProviderFailure
+from application.normalise import Normalised
+from application.providers import Output, ProgressSink, ProviderFailure, Submitted
 
 _CONTENT_MARKERS = ("content_policy", "nsfw", "safety", "flagged")
 
@@ -36,8 +38,10 @@ def failure_for(response: httpx.Response) -> ProviderFailure:
     return ProviderFailure("invalid_request", f"HTTP {status}: {text}")
 
 
-class HttpAdapter:
-    """Base of the three adapters: one client per adapter, errors mapped in one place."""
+class HttpAdapter(ABC):
+    """Base of the three adapters: one client per adapter, errors mapped in one place. Each
+    adapter is a :class:`~application.providers.ProviderAdapter`; its wire style fills in the
+    abstract methods."""
 
     def __init__(
         self,
@@ -71,6 +75,17 @@ class HttpAdapter:
         if response.status_code >= 400:
             raise failure_for(response)
         return response.json() if response.content else None
+
+    @abstractmethod
+    def submit(self, model: ModelSpec, request: Normalised) -> Submitted: ...
+
+    @abstractmethod
+    def wait(
+        self, model: ModelSpec, job_id: str, on_progress: ProgressSink | None = None
+    ) -> Output: ...
+
+    @abstractmethod
+    def cancel(self, model: ModelSpec, job_id: str) -> None: ...
 
     def fetch(self, output: Output) -> bytes:
         if output.data is not None:

@@ -7,7 +7,14 @@ from typing import Any
 
 from application.catalogue import ModelSpec
 from application.normalise import Normalised
-from application.providers import Output, Progress, ProgressSink, ProviderFailure, Submitted
+from application.providers import (
+    FailureKind,
+    Output,
+    Progress,
+    ProgressSink,
+    ProviderFailure,
+    Submitted,
+)
 from infrastructure.providers.http import HttpAdapter
 
 _CONTENT = ("nsfw", "safety", "content")
@@ -46,7 +53,7 @@ class PredictionsAdapter(HttpAdapter):
                 return self._output(model, prediction)
             if status == "failed":
                 error = str(prediction.get("error") or "the prediction failed")
-                kind = (
+                kind: FailureKind = (
                     "content_rejected"
                     if any(c in error.lower() for c in _CONTENT)
                     else "provider_error"

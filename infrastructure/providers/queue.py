@@ -10,7 +10,14 @@ from httpx_sse import SSEError, connect_sse
 
 from application.catalogue import ModelSpec
 from application.normalise import Normalised
-from application.providers import Output, Progress, ProgressSink, ProviderFailure, Submitted
+from application.providers import (
+    FailureKind,
+    Output,
+    Progress,
+    ProgressSink,
+    ProviderFailure,
+    Submitted,
+)
 from infrastructure.providers.http import HttpAdapter, failure_for
 from infrastructure.providers.predictions import provider_input
 
@@ -58,7 +65,7 @@ class QueueAdapter(HttpAdapter):
             return True
         if state == "ERROR":
             error = json.dumps(status.get("error"))
-            kind = "content_rejected" if "content" in error else "provider_error"
+            kind: FailureKind = "content_rejected" if "content" in error else "provider_error"
             raise ProviderFailure(kind, error)
         if state == "CANCELLED":
             raise ProviderFailure("provider_error", "the request was cancelled")

@@ -109,7 +109,8 @@ class Simulator:
     def submit(self, provider: str, model: ModelSpec, payload: dict[str, Any]) -> Job:
         faults = self.faults_for(provider)
         scale = faults.latency_scale if faults.latency_scale is not None else self.latency_scale
-        seed = int(payload.get("seed") if payload.get("seed") is not None else 0)
+        raw_seed = payload.get("seed")
+        seed = int(raw_seed) if raw_seed is not None else 0
         job_id = uuid.uuid4().hex
         prompt = str(payload.get("prompt", ""))
         job = Job(

@@ -16,14 +16,17 @@ from litestar.exceptions import HTTPException, ValidationException
 from psycopg import OperationalError as DatabaseUnavailable
 from redis.exceptions import ConnectionError as RedisUnavailable
 
-from application.billing import AccountNotFound
-from application.generations import GenerationNotFound, IdempotencyConflict
-from application.moderation import ContentPolicyViolation
-from application.normalise import InvalidRequest
-from application.retry import ConcurrencyConflict
-from application.users import EmailTaken, InvalidEmail
-from domain.errors import HoldClosed, InsufficientCredits, InvalidAmount, UnknownHold
-from domain.generation import GenerationFinished
+from application.errors import (
+    Conflict,
+    ContentPolicyViolation,
+    Forbidden,
+    InsufficientFunds,
+    Invalid,
+    InvalidRequest,
+    NotFound,
+    PixevoError,
+    Unavailable,
+)
 
 log = structlog.get_logger(__name__)
 MEDIA_TYPE = "application/problem+json"
@@ -44,23 +47,33 @@ TITLES = {
     503: "Service unavailable",
 }
 
-#: Our errors, by category, and the status each answers with.
-STATUS_FOR: dict[type[Exception], int] = {
-    GenerationNotFound: 404,
-    GenerationFinished: 409,
-    IdempotencyConflict: 409,
-    InsufficientCredits: 402,
-    InvalidAmount: 422,
-    InvalidEmail: 422,
-    AccountNotFound: 404,
-    UnknownHold: 404,
-    HoldClosed: 409,
-    EmailTaken: 409,
-    ConcurrencyConflict: 409,
-    StoreUnavailable: 503,
-    DatabaseUnavailable: 503,
-    RedisUnavailable: 503,
+#: Each category of our errors (see ``application/errors.py``) and the status it answers with.
+#: An error of none of them is our fault: a 500.
+STATUS_FOR: dict[type[PixevoError], int] = {
+    NotFound: 404,
+    Conflict: 409,
+    Invalid: 422,
+    InsufficientFunds: 402,
+    Unavailable: 503,
+    Forbidden: 403,
 }
+
+#: The libraries' own "cannot reach it" errors, answered like an :class:`Unavailable`. They are
+#: recognised here rather than translated where they are raised: every query, append and publish
+#: can raise them, and one tuple at the edge is the whole translation.
+LIBRARY_UNAVAILABLE: tuple[type[Exception], ...] = (
+    StoreUnavailable,
+    DatabaseUnavailable,
+    RedisUnavailable,
+)
+
+
+def status_for(exc: Exception) -> int | None:
+    """The status of ``exc``'s category (its most specific one), if it has one."""
+    for cls in type(exc).__mro__:
+        if cls in STATUS_FOR:
+            return STATUS_FOR[cls]
+    return 503 if isinstance(exc, LIBRARY_UNAVAILABLE) else None
 
 
 class FieldError(msgspec.Struct):
@@ -154,11 +167,13 @@ def handle(request: Request[Any, Any, Any], exc: Exception) -> Response[Problem]
     if isinstance(exc, HTTPException):
         status = exc.status_code if exc.status_code < 500 else 503
         return problem_response(status, str(exc.detail), headers=exc.headers)
-    for error_class, status in STATUS_FOR.items():
-        if isinstance(exc, error_class):
-            if status >= 500:
-                log.warning("dependency.unavailable", error=str(exc))
-                return problem_response(status, "a dependency is unavailable; try again shortly")
-            return problem_response(status, str(exc))
+    category_status = status_for(exc)
+    if category_status is not None:
+        if category_status >= 500:
+            log.warning("dependency.unavailable", error=str(exc))
+            return problem_response(
+                category_status, "a dependency is unavailable; try again shortly"
+            )
+        return problem_response(category_status, str(exc))
     log.exception("request.failed", path=request.url.path)
     return problem_response(500, "an internal error occurred; it has been logged")
