@@ -2,9 +2,11 @@
 
 Starts (or attaches to) the embedded PostgreSQL and Redis when no URL is configured, migrates,
 makes sure an admin user exists, then supervises one process each of: the HTTP API, the
-projection runners, the dispatcher and a Dramatiq worker, all given the same concrete URLs,
-exactly as separate production processes would be. A process that dies is restarted. Ctrl-C
-(or SIGTERM) stops them all cleanly, then the embedded servers.
+projection runners, the dispatcher, a Dramatiq worker and the provider simulator, all given the
+same concrete URLs, exactly as separate production processes would be (their command lines and
+environment come from :mod:`interfaces.cli.launch`, as for the tests and the benchmarks). A
+process that dies is restarted. Ctrl-C (or SIGTERM) stops them all cleanly, then the embedded
+servers.
 """
 
 from __future__ import annotations
