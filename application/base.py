@@ -1,7 +1,7 @@
 """What every Pixevo application shares.
 
 * Configuration comes only from the ``env`` the composition root passes in: unlike the library's
-  default, ``os.environ`` is not consulted, so settings are read in one place.
+  default, the process environment is not consulted, so settings are read in one place.
 * The recorder is a *process* recorder with multi-row tracking, so any application can record the
   events it makes in reaction to another application's event together with a tracking record of
   that event, in one transaction: a redelivered message finds the tracking record and does nothing.

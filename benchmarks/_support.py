@@ -1,4 +1,6 @@
-"""Shared plumbing for the benchmarks: servers, scratch databases, statistics, results.
+"""Shared plumbing for the benchmarks: servers, scratch databases, seeding, the platform's
+processes (started by the product's launcher, ``interfaces.cli.launch``), load-generator
+helpers, CPU accounting, statistics, results.
 
 Servers: ``PIXEVO_DATABASE_URL`` / ``PIXEVO_REDIS_URL`` when set; otherwise the default local
 ports (``127.0.0.1:5432`` as ``postgres``, ``127.0.0.1:6379``) if they answer; otherwise the
@@ -10,34 +12,46 @@ its own whose keys it deletes afterwards; nothing else on the servers is touched
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import contextlib
 import json
 import math
 import os
 import platform
 import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Self
+from uuid import UUID
 
+import httpx
+import psutil
 import psycopg
 import redis
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from infrastructure import embedded
 from infrastructure.settings import Settings
-from tests.support.processes import child_env as child_environ
+from interfaces.cli.launch import Launcher, stop, with_simulator
+from projections.generations import GenerationsView
 from tests.support.processes import free_port
 from tests.support.services import scratch_database, scratch_namespace, with_dbname
 
+if TYPE_CHECKING:
+    from application.users import CreatedUser
+    from interfaces.bootstrap import Container
+
 # one implementation for the tests and the benchmarks, re-exported here
-__all__ = ["child_environ", "free_port", "scratch_database", "scratch_namespace", "with_dbname"]
+__all__ = ["free_port", "scratch_database", "scratch_namespace", "with_dbname"]
 
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -58,7 +72,7 @@ def _answers(host: str, port: int) -> bool:
 
 
 def _database_server() -> str:
-    url = os.environ.get("PIXEVO_DATABASE_URL")
+    url = Settings.from_env().database_url
     if url:
         return url
     if _answers("127.0.0.1", 5432):
@@ -72,7 +86,7 @@ def _database_server() -> str:
 
 
 def _redis_server() -> str:
-    url = os.environ.get("PIXEVO_REDIS_URL")
+    url = Settings.from_env().redis_url
     if url:
         return url
     if _answers("127.0.0.1", 6379):
@@ -194,6 +208,15 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join([line(headers), line(["-" * w for w in widths]), *(line(r) for r in cells)])
 
 
+def argument_parser(name: str, doc: str | None) -> argparse.ArgumentParser:
+    """The command line of ``python -m benchmarks.<name>``; ``--help`` prints its docstring."""
+    return argparse.ArgumentParser(
+        prog=f"python -m benchmarks.{name}",
+        description=doc,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
 def write_result(name: str, result: dict[str, Any]) -> Path:
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     path = RESULTS_DIR / f"{name}.json"
@@ -207,34 +230,63 @@ def write_result(name: str, result: dict[str, Any]) -> Path:
     return path
 
 
-# -- child processes and a raw HTTP client (used by the end-to-end benchmarks) ---------------
+# -- seeding ---------------------------------------------------------------------------------
+
+BENCH_EMAIL = "bench@example.com"
+
+
+def catch_up(c: Container, *projections: str) -> None:
+    """Creates each named projection's tables and projects what the event store holds."""
+    for name in projections:
+        runner = c.projection(name)
+        try:
+            runner.start()
+            runner.catch_up()
+        finally:
+            runner.view.datastore.close()
+
+
+def seed_user(
+    c: Container, credits: str | int, projections: Sequence[str] = ("ledger",)
+) -> CreatedUser:
+    """The benchmark's user with ``credits``, ``projections`` caught up (its balance visible)."""
+    created = c.users.create(BENCH_EMAIL, credits=credits)
+    catch_up(c, *projections)
+    return created
+
+
+# -- the platform's processes (started by the product's launcher) ----------------------------
 
 ROOT = Path(__file__).resolve().parents[1]
+START_TIMEOUT_S = 60.0
+QUIET = "WARNING"
+
+
+def launcher(settings: Settings, **options: Any) -> Launcher:
+    """The product's launcher for this checkout's code, processes logging at WARNING."""
+    extra = {"PYTHONPATH": str(ROOT), "PIXEVO_LOG_LEVEL": QUIET}
+    return Launcher(settings, extra_env=extra, cwd=ROOT, **options)
+
+
+def child_env(settings: Settings) -> dict[str, str]:
+    """The environment of a helper process of a benchmark's own (a load driver)."""
+    return settings.process_env(PYTHONPATH=str(ROOT), PIXEVO_LOG_LEVEL=QUIET)
 
 
 class ChildProcess:
-    """One command in its own process group, output to a log file; stopped on exit.
+    """One of the platform's processes in its own process group, output to a log file.
 
-    ``stop`` sends SIGTERM to the process, waits, then SIGKILLs the process group this object
-    started (and only that group), so forked workers do not outlive it.
+    ``stop`` (on exit) is the launcher's: SIGTERM, a wait, then SIGKILL to the process group
+    this object started (and only that group), so forked workers do not outlive it.
     """
 
-    def __init__(self, name: str, argv: Sequence[str], env: dict[str, str], log: Path) -> None:
-        self.name, self.argv, self.env, self.log_path = name, list(argv), env, log
-        self.proc: Any = None  # subprocess.Popen[bytes]
+    def __init__(self, name: str, launcher: Launcher, log: Path, process: str = "") -> None:
+        self.name, self.launcher, self.log_path = name, launcher, log
+        self.process = process or name  # which of the launcher's processes
+        self.proc: subprocess.Popen[bytes] | None = None
 
-    def __enter__(self) -> ChildProcess:
-        import subprocess  # noqa: PLC0415
-
-        with self.log_path.open("wb") as log:
-            self.proc = subprocess.Popen(
-                self.argv,
-                env=self.env,
-                cwd=ROOT,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+    def __enter__(self) -> Self:
+        self.proc = self.launcher.start(self.process, self.log_path)
         return self
 
     def __exit__(self, *_: object) -> None:
@@ -248,21 +300,18 @@ class ChildProcess:
         return self.proc is not None and self.proc.poll() is None
 
     def stop(self, timeout: float = 15.0) -> None:
-        import signal  # noqa: PLC0415
-        import subprocess  # noqa: PLC0415
+        if self.proc is not None:
+            stop([self.proc], timeout)
 
-        proc = self.proc
-        if proc is None:
-            return
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            with suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=timeout)
-        # the group this object started: forked children that outlived their parent
-        with suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        if proc.poll() is None:
-            proc.wait(timeout=5)
+    def processes(self) -> list[psutil.Process]:
+        """The process and every process it forked (for CPU and memory accounting)."""
+        if self.proc is None:
+            return []
+        try:
+            parent = psutil.Process(self.proc.pid)
+            return [parent, *parent.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return []
 
     def log_tail(self, lines: int = 30) -> str:
         try:
@@ -278,8 +327,85 @@ class ChildProcess:
             )
 
 
+class ApiProcess(ChildProcess):
+    """``pixevo api`` on 127.0.0.1:``port``, logging to ``api.log`` in the data dir."""
+
+    def __init__(self, env: Environment, port: int, workers: int) -> None:
+        self.port = port
+        self.base_url = f"http://127.0.0.1:{port}"
+        settings = replace(env.settings, http_host="127.0.0.1", http_port=port)
+        api = launcher(settings, api_workers=workers)
+        super().__init__("the API", api, env.data_dir / "api.log", process="api")
+
+    def wait_healthy(self) -> float:
+        """Seconds until ``GET /health`` answered 200; raises if the API exits or never does."""
+        deadline = time.monotonic() + START_TIMEOUT_S
+        started = time.perf_counter()
+        with httpx.Client(timeout=2.0) as client:
+            while time.monotonic() < deadline:
+                self.check()
+                try:
+                    if client.get(f"{self.base_url}/health").status_code == 200:
+                        return time.perf_counter() - started
+                except httpx.TransportError:
+                    pass
+                time.sleep(0.1)
+        raise RuntimeError(f"the API did not answer /health within {START_TIMEOUT_S} s")
+
+
+def simulated(env: Environment, sim_port: int) -> Environment:
+    """``env`` with every provider (and the classifier) pointed at a simulator on ``sim_port``."""
+    settings = with_simulator(env.settings, f"http://127.0.0.1:{sim_port}")
+    return replace(env, settings=replace(settings, simulator_port=sim_port))
+
+
+def start_platform(
+    stack: ExitStack,
+    env: Environment,
+    *,
+    worker_processes: int,
+    worker_threads: int,
+    worker_timeout_ms: int | None = None,
+    api_workers: int = 1,
+) -> tuple[ApiProcess, list[ChildProcess]]:
+    """Starts the simulator (latency scale 0, on ``env.settings.simulator_port``), then the
+    dispatcher, the projection runners, a worker and the API, with ``env``; returns the API and
+    every other process (all stopped when ``stack`` closes)."""
+    platform = launcher(
+        env.settings,
+        worker_processes=worker_processes,
+        worker_threads=worker_threads,
+        worker_timeout_ms=worker_timeout_ms,
+        latency_scale=0.0,
+    )
+    logs = env.data_dir
+    simulator = stack.enter_context(ChildProcess("simulator", platform, logs / "simulator.log"))
+    sim_url = f"http://127.0.0.1:{env.settings.simulator_port}"
+
+    def simulator_up() -> bool:
+        try:
+            return httpx.get(f"{sim_url}/_sim/stats", timeout=2).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    wait_until(simulator_up, timeout=START_TIMEOUT_S, processes=[simulator])
+    children = [simulator] + [
+        stack.enter_context(ChildProcess(name, platform, logs / f"{name}.log"))
+        for name in ("dispatcher", "projections", "worker")
+    ]
+    api = stack.enter_context(ApiProcess(env, free_port(), api_workers))
+    api.wait_healthy()
+    for child in children:
+        child.check()
+    return api, children
+
+
 def wait_until(
-    condition: Any, *, timeout: float, interval: float = 0.1, processes: Sequence[Any] = ()
+    condition: Callable[[], bool],
+    *,
+    timeout: float,
+    interval: float = 0.1,
+    processes: Sequence[ChildProcess] = (),
 ) -> None:
     """Polls ``condition()`` until true; raises on timeout or when a watched process exits."""
     deadline = time.monotonic() + timeout
@@ -295,11 +421,107 @@ def wait_until(
     raise TimeoutError(f"not ready within {timeout} s")
 
 
+# -- generations: their events and their projected status --------------------------------------
+
+TERMINAL = ("completed", "failed", "cancelled", "blocked")
+
+
+def event_times(c: Container, generation_id: UUID) -> dict[str, float]:
+    """Each event's wall-clock timestamp (epoch seconds), by event class name (first of each)."""
+    times: dict[str, float] = {}
+    for event in c.generations.events.get(generation_id):
+        stamp = getattr(event, "timestamp", None)
+        if isinstance(stamp, datetime):
+            times.setdefault(type(event).__name__, stamp.timestamp())
+    return times
+
+
+def wait_terminal(
+    conn: psycopg.Connection[Any],
+    ids: list[str],
+    children: list[ChildProcess],
+    timeout: float = 120.0,
+) -> tuple[float, dict[str, int], int]:
+    """Polls the projection's read table until every id is terminal.
+
+    Returns (when, counts by status, the most connections the scratch database had meanwhile).
+    """
+    statement = (
+        f"SELECT status, count(*) FROM {GenerationsView.live_schema()}.generations "
+        "WHERE id = ANY(%s) GROUP BY status"
+    )
+    sessions = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+    wanted = [UUID(i) for i in ids]
+    deadline = time.monotonic() + timeout
+    peak = 0
+    while True:
+        counts = {str(s): int(n) for s, n in conn.execute(statement, [wanted]).fetchall()}
+        now = time.perf_counter()
+        row = conn.execute(sessions).fetchone()
+        peak = max(peak, int(row[0]) if row else 0)
+        if sum(n for s, n in counts.items() if s in TERMINAL) >= len(ids):
+            return now, counts, peak
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"not all terminal after {timeout} s: {counts}")
+        for child in children:
+            child.check()
+        time.sleep(0.02)
+
+
+# -- load generation and CPU accounting ------------------------------------------------------
+
+
+def run_async(coro: Any) -> Any:
+    """Runs a load generator's coroutine, on uvloop when installed (a lighter client)."""
+    try:
+        import uvloop  # noqa: PLC0415 - optional
+    except ImportError:
+        return asyncio.run(coro)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(coro)
+
+
+def cpu_seconds(processes: Sequence[psutil.Process]) -> float:
+    total = 0.0
+    for process in processes:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            times = process.cpu_times()
+            total += times.user + times.system
+    return total
+
+
+def cpu_snapshot(api: ApiProcess, children: list[ChildProcess]) -> dict[str, dict[int, float]]:
+    """CPU seconds of each platform process (and its forked children), by name, then pid."""
+    named: dict[str, list[psutil.Process]] = {"api": api.processes()}
+    for child in children:
+        named[child.name] = child.processes()
+    snapshot: dict[str, dict[int, float]] = {}
+    for name, processes in named.items():
+        snapshot[name] = {}
+        for process in processes:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                times = process.cpu_times()
+                snapshot[name][process.pid] = times.user + times.system
+    snapshot["postgres"] = postgres_cpu_snapshot()
+    return snapshot
+
+
+def cpu_cores(
+    before: dict[str, dict[int, float]], after: dict[str, dict[int, float]], seconds: float
+) -> dict[str, float]:
+    """Cores busy per process name between two snapshots."""
+    return {
+        name: sum(max(0.0, cpu - before[name].get(pid, 0.0)) for pid, cpu in pids.items()) / seconds
+        for name, pids in after.items()
+    }
+
+
 class HttpConnection:
     """A minimal HTTP/1.1 keep-alive client on asyncio streams (any method, JSON bodies).
 
-    Like ``credits_http.RawConnection`` but returns the status and the body; it understands
-    ``Content-Length`` and chunked bodies and reconnects when the server closes the connection.
+    Like ``credits_http.RawConnection`` (GET only, cheaper) but returns the status and the
+    body; it understands ``Content-Length`` and chunked bodies and reconnects when the server
+    closes the connection.
     """
 
     def __init__(self, host: str, port: int, headers: dict[str, str] | None = None) -> None:
@@ -310,8 +532,6 @@ class HttpConnection:
         self.writer: Any = None
 
     async def request(self, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
-        import asyncio  # noqa: PLC0415
-
         if self.writer is None:
             self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
         reader, writer = self.reader, self.writer
@@ -359,8 +579,6 @@ def postgres_cpu_snapshot() -> dict[int, float]:
     The server is shared with whatever else runs on it, so deltas are an upper bound on the
     benchmark's share.
     """
-    import psutil  # noqa: PLC0415
-
     seen: dict[int, float] = {}
     for process in psutil.process_iter(["name"]):
         try:

@@ -1,7 +1,7 @@
 """GET /v1/credits requests/s and p50/p99 latency under 32 concurrent clients.
 
 What it measures
-    The API runs as a real, separate process (``.venv/bin/pixevo api [--workers N]``) on a
+    The API runs as a real, separate process (``pixevo api [--workers N]``) on a
     scratch database that holds one user with 10 credits, its ledger projection caught up. A
     load generator in this process (one event loop, uvloop when installed) runs ``--clients``
     tasks (default 32), each on its own keep-alive connection looping ``GET /v1/credits`` with
@@ -38,24 +38,24 @@ import argparse
 import asyncio
 import contextlib
 import os
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
-import psutil
 
 from benchmarks._support import (
-    ChildProcess,
-    Environment,
+    ApiProcess,
+    argument_parser,
     bench_environment,
+    cpu_seconds,
     free_port,
     median,
     percentile,
     redacted,
+    run_async,
+    seed_user,
     server_version,
     table,
     write_result,
@@ -63,66 +63,6 @@ from benchmarks._support import (
 from interfaces.bootstrap import build
 
 NAME = "credits_http"
-START_TIMEOUT_S = 60.0
-
-
-# -- the API process --------------------------------------------------------------------------
-
-
-def pixevo_command() -> str:
-    script = Path(sys.executable).parent / "pixevo"
-    if not script.exists():
-        raise SystemExit(f"{script} not found: install the project into this virtualenv")
-    return str(script)
-
-
-class ApiProcess(ChildProcess):
-    """``pixevo api`` in its own process group; stopped (then killed if need be) on exit."""
-
-    def __init__(self, env: Environment, port: int, workers: int) -> None:
-        self.port = port
-        self.base_url = f"http://127.0.0.1:{port}"
-        environ = {
-            **os.environ,
-            **env.settings.as_env(),
-            "PIXEVO_HTTP_HOST": "127.0.0.1",
-            "PIXEVO_HTTP_PORT": str(port),
-            "PIXEVO_LOG_LEVEL": "WARNING",
-        }
-        argv = [pixevo_command(), "api", "--workers", str(workers)]
-        super().__init__("the API", argv, environ, env.data_dir / "api.log")
-
-    def wait_healthy(self) -> float:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        started = time.perf_counter()
-        with httpx.Client(timeout=2.0) as client:
-            while time.monotonic() < deadline:
-                self.check()
-                try:
-                    if client.get(f"{self.base_url}/health").status_code == 200:
-                        return time.perf_counter() - started
-                except httpx.TransportError:
-                    pass
-                time.sleep(0.1)
-        raise RuntimeError(f"the API did not answer /health within {START_TIMEOUT_S} s")
-
-    def processes(self) -> list[psutil.Process]:
-        if self.proc is None:
-            return []
-        try:
-            parent = psutil.Process(self.proc.pid)
-            return [parent, *parent.children(recursive=True)]
-        except psutil.NoSuchProcess:
-            return []
-
-
-def cpu_seconds(processes: Sequence[psutil.Process]) -> float:
-    total = 0.0
-    for process in processes:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            times = process.cpu_times()
-            total += times.user + times.system
-    return total
 
 
 # -- the load generator -----------------------------------------------------------------------
@@ -271,24 +211,11 @@ async def load(
     )
 
 
-def run_async(coro: Any) -> Any:
-    try:
-        import uvloop  # noqa: PLC0415 - optional, a lighter load generator when present
-    except ImportError:
-        return asyncio.run(coro)
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(coro)
-
-
 # -- main -------------------------------------------------------------------------------------
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.credits_http",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = argument_parser(NAME, __doc__)
     parser.add_argument("--clients", type=int, default=32, help="concurrent client tasks")
     parser.add_argument("--duration", type=float, default=10.0, help="measured seconds")
     parser.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds first")
@@ -314,12 +241,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with bench_environment(NAME) as env:
         c = build(env.settings)
         try:
-            created = c.users.create("bench@example.com", credits=10)
-            runner = c.projection("ledger")
-            try:
-                runner.catch_up()
-            finally:
-                runner.view.datastore.close()
+            created = seed_user(c, credits=10)
         finally:
             c.close()
         print(

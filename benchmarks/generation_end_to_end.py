@@ -55,114 +55,50 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
-import sys
 import time
 import uuid
 from collections.abc import Sequence
 from contextlib import ExitStack
-from dataclasses import replace
-from datetime import datetime
 from typing import Any
 from uuid import UUID
 
 import httpx
-import psutil
 import psycopg
 
 from benchmarks._support import (
+    TERMINAL,
+    ApiProcess,
     ChildProcess,
     Environment,
     HttpConnection,
+    argument_parser,
     bench_environment,
-    child_environ,
+    cpu_cores,
+    cpu_snapshot,
+    event_times,
     free_port,
     median,
     percentile,
-    postgres_cpu_snapshot,
     redacted,
+    run_async,
+    seed_user,
     server_version,
+    simulated,
+    start_platform,
     table,
+    wait_terminal,
     wait_until,
     write_result,
 )
-from benchmarks.credits_http import ApiProcess, run_async
 from infrastructure.broker import WORKER_POLL_MS
 from interfaces.bootstrap import Container, build
-from projections.generations import GenerationsView
 
 NAME = "generation_end_to_end"
 MODEL = "sim-instant"
 SIZE = 512
-TERMINAL = ("completed", "failed", "cancelled", "blocked")
-START_TIMEOUT_S = 60.0
 STAGES = ("accept", "fund", "dispatch+submit", "result", "visible")
-
-
-# -- the platform -----------------------------------------------------------------------------
-
-
-def platform(
-    stack: ExitStack, env: Environment, args: argparse.Namespace, sim_port: int
-) -> tuple[ApiProcess, list[ChildProcess]]:
-    """Starts the simulator on ``sim_port`` and every platform process (with ``env``, whose
-    providers point at it); returns the API and every other process."""
-    sim_url = f"http://127.0.0.1:{sim_port}"
-    quiet = {"PIXEVO_LOG_LEVEL": "WARNING"}
-    logs = env.data_dir
-    python = sys.executable
-    pixevo = [python, "-m", "interfaces.cli"]
-    simulator = stack.enter_context(
-        ChildProcess(
-            "simulator",
-            [*pixevo, "simulator", "--port", str(sim_port), "--latency-scale", "0"],
-            child_environ(env.settings, **quiet),
-            logs / "simulator.log",
-        )
-    )
-
-    def simulator_up() -> bool:
-        try:
-            return httpx.get(f"{sim_url}/_sim/stats", timeout=2).status_code == 200
-        except httpx.TransportError:
-            return False
-
-    wait_until(simulator_up, timeout=START_TIMEOUT_S, processes=[simulator])
-
-    worker_env = child_environ(env.settings, **quiet)
-    if args.worker_timeout_ms is not None:
-        worker_env["dramatiq_worker_timeout"] = str(args.worker_timeout_ms)
-    commands = {
-        "dispatcher": ([*pixevo, "dispatcher"], None),
-        "projections": ([*pixevo, "projections", "run"], None),
-        "worker": (
-            [
-                *(python, "-m", "dramatiq", "interfaces.worker", "--skip-logging"),
-                *("--processes", str(args.worker_processes)),
-                *("--threads", str(args.worker_threads)),
-            ],
-            worker_env,
-        ),
-    }
-    children = [simulator]
-    for name, (argv, environ) in commands.items():
-        children.append(
-            stack.enter_context(
-                ChildProcess(
-                    name,
-                    argv,
-                    environ or child_environ(env.settings, **quiet),
-                    logs / f"{name}.log",
-                )
-            )
-        )
-    api = stack.enter_context(ApiProcess(env, free_port(), args.api_workers))
-    api.wait_healthy()
-    for child in children:
-        child.check()
-    return api, children
 
 
 # -- one generation at a time -----------------------------------------------------------------
@@ -228,16 +164,6 @@ async def sequential(
         await poster.close()
         await poller.close()
     return samples
-
-
-def event_times(c: Container, generation_id: UUID) -> dict[str, float]:
-    """Each event's wall-clock timestamp (epoch seconds), by event class name (first of each)."""
-    times: dict[str, float] = {}
-    for event in c.generations.events.get(generation_id):
-        stamp = getattr(event, "timestamp", None)
-        if isinstance(stamp, datetime):
-            times.setdefault(type(event).__name__, stamp.timestamp())
-    return times
 
 
 def saga_marks(times: dict[str, float]) -> dict[str, float] | None:
@@ -375,68 +301,6 @@ async def burst(
     return first, time.perf_counter(), ids
 
 
-def cpu_snapshot(api: ApiProcess, children: list[ChildProcess]) -> dict[str, dict[int, float]]:
-    """CPU seconds of each platform process (and its forked children), by name, then pid."""
-    named: dict[str, list[psutil.Process]] = {"api": api.processes()}
-    for child in children:
-        try:
-            parent = psutil.Process(child.pid)
-            named[child.name] = [parent, *parent.children(recursive=True)]
-        except (psutil.NoSuchProcess, ValueError):
-            named[child.name] = []
-    snapshot: dict[str, dict[int, float]] = {}
-    for name, processes in named.items():
-        snapshot[name] = {}
-        for process in processes:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                times = process.cpu_times()
-                snapshot[name][process.pid] = times.user + times.system
-    snapshot["postgres"] = postgres_cpu_snapshot()
-    return snapshot
-
-
-def cpu_cores(
-    before: dict[str, dict[int, float]], after: dict[str, dict[int, float]], seconds: float
-) -> dict[str, float]:
-    """Cores busy per process name between two snapshots."""
-    return {
-        name: sum(max(0.0, cpu - before[name].get(pid, 0.0)) for pid, cpu in pids.items()) / seconds
-        for name, pids in after.items()
-    }
-
-
-def wait_terminal(
-    conn: psycopg.Connection[Any],
-    ids: list[str],
-    children: list[ChildProcess],
-    timeout: float = 120.0,
-) -> tuple[float, dict[str, int], int]:
-    """Polls the projection's read table until every id is terminal.
-
-    Returns (when, counts by status, the most connections the scratch database had meanwhile).
-    """
-    statement = (
-        f"SELECT status, count(*) FROM {GenerationsView.live_schema()}.generations "
-        "WHERE id = ANY(%s) GROUP BY status"
-    )
-    sessions = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-    wanted = [UUID(i) for i in ids]
-    deadline = time.monotonic() + timeout
-    peak = 0
-    while True:
-        counts = {str(s): int(n) for s, n in conn.execute(statement, [wanted]).fetchall()}
-        now = time.perf_counter()
-        row = conn.execute(sessions).fetchone()
-        peak = max(peak, int(row[0]) if row else 0)
-        if sum(n for s, n in counts.items() if s in TERMINAL) >= len(ids):
-            return now, counts, peak
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"not all terminal after {timeout} s: {counts}")
-        for child in children:
-            child.check()
-        time.sleep(0.02)
-
-
 def wait_settled(api: ApiProcess, api_key: str, timeout: float = 60.0) -> None:
     """Until the user's ledger shows nothing held (every settlement done and projected)."""
     with httpx.Client(base_url=api.base_url, timeout=5) as client:
@@ -452,11 +316,7 @@ def wait_settled(api: ApiProcess, api_key: str, timeout: float = 60.0) -> None:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.generation_end_to_end",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = argument_parser(NAME, __doc__)
     parser.add_argument("--sequential", type=int, default=30, help="latency samples per repeat")
     parser.add_argument("--burst", type=int, default=200, help="generations per throughput run")
     parser.add_argument("--submitters", type=int, default=16, help="concurrent burst clients")
@@ -485,34 +345,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     run = f"e2e {uuid.uuid4().hex[:8]}"  # in every prompt: never a cache hit, across runs too
     with bench_environment(NAME) as base, ExitStack() as stack:
         args.postgres_version = server_version(base.database_url)
-        sim_port = free_port()
-        sim_url = f"http://127.0.0.1:{sim_port}"
-        providers = {
-            name: (f"{sim_url}/{name}", f"sim-{name}-key")
-            for name in ("replicate", "fal", "openai")
-        }
-        settings = replace(
-            base.settings, providers=providers, classifier_url=f"{sim_url}/moderation"
-        )
-        env = replace(base, settings=settings)
+        env = simulated(base, free_port())
+        sim_url = f"http://127.0.0.1:{env.settings.simulator_port}"
         c = build(env.settings)
         stack.callback(c.close)
-        created = c.users.create("bench@example.com", credits="1000000")
-        for name in ("ledger", "generations"):
-            runner = c.projection(name)
-            try:
-                runner.start()
-                if name == "ledger":
-                    runner.catch_up()
-            finally:
-                runner.view.datastore.close()
+        created = seed_user(c, credits="1000000", projections=("ledger", "generations"))
         print(
             f"{NAME}: PostgreSQL {args.postgres_version} at "
             f"{redacted(env.database_url)}; Redis namespace {env.settings.redis_namespace}; "
             f"load average {os.getloadavg()[0]:.2f}"
         )
         started = time.perf_counter()
-        api, children = platform(stack, env, args, sim_port)
+        api, children = start_platform(
+            stack,
+            env,
+            worker_processes=args.worker_processes,
+            worker_threads=args.worker_threads,
+            worker_timeout_ms=args.worker_timeout_ms,
+            api_workers=args.api_workers,
+        )
         print(
             f"platform up in {time.perf_counter() - started:.1f} s: simulator {sim_url} "
             f"(latency scale 0), api {api.base_url}, dispatcher, projections, worker "

@@ -61,19 +61,23 @@ import httpx
 
 from application.normalise import GenerationRequest
 from benchmarks._support import (
+    ApiProcess,
     HttpConnection,
+    argument_parser,
     bench_environment,
+    cpu_seconds,
     free_port,
     median,
     percentile,
     postgres_cpu_delta,
     postgres_cpu_snapshot,
     redacted,
+    run_async,
+    seed_user,
     server_version,
     table,
     write_result,
 )
-from benchmarks.credits_http import ApiProcess, cpu_seconds, run_async
 from interfaces.bootstrap import Container, build
 
 NAME = "generation_requests"
@@ -250,11 +254,7 @@ def raw_appends(
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.generation_requests",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = argument_parser(NAME, __doc__)
     parser.add_argument("--clients", type=int, default=32, help="concurrent HTTP clients")
     parser.add_argument("--duration", type=float, default=8.0, help="measured HTTP seconds")
     parser.add_argument("--warmup", type=float, default=2.0, help="unmeasured HTTP seconds first")
@@ -283,12 +283,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.postgres_version = server_version(env.database_url)
         c = build(env.settings)
         try:
-            created = c.users.create("bench@example.com", credits="1000000")
-            ledger = c.projection("ledger")
-            try:
-                ledger.catch_up()
-            finally:
-                ledger.view.datastore.close()
+            created = seed_user(c, credits="1000000")
             print(
                 f"{NAME}: PostgreSQL {args.postgres_version} at "
                 f"{redacted(env.database_url)}; load average {os.getloadavg()[0]:.2f}"

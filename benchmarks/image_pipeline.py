@@ -58,7 +58,7 @@ import blurhash
 import pyvips
 from PIL import Image, ImageFilter, ImageStat, features
 
-from benchmarks._support import median, photo_like_png, table, write_result
+from benchmarks._support import argument_parser, median, photo_like_png, table, write_result
 from infrastructure.imaging import pipeline
 
 NAME = "image_pipeline"
@@ -374,11 +374,7 @@ def report(result: dict[str, Any]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.image_pipeline",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = argument_parser(NAME, __doc__)
     parser.add_argument("--runs", type=int, default=20, help="timed runs of each case")
     parser.add_argument("--warmup", type=int, default=3, help="untimed runs of each case first")
     parser.add_argument("--sweep", action=argparse.BooleanOptionalAction, default=True)

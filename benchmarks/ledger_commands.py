@@ -40,6 +40,7 @@ from typing import Any
 import psycopg
 
 from benchmarks._support import (
+    argument_parser,
     bench_environment,
     median,
     redacted,
@@ -200,11 +201,7 @@ def event_stats(c: Container) -> dict[str, Any]:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.ledger_commands",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = argument_parser(NAME, __doc__)
     parser.add_argument("--ops", type=int, default=3000, help="operations per measurement")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--accounts", type=int, default=200, help="funded accounts")

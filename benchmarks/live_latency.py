@@ -68,20 +68,24 @@ from application.generations import fingerprint
 from application.live import decode
 from application.normalise import GenerationRequest
 from benchmarks._support import (
+    ApiProcess,
     ChildProcess,
     Environment,
+    argument_parser,
     bench_environment,
-    child_environ,
+    child_env,
+    cpu_seconds,
     free_port,
+    launcher,
     median,
     percentile,
     postgres_cpu_delta,
     postgres_cpu_snapshot,
+    run_async,
     server_version,
     table,
     write_result,
 )
-from benchmarks.credits_http import ApiProcess, cpu_seconds, run_async
 from domain.generation import Generation
 from domain.ids import uuid7
 from infrastructure.settings import Settings
@@ -268,7 +272,7 @@ async def load_repeat(
             "--drive",
             str(out.with_suffix(".spec")),
         ),
-        env=child_environ(env.settings, PIXEVO_LOG_LEVEL="WARNING"),
+        env=child_env(env.settings),
         stdout=asyncio.subprocess.PIPE,
     )
     line = await driver.stdout.readline() if driver.stdout else b""
@@ -442,11 +446,7 @@ def log_problems(processes: list[ChildProcess]) -> None:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.live_latency",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = argument_parser(NAME, __doc__)
     add = parser.add_argument
     add("--users", type=int, default=100, help="users, one SSE stream each")
     add("--rate", type=float, default=100.0, help="new generations a second")
@@ -473,10 +473,9 @@ def main(argv: list[str] | None = None) -> int:
         c = build(env.settings)
         stack.callback(c.close)
         created = [c.users.create(f"live{i}@example.com", "1000") for i in range(args.users)]
-        quiet = child_environ(env.settings, PIXEVO_LOG_LEVEL="WARNING")
-        runner = [sys.executable, "-m", "interfaces.cli", "projections", "run", "generations"]
+        runner = launcher(env.settings, projections=("generations",))
         projection = stack.enter_context(
-            ChildProcess("projections", runner, quiet, env.data_dir / "projections.log")
+            ChildProcess("projections", runner, env.data_dir / "projections.log")
         )
         api = ApiProcess(env, free_port(), 1)
         stack.enter_context(api)

@@ -45,7 +45,6 @@ import time
 import uuid
 from collections.abc import Sequence
 from contextlib import ExitStack
-from dataclasses import replace
 from typing import Any
 from uuid import UUID
 
@@ -58,20 +57,21 @@ from application.generations import fingerprint
 from application.normalise import GenerationRequest
 from application.reactions import tracking_name
 from benchmarks._support import (
+    argument_parser,
     bench_environment,
+    cpu_cores,
+    cpu_snapshot,
+    event_times,
     free_port,
     median,
     percentile,
     photo_like_png,
+    seed_user,
+    simulated,
+    start_platform,
     table,
-    write_result,
-)
-from benchmarks.generation_end_to_end import (
-    cpu_cores,
-    cpu_snapshot,
-    event_times,
-    platform,
     wait_terminal,
+    write_result,
 )
 from domain.generation import Generation
 from domain.ids import uuid7
@@ -144,33 +144,19 @@ def machine_busy() -> tuple[float, float]:
 
 def one_config(args: argparse.Namespace, threads: int, pngs: list[bytes]) -> dict[str, Any]:
     run = f"pipe {uuid.uuid4().hex[:8]}"
-    options = argparse.Namespace(
-        worker_processes=args.worker_processes,
-        worker_threads=threads,
-        worker_timeout_ms=WORKER_POLL_MS,
-        api_workers=1,
-    )
     with bench_environment(f"{NAME}_t{threads}") as base, ExitStack() as stack:
-        sim_port = free_port()
-        sim_url = f"http://127.0.0.1:{sim_port}"
-        providers = {n: (f"{sim_url}/{n}", f"sim-{n}-key") for n in ("replicate", "fal", "openai")}
-        settings = replace(
-            base.settings,
-            providers=providers,
-            simulator_port=sim_port,
-            classifier_url=f"{sim_url}/moderation",
-        )
-        env = replace(base, settings=settings)
-        c = build(settings)
+        env = simulated(base, free_port())
+        sim_url = f"http://127.0.0.1:{env.settings.simulator_port}"
+        c = build(env.settings)
         stack.callback(c.close)
-        user = c.users.create("bench@example.com", credits="1000000")
-        for name in ("ledger", "generations"):
-            runner = c.projection(name)
-            try:
-                runner.start()
-            finally:
-                runner.view.datastore.close()
-        api, children = platform(stack, env, options, sim_port)
+        user = seed_user(c, credits="1000000", projections=("ledger", "generations"))
+        api, children = start_platform(
+            stack,
+            env,
+            worker_processes=args.worker_processes,
+            worker_threads=threads,
+            worker_timeout_ms=WORKER_POLL_MS,
+        )
         conn = stack.enter_context(psycopg.connect(env.database_url, autocommit=True))
         print(
             f"\nworker --processes {args.worker_processes} --threads {threads}: platform up "
@@ -248,11 +234,7 @@ def pipeline_alone(png: bytes, runs: int = 5) -> float:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.pipeline_throughput",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = argument_parser(NAME, __doc__)
     parser.add_argument("--images", type=int, default=150, help="generations in the burst")
     parser.add_argument("--sequential", type=int, default=10, help="one-at-a-time samples")
     parser.add_argument("--threads", type=int, nargs="+", default=[2, 4])

@@ -39,6 +39,7 @@ from psycopg.sql import SQL, Identifier
 
 from benchmarks._support import (
     Timer,
+    argument_parser,
     bench_environment,
     median,
     redacted,
@@ -181,11 +182,7 @@ def projected_rows(c: Container) -> dict[str, int]:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.projection_rebuild",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = argument_parser(NAME, __doc__)
     parser.add_argument("--events", type=int, default=50_000, help="events to seed")
     parser.add_argument("--users", type=int, default=500, help="accounts to seed them on")
     parser.add_argument("--repeats", type=int, default=5)

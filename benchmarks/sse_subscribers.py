@@ -58,15 +58,19 @@ import redis
 from application.live import LiveMessage
 from benchmarks._support import (
     RESULTS_DIR,
+    ApiProcess,
     HttpConnection,
+    argument_parser,
     bench_environment,
+    catch_up,
+    cpu_seconds,
     free_port,
     median,
     percentile,
+    run_async,
     table,
     write_result,
 )
-from benchmarks.credits_http import ApiProcess, cpu_seconds, run_async
 from domain.ids import uuid7
 from infrastructure.live import RedisLivePublisher
 from interfaces.bootstrap import build
@@ -347,11 +351,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         c = build(env.settings)
         try:
             users = [c.users.create(f"sse{i}@example.com") for i in range(args.users)]
-            generations = c.projection("generations")  # creates the feed table the streams read
-            try:
-                generations.catch_up()
-            finally:
-                generations.view.datastore.close()
+            catch_up(c, "generations")  # creates the feed table the streams read
         finally:
             c.close()
         with ApiProcess(env, free_port(), workers=1) as api:
@@ -446,11 +446,7 @@ def report(args: argparse.Namespace, outcome: dict[str, Any], log: Path) -> int:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.sse_subscribers",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = argument_parser(NAME, __doc__)
     parser.add_argument(
         "--steps",
         type=lambda text: sorted({int(x) for x in text.split(",")}),

@@ -1,4 +1,5 @@
-"""Settings, read once from the environment (and nowhere else).
+"""Settings, read once from the environment (and nowhere else: this is the one module that reads
+or writes ``os.environ``; a child process's environment is built here too).
 
 PIXEVO_DATABASE_URL       PostgreSQL URL; unset: an embedded server in the data dir
 PIXEVO_REDIS_URL          Redis URL; unset: an embedded server in the data dir
@@ -168,3 +169,12 @@ class Settings:
         if self.redis_url:
             env["PIXEVO_REDIS_URL"] = self.redis_url
         return env
+
+    def process_env(self, **extra: str) -> dict[str, str]:
+        """A child process's whole environment: this process's, these settings, then ``extra``."""
+        return {**os.environ, **self.as_env(), **extra}
+
+    def export(self) -> None:
+        """Puts these settings into this process's environment, for what reads it after us
+        (a factory uvicorn calls, the workers it spawns)."""
+        os.environ.update(self.as_env())

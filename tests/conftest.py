@@ -48,26 +48,17 @@ def container(settings: Settings) -> Iterator[Container]:
 @pytest.fixture(scope="session")
 def simulator_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The provider simulator as a real HTTP server process (latencies scaled down 50x)."""
-    import os  # noqa: PLC0415
-    import sys  # noqa: PLC0415
+    from dataclasses import replace  # noqa: PLC0415
 
     import httpx  # noqa: PLC0415
 
-    from tests.support.processes import ROOT, free_port, running, wait_for  # noqa: PLC0415
+    from tests.support.processes import free_port, launcher, wait_for  # noqa: PLC0415
 
     port = free_port()
-    log = tmp_path_factory.mktemp("simulator") / "simulator.log"
-    argv = [
-        sys.executable,
-        "-m",
-        "interfaces.cli",
-        "simulator",
-        "--port",
-        str(port),
-        "--latency-scale",
-        "0.02",
-    ]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "PIXEVO_LOG_LEVEL": "WARNING"}
+    logs = tmp_path_factory.mktemp("simulator")
+    log = logs / "simulator.log"
+    quiet = launcher(Settings(simulator_port=port), PIXEVO_LOG_LEVEL="WARNING")
+    simulator = replace(quiet, latency_scale=0.02)
     url = f"http://127.0.0.1:{port}"
 
     def up() -> bool:
@@ -76,7 +67,7 @@ def simulator_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         except httpx.TransportError:
             return False
 
-    with running(argv, env, log):
+    with simulator.running(["simulator"], logs):
         assert wait_for(up, timeout=30), log.read_text()
         yield url
 

@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
-import sys
 import threading
 from collections.abc import Callable
 from typing import Any
 
 from application.users import EmailTaken, InvalidEmail
 from domain.errors import InvalidAmount
-from infrastructure.broker import WORKER_POLL_MS
 from infrastructure.logging import configure_logging
 from infrastructure.settings import Settings
 from interfaces.bootstrap import PROJECTIONS, REACTIONS, Container, build, load_settings
+from interfaces.cli.launch import Launcher
 from projections import admin
 
 
@@ -64,7 +62,7 @@ def api(args: argparse.Namespace) -> int:
     import uvicorn  # noqa: PLC0415
 
     settings = load_settings()
-    os.environ.update(settings.as_env())  # the factory (and each uvicorn worker) reads these
+    settings.export()  # the factory (and each uvicorn worker) reads them from the environment
     uvicorn.run(
         "interfaces.http.app:app_from_environment",
         factory=True,
@@ -78,22 +76,13 @@ def api(args: argparse.Namespace) -> int:
 
 
 def worker(args: argparse.Namespace) -> int:
-    settings = load_settings()
-    env = {"dramatiq_worker_timeout": str(WORKER_POLL_MS), **os.environ, **settings.as_env()}
-    argv = [
-        sys.executable,
-        "-m",
-        "dramatiq",
-        "interfaces.worker",
-        "--skip-logging",
-        "--processes",
-        str(args.processes),
-        "--threads",
-        str(args.threads),
-    ]
-    if args.queues:
-        argv += ["--queues", *args.queues]
-    os.execve(sys.executable, argv, env)  # noqa: S606 - replaces this process by design
+    launcher = Launcher(
+        load_settings(),
+        worker_processes=args.processes,
+        worker_threads=args.threads,
+        worker_queues=tuple(args.queues or ()),
+    )
+    launcher.exec("worker")
 
 
 def simulator(args: argparse.Namespace) -> int:

@@ -2,16 +2,17 @@
 
 Starts (or attaches to) the embedded PostgreSQL and Redis when no URL is configured, migrates,
 makes sure an admin user exists, then supervises one process each of: the HTTP API, the
-projection runners, the dispatcher and a Dramatiq worker, all given the same concrete URLs,
-exactly as separate production processes would be. A process that dies is restarted. Ctrl-C
-(or SIGTERM) stops them all cleanly, then the embedded servers.
+projection runners, the dispatcher, a Dramatiq worker and the provider simulator, all given the
+same concrete URLs, exactly as separate production processes would be (their command lines and
+environment come from :mod:`interfaces.cli.launch`, as for the tests and the benchmarks). A
+process that dies is restarted. Ctrl-C (or SIGTERM) stops them all cleanly, then the embedded
+servers.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -22,9 +23,10 @@ from pathlib import Path
 from application.users import EmailTaken
 from infrastructure.migrations import migrate
 from interfaces.bootstrap import PROJECTIONS, Container, build, load_settings
+from interfaces.cli.launch import PROCESSES, Launcher
+from interfaces.cli.launch import stop as stop_all
 
 ADMIN_EMAIL = "admin@pixevo.local"
-_GRACE_S = 15.0
 
 
 def ensure_admin(container: Container, data_dir: Path) -> str:
@@ -46,17 +48,6 @@ def ensure_admin(container: Container, data_dir: Path) -> str:
     path.write_text(json.dumps({"user_id": str(user_id), "api_key": api_key}))
     path.chmod(0o600)
     return api_key
-
-
-def _commands() -> dict[str, list[str]]:
-    pixevo = [sys.executable, "-m", "interfaces.cli"]
-    return {
-        "api": [*pixevo, "api"],
-        "projections": [*pixevo, "projections", "run"],
-        "dispatcher": [*pixevo, "dispatcher"],
-        "worker": [*pixevo, "worker", "--processes", "1", "--threads", "8"],
-        "simulator": [*pixevo, "simulator"],
-    }
 
 
 def _wait_healthy(url: str, children: dict[str, subprocess.Popen[bytes]], timeout: float) -> bool:
@@ -84,12 +75,8 @@ def run(_: argparse.Namespace) -> int:
     finally:
         container.close()
 
-    env = {**os.environ, **settings.as_env()}
-    commands = _commands()
-    children = {
-        name: subprocess.Popen(cmd, env=env, start_new_session=True)
-        for name, cmd in commands.items()
-    }
+    launcher = Launcher(settings)
+    children = {name: launcher.start(name) for name in PROCESSES}
     stopping = False
 
     def stop(*_: object) -> None:
@@ -111,21 +98,8 @@ def run(_: argparse.Namespace) -> int:
             if child.poll() is not None and not stopping:
                 print(f"{name} exited with {child.returncode}; restarting", file=sys.stderr)
                 time.sleep(1)
-                children[name] = subprocess.Popen(commands[name], env=env, start_new_session=True)
+                children[name] = launcher.start(name)
         time.sleep(0.2)
-    _stop_all(children)
-    return 0
-
-
-def _stop_all(children: dict[str, subprocess.Popen[bytes]]) -> None:
-    for child in children.values():
-        if child.poll() is None:
-            child.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + _GRACE_S
-    for child in children.values():
-        try:
-            child.wait(max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            os.killpg(child.pid, signal.SIGKILL)
-            child.wait()
+    stop_all(children.values())
     print("stopped", flush=True)
+    return 0

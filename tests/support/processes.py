@@ -1,18 +1,16 @@
-"""Starting the platform's real processes from tests."""
+"""Starting the platform's real processes from tests, through the product's launcher."""
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from infrastructure.broker import WORKER_POLL_MS
 from infrastructure.settings import Settings
+from interfaces.cli.launch import Launcher, stop
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -23,47 +21,34 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def launcher(settings: Settings, **extra_env: str) -> Launcher:
+    """The launcher for this checkout's code: run from its root, with it on ``PYTHONPATH``."""
+    return Launcher(settings, extra_env={"PYTHONPATH": str(ROOT), **extra_env}, cwd=ROOT)
+
+
 def child_env(settings: Settings, **extra: str) -> dict[str, str]:
     """A platform process's environment, with workers polling as ``pixevo worker`` runs them."""
-    return {
-        "dramatiq_worker_timeout": str(WORKER_POLL_MS),
-        **os.environ,
-        **settings.as_env(),
-        "PYTHONPATH": str(ROOT),
-        **extra,
-    }
+    return launcher(settings, **extra).environment("worker")
 
 
 @contextmanager
 def running(argv: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """Any command in a session of its own, output to ``log``; stopped as the launcher stops."""
     with log.open("wb") as out:
         process = subprocess.Popen(
             argv, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )
-        try:
-            yield process
-        finally:
-            if process.poll() is None:
-                process.terminate()
-                try:
-                    process.wait(15)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
+    try:
+        yield process
+    finally:
+        stop([process])
 
 
 def dramatiq_worker(module: str, *, processes: int = 1, threads: int = 4) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "dramatiq",
-        module,
-        "--skip-logging",
-        "--processes",
-        str(processes),
-        "--threads",
-        str(threads),
-    ]
+    worker = Launcher(
+        Settings(), worker_module=module, worker_processes=processes, worker_threads=threads
+    )
+    return worker.argv("worker")
 
 
 def wait_for(condition: Callable[[], bool], timeout: float = 30.0, interval: float = 0.1) -> bool:
