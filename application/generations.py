@@ -19,7 +19,7 @@ from eventsourcing.application import AggregateNotFoundError
 from eventsourcing.persistence import Tracking
 
 from application.base import PixevoApplication, command
-from application.catalogue import Catalogue, UnknownModel, default_catalogue
+from application.catalogue import Catalogue, ModelSpec, UnknownModel, default_catalogue
 from application.errors import Conflict, NotFound
 from application.group_commit import GroupCommit
 from application.moderation import ModerationPolicy
@@ -191,6 +191,41 @@ class GenerationsApplication(PixevoApplication):
         # both or neither (a racing duplicate conflicts on the key), batched with concurrent ones
         self.group_commit.save(generation, claim)
         return GenerationState.of(generation), True
+
+    def sent_request(self, generation: Generation) -> Normalised:
+        """What the generation's model now receives, and what it costs there: as recorded when
+        it was requested, or by the fallback that chose the model. Nothing is normalised again,
+        but for a fallback stored before ``FellBack`` recorded its request."""
+        switched = generation.switched
+        if generation.fallback_from is not None and switched is None:
+            return self.normalised_for(generation, self.catalogue.get(generation.model))
+        return Normalised(
+            model=generation.model,
+            params=dict(switched["params"] if switched else generation.params),
+            prompt=generation.prompt,
+            negative_prompt=switched["negative_prompt"] if switched else generation.negative_prompt,
+            output_format=generation.output_format,
+            cost_units=switched["cost"] if switched else generation.quote,
+        )
+
+    def normalised_for(self, generation: Generation, spec: ModelSpec) -> Normalised:
+        """The request as it was first normalised, normalised again for another model ``spec``
+        (a fallback): the one rule for moving a request between models."""
+        params: dict[str, Any] = dict(generation.params)
+        if spec.capabilities.sizes:  # it takes pixels: the ratio only said how they were chosen
+            params.pop("aspect_ratio", None)
+        if spec.capabilities.aspect_ratios is not None:  # it takes a ratio: pixels would conflict
+            params.pop("width", None)
+            params.pop("height", None)
+        request = GenerationRequest(
+            model=spec.key,
+            prompt=generation.prompt,
+            negative_prompt=generation.negative_prompt,
+            params=params,
+            allow_fallback=generation.allow_fallback,
+            output_format=generation.output_format,
+        )
+        return normalise(spec, request)
 
     def state(self, user_id: UUID | None, generation_id: UUID) -> GenerationState:
         """The generation as the write side has it, if ``user_id`` (when given) owns it."""

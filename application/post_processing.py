@@ -126,6 +126,7 @@ class ProcessResult(Reaction):
                 verdict.score,
                 verdict.version,
             )
+            cost = self.generations.sent_request(current).cost_units
             if verdict.blocked:
                 policy = self.generations.moderation
                 current.block(
@@ -133,11 +134,11 @@ class ProcessResult(Reaction):
                     verdict.reason,
                     verdict.version,
                     score=verdict.score,
-                    charge=policy.blocked_charge(current.cost),
+                    charge=policy.blocked_charge(cost),
                     policy=policy.blocked_billing,
                 )
             else:
-                current.complete()
+                current.complete(cost)
 
         return self.generations.change_tracked(
             tracking, generation.id, judge, applies=lambda g: g.status == "processing"

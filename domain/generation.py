@@ -48,7 +48,8 @@ class Generation(Aggregate):
     processed: dict[str, Any] | None = None
     moderation: dict[str, Any] | None = None
     _cause: dict[str, str] | None = None
-    _cost: int | None = None
+    #: The request as the last fallback recorded it for its model (see ``FellBack``).
+    switched: dict[str, Any] | None = None
 
     class Requested(Aggregate.Created):
         user_id: UUID
@@ -84,24 +85,31 @@ class Generation(Aggregate):
             )
 
     class FellBack(Aggregate.Event):
-        """Another model takes over, with the request normalised for it (``params``) and what
-        it costs there (``cost``). Both ``None`` in events stored before they were recorded."""
+        """Another model takes over, with the request normalised for it (``params``,
+        ``negative_prompt``) and what it costs there (``cost``). ``params`` is ``None`` in
+        events stored before they were recorded."""
 
         from_model: str
         to_model: str
         provider: str
         reason: str
         params: dict[str, Any] | None = None
+        negative_prompt: str | None = None
         cost: int | None = None
 
         def apply(self, aggregate: Any) -> None:
             aggregate.fallback_from = aggregate.fallback_from or self.from_model
             aggregate.model, aggregate.provider = self.to_model, self.provider
             aggregate.job_id = None
-            if self.params is not None:
-                aggregate.params = self.params
-            if self.cost is not None:
-                aggregate._cost = self.cost
+            aggregate.switched = (
+                None
+                if self.params is None
+                else {
+                    "params": self.params,
+                    "negative_prompt": self.negative_prompt,
+                    "cost": self.cost,
+                }
+            )
 
     class Deferred(Aggregate.Event):
         reason: str
@@ -288,11 +296,6 @@ class Generation(Aggregate):
         )
 
     @property
-    def cost(self) -> int:
-        """What the result costs on the model now asked: the quote, until a fallback."""
-        return self.quote if self._cost is None else self._cost
-
-    @property
     def cause(self) -> Cause:
         """Why this generation runs; its hold and ledger entries carry it."""
         if self._cause is None:
@@ -347,9 +350,16 @@ class Generation(Aggregate):
         self.trigger_event(self.Submitted, job_id=job_id, attempt=attempt)
 
     def fall_back(
-        self, to_model: str, provider: str, reason: str, params: dict[str, Any], cost: int
+        self,
+        to_model: str,
+        provider: str,
+        reason: str,
+        *,
+        params: dict[str, Any],
+        negative_prompt: str | None,
+        cost: int,
     ) -> None:
-        """Hands the request, normalised for ``to_model`` as ``params``, to that model."""
+        """Hands the request, normalised for ``to_model``, to that model at ``cost``."""
         self._check_open()
         self.trigger_event(
             self.FellBack,
@@ -358,6 +368,7 @@ class Generation(Aggregate):
             provider=provider,
             reason=reason,
             params=params,
+            negative_prompt=negative_prompt,
             cost=cost,
         )
 
@@ -437,12 +448,10 @@ class Generation(Aggregate):
         if self.status == "blocked" and self.processed is not None:
             self.trigger_event(self.Reinstated, version=version, score=score)
 
-    def complete(self, cost: int | None = None, from_cache: UUID | None = None) -> None:
-        """Charges ``cost`` (by default what the result costs on the model that made it),
-        capped at the quote: a user never pays more than was quoted."""
+    def complete(self, cost: int, from_cache: UUID | None = None) -> None:
+        """Charges ``cost``, capped at the quote: a user never pays more than was quoted."""
         self._check_open()
-        charged = min(self.cost if cost is None else cost, self.quote)
-        self.trigger_event(self.Completed, charged=charged, from_cache=from_cache)
+        self.trigger_event(self.Completed, charged=min(cost, self.quote), from_cache=from_cache)
 
     def request_cancel(self) -> bool:
         """Cancels at once what no provider has yet; otherwise records the request, and

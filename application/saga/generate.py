@@ -100,7 +100,7 @@ class Generate(Reaction):
                 "provider",
                 failure.message,
                 f"{spec.provider}/{spec.key}",
-                charge=policy.blocked_charge(generation.cost),
+                charge=policy.blocked_charge(self.generations.sent_request(generation).cost_units),
                 policy=policy.blocked_billing,
             )
 

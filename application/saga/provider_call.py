@@ -6,20 +6,20 @@
        └──▶ accepted: the job id is recorded before anyone waits on it
 
 A fallback hands the request, normalised again for the equivalent model, to that model (the
-only time a stored request is normalised again) and records it with its cost there; a deferral
-records why and asks the broker to run the message again later.
+only time a stored request is normalised again: see ``GenerationsApplication.normalised_for``)
+and records it with its cost there; a deferral records why and asks the broker to run the
+message again later.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
 from uuid import UUID
 
 from application.catalogue import ModelSpec
 from application.generations import GenerationsApplication
-from application.normalise import GenerationRequest, InvalidRequest, Normalised, normalise
+from application.normalise import InvalidRequest, Normalised
 from application.ports import CircuitBreakers, CircuitOpen, Deferral
 from application.providers import ProviderAdapter, ProviderFailure, Submitted
 from domain.generation import Generation, GenerationFinished
@@ -30,37 +30,6 @@ DEFER_S = 5.0
 
 class SwitchedModel(Exception):
     """The generation fell back to another model: run it again with that one."""
-
-
-def as_requested(generation: Generation) -> Normalised:
-    """The request the provider receives, exactly as it was decided and recorded."""
-    return Normalised(
-        model=generation.model,
-        params=dict(generation.params),
-        prompt=generation.prompt,
-        negative_prompt=generation.negative_prompt,
-        output_format=generation.output_format,
-        cost_units=generation.cost,
-    )
-
-
-def normalised_for(generation: Generation, spec: ModelSpec) -> Normalised:
-    """The generation's request normalised for another model ``spec`` (a fallback)."""
-    params: dict[str, Any] = dict(generation.params)
-    if spec.capabilities.sizes:  # it takes pixels: the ratio was only how they were chosen
-        params.pop("aspect_ratio", None)
-    if spec.capabilities.aspect_ratios is not None:  # it takes a ratio: pixels would conflict
-        params.pop("width", None)
-        params.pop("height", None)
-    request = GenerationRequest(
-        model=spec.key,
-        prompt=generation.prompt,
-        negative_prompt=generation.negative_prompt,
-        params=params,
-        allow_fallback=generation.allow_fallback,
-        output_format=generation.output_format,
-    )
-    return normalise(spec, request)
 
 
 class ProviderCall:
@@ -80,7 +49,7 @@ class ProviderCall:
         """The accepted job (recorded); raises :class:`SwitchedModel` after a fallback,
         :class:`Deferral` while no provider can take it, :class:`ProviderFailure` when it
         failed for good."""
-        request = as_requested(generation)
+        request = self.generations.sent_request(generation)
         for attempt in range(1, spec.retry.attempts + 1):
             try:
                 with self.breakers.guard(spec.provider):
@@ -126,7 +95,7 @@ class ProviderCall:
                 if self.breakers.is_open(candidate.provider):
                     continue
                 try:
-                    request = normalised_for(generation, candidate)
+                    request = self.generations.normalised_for(generation, candidate)
                 except InvalidRequest:
                     continue
                 self._switch(generation.id, candidate, request, f"{spec.provider}: {reason}")
@@ -138,6 +107,13 @@ class ProviderCall:
         self, generation_id: UUID, to: ModelSpec, request: Normalised, reason: str
     ) -> None:
         def fall_back(generation: Generation) -> None:
-            generation.fall_back(to.key, to.provider, reason, request.params, request.cost_units)
+            generation.fall_back(
+                to.key,
+                to.provider,
+                reason,
+                params=dict(request.params),
+                negative_prompt=request.negative_prompt,
+                cost=request.cost_units,
+            )
 
         self.generations.change(generation_id, fall_back)

@@ -16,13 +16,14 @@ from eventsourcing.persistence import Tracking
 from application.billing import BillingApplication
 from application.catalogue import ModelSpec
 from application.generations import GenerationsApplication
+from application.moderation import ModerationPolicy
 from application.normalise import GenerationRequest, Normalised
 from application.ports import CircuitOpen, Deferral
 from application.providers import Output, ProgressSink, ProviderFailure, Submitted
 from application.saga import CancelAtProvider, FundGeneration, Generate, SettleGeneration
 from application.saga.provider_call import DEFER_S
 from domain.credits import Cause, hold_id_for, to_units
-from domain.generation import Generation
+from domain.generation import STATUS_AFTER, Generation
 
 POPO = {"PERSISTENCE_MODULE": "eventsourcing.popo"}
 PNG = b"\x89PNG fake"
@@ -82,9 +83,16 @@ class FakeBreakers:
     @contextmanager
     def guard(self, provider: str) -> Iterator[None]:
         self.guarded.append(provider)
-        if provider in self.open:
+        if self.is_open(provider):
             raise CircuitOpen(provider)
         yield
+
+
+class FalRecovers(FakeBreakers):
+    """fal's breaker is open until replicate has been called once."""
+
+    def is_open(self, provider: str) -> bool:
+        return provider == "fal" and "replicate" not in self.guarded
 
 
 class FakeBlobs:
@@ -119,8 +127,8 @@ class Sleeps:
 
 
 class Saga:
-    def __init__(self) -> None:
-        self.generations = GenerationsApplication(env=POPO)
+    def __init__(self, moderation: ModerationPolicy | None = None) -> None:
+        self.generations = GenerationsApplication(env=POPO, moderation=moderation)
         self.billing = BillingApplication(env=POPO)
         self.user = uuid4()
         self.billing.deposit(self.user, "grant", to_units(10), Cause("signup", str(self.user)))
@@ -213,6 +221,39 @@ def test_an_identical_seeded_request_is_served_from_the_cache(saga: Saga) -> Non
     )
 
 
+def test_a_request_without_a_seed_never_asks_the_cache(saga: Saga) -> None:
+    asked = GenerationRequest(model="flux-schnell", prompt="a fox")
+    gid = saga.generations.request(saga.user, asked)[0].id
+    cache = FakeCache((uuid4(), {}))
+    saga.fund(gid, cache)
+    assert (cache.asked, saga.generation(gid).status) == (0, "queued")
+
+
+def test_every_event_leads_to_the_status_the_read_models_are_told(saga: Saga) -> None:
+    """``STATUS_AFTER`` (what projections use) agrees with the aggregate's own ``apply``."""
+    first, second, third = (saga.generation(saga.request()) for _ in range(3))
+    first.fund(uuid4())
+    first.queue()
+    first.submitted("j", 1)
+    first.produced("k", 1, 1, "image/png", 1, 1)
+    first.process([], "h", 0.5, 0.1, "c")
+    first.complete(1)
+    first.block("rescreen", "r", "v", score=0.9)
+    first.reinstate("v2", 0.1)
+    second.request_cancel()
+    third.fund(uuid4())
+    third.fail("x", "y")
+    seen = set()
+    for generation in (first, second, third):
+        replayed: Any = saga.generation(generation.id)  # as stored: Requested only
+        for event in generation.collect_events():
+            replayed = event.mutate(replayed)
+            if type(event) in STATUS_AFTER:
+                assert replayed.status == STATUS_AFTER[type(event)], type(event).__name__
+                seen.add(type(event))
+    assert seen == set(STATUS_AFTER) - {Generation.Requested}
+
+
 # -- generate --------------------------------------------------------------------------------
 
 
@@ -226,8 +267,8 @@ def test_generate_sends_the_recorded_request_and_records_job_then_result(saga: S
     sent = adapter.submitted[0]
     assert (sent.model, sent.params, sent.cost_units) == (
         "flux-schnell",
-        generation.params,
-        generation.quote,
+        {"width": 1376, "height": 768, "seed": 7},  # 16:9 at about a megapixel, in 32s
+        3000,
     )
     assert (generation.status, generation.job_id) == ("processing", "job-1")
     assert adapter.waited == ["job-1"]
@@ -280,26 +321,99 @@ def test_a_final_failure_fails_the_generation_and_settling_releases_the_hold(sag
 
 
 def test_an_open_breaker_falls_back_to_an_equivalent_model_at_its_own_cost(saga: Saga) -> None:
-    gid = saga.request(aspect_ratio="1:1")
+    gid = saga.request(model="flux-dev-fal", width=2048, height=2048)
     saga.fund(gid)
-    quote = saga.generation(gid).quote
-    fal = FakeAdapter()
-    breakers = FakeBreakers("replicate")  # sdxl-lightning is on replicate too: skipped
-    saga.generate(FakeProviders(replicate=FakeAdapter(), fal=fal), breakers).handle(
+    assert saga.generation(gid).quote == 33555  # 4.19 megapixels at 0.80
+    replicate = FakeAdapter()
+    providers = FakeProviders(replicate=replicate, fal=FakeAdapter())
+    saga.generate(providers, FakeBreakers("fal")).handle(
         saga.last(gid, Generation.Queued), saga.tracking("generate")
     )
     fell_back = saga.last(gid, Generation.FellBack)
     assert isinstance(fell_back, Generation.FellBack)
-    assert (fell_back.from_model, fell_back.to_model) == ("flux-schnell", "flux-dev-fal")
+    assert (fell_back.from_model, fell_back.to_model) == ("flux-dev-fal", "flux-dev")
+    # flux-dev takes at most 1440 px a side: 2.07 megapixels at 0.90
+    assert (fell_back.params, fell_back.cost) == ({"width": 1440, "height": 1440, "seed": 7}, 18663)
+    assert [(r.model, r.params, r.cost_units) for r in replicate.submitted] == [
+        ("flux-dev", fell_back.params, 18663)
+    ]
     generation = saga.generation(gid)
-    assert fal.submitted[0].model == "flux-dev-fal"
-    assert fal.submitted[0].params == fell_back.params == generation.params
-    assert generation.cost == fell_back.cost
-    assert fell_back.cost is not None
-    assert fell_back.cost != quote  # another model, another price
-    generation.process([], "h", 0.5, 0.0, "c")
-    generation.complete()
-    assert generation.charged == min(fell_back.cost, quote)  # never above the quote
+    assert saga.generations.sent_request(generation).cost_units == 18663  # what completes it
+    assert saga.generations.state(None, gid).params["width"] == 2048  # as the user asked
+
+
+def test_a_second_fallback_starts_again_from_the_request_as_first_normalised(
+    saga: Saga,
+) -> None:
+    gid = saga.request(model="flux-dev-fal", width=2048, height=2048)
+    saga.fund(gid)
+    down = ProviderFailure("unavailable", "503")
+    replicate, fal = FakeAdapter(down, down, down), FakeAdapter()
+    saga.generate(FakeProviders(replicate=replicate, fal=fal), FalRecovers()).handle(
+        saga.last(gid, Generation.Queued), saga.tracking("generate")
+    )
+    # flux-dev-fal (breaker open) -> flux-dev (down) -> flux-dev-fal again, at 2048 px, not 1440
+    assert [r.params["width"] for r in replicate.submitted] == [1440] * 3
+    assert [(r.model, r.params["width"], r.cost_units) for r in fal.submitted] == [
+        ("flux-dev-fal", 2048, 33555)
+    ]
+    generation = saga.generation(gid)
+    assert (generation.model, generation.fallback_from) == ("flux-dev-fal", "flux-dev-fal")
+
+
+def test_a_fallback_drops_what_the_new_model_does_not_take(saga: Saga) -> None:
+    asked = GenerationRequest(
+        model="sdxl-lightning", prompt="a fox", negative_prompt="blurry", params={"seed": 1}
+    )
+    gid = saga.generations.request(saga.user, asked)[0].id
+    saga.fund(gid)
+    down = ProviderFailure("unavailable", "503")
+    replicate = FakeAdapter(down, down, down)
+    saga.generate(FakeProviders(replicate=replicate)).handle(
+        saga.last(gid, Generation.Queued), saga.tracking("generate")
+    )
+    assert [(r.model, r.negative_prompt) for r in replicate.submitted] == [
+        ("sdxl-lightning", "blurry")
+    ] * 3 + [("flux-schnell", None)]  # flux-schnell takes no negative prompt
+
+
+def test_a_fallback_recorded_before_it_carried_its_request_is_normalised_again(
+    saga: Saga,
+) -> None:
+    gid = saga.request(model="flux-dev-fal", width=2048, height=2048)
+    generation = saga.generation(gid)
+    generation.trigger_event(  # as FellBack was stored before it recorded params and cost
+        Generation.FellBack,
+        from_model="flux-dev-fal",
+        to_model="flux-dev",
+        provider="replicate",
+        reason="fal: circuit open",
+    )
+    saga.generations.save(generation)
+    sent = saga.generations.sent_request(saga.generation(gid))
+    assert (sent.model, sent.params["width"], sent.cost_units) == ("flux-dev", 1440, 18663)
+
+
+def test_every_fallback_breaker_open_defers(saga: Saga) -> None:
+    gid = saga.request()
+    saga.fund(gid)
+    providers = FakeProviders(replicate=FakeAdapter(), fal=FakeAdapter())
+    generate = saga.generate(providers, FakeBreakers("replicate", "fal"))
+    with pytest.raises(Deferral):
+        generate.handle(saga.last(gid, Generation.Queued), saga.tracking("generate"))
+    generation = saga.generation(gid)
+    assert (generation.model, generation.deferred) == ("flux-schnell", "replicate is unavailable")
+
+
+def test_a_synchronous_provider_answers_with_the_result_and_nothing_waits(saga: Saga) -> None:
+    gid = saga.request(model="imagen-3")
+    saga.fund(gid)
+    openai = FakeAdapter(synchronous=True)
+    saga.generate(FakeProviders(openai=openai)).handle(
+        saga.last(gid, Generation.Queued), saga.tracking("generate")
+    )
+    generation = saga.generation(gid)
+    assert (generation.status, generation.job_id, openai.waited) == ("processing", None, [])
 
 
 def test_no_fallback_allowed_defers_durably_and_tells_the_user_why(saga: Saga) -> None:
@@ -345,6 +459,22 @@ def test_the_providers_safety_filter_blocks_with_the_billing_policy(saga: Saga) 
     assert (blocked.layer, blocked.charged, blocked.policy) == ("provider", 0, "waive")
     SettleGeneration(saga.generations, saga.billing).handle(blocked, saga.tracking("settle"))
     assert saga.available() == to_units(10)
+
+
+def test_a_charged_block_after_a_fallback_bills_the_fallbacks_cost() -> None:
+    saga = Saga(ModerationPolicy(blocked_billing="charge"))
+    gid = saga.request(model="flux-dev-fal", width=2048, height=2048)
+    saga.fund(gid)
+    replicate = FakeAdapter(ProviderFailure("content_rejected", "nsfw"))
+    providers = FakeProviders(replicate=replicate, fal=FakeAdapter())
+    saga.generate(providers, FakeBreakers("fal")).handle(
+        saga.last(gid, Generation.Queued), saga.tracking("generate")
+    )
+    blocked = saga.last(gid, Generation.Blocked)
+    assert isinstance(blocked, Generation.Blocked)
+    assert (blocked.charged, blocked.policy) == (18663, "charge")  # flux-dev's price, not 33555
+    SettleGeneration(saga.generations, saga.billing).handle(blocked, saga.tracking("settle"))
+    assert saga.billing.position(saga.user).balance == to_units(10) - 18663
 
 
 # -- cancel ----------------------------------------------------------------------------------
