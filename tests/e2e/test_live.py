@@ -29,7 +29,7 @@ from interfaces.bootstrap import Container, build
 from tests.support.platform import platform_processes, with_simulator
 from tests.support.processes import child_env, free_port, running, wait_for
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 FINAL = ("completed", "failed", "cancelled", "blocked")
 STORED = ("status", *FINAL)  # the event types that have a position of their own

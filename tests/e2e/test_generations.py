@@ -29,7 +29,7 @@ from projections import generation_queries
 from tests.support.platform import platform_processes, with_simulator
 from tests.support.processes import child_env, dramatiq_worker, running, wait_for
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
 @pytest.fixture
