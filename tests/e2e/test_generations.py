@@ -144,6 +144,11 @@ def test_rate_limited_provider_is_retried_after_its_delay_and_billed_once(
     after = httpx.get(f"{simulator}/_sim/stats").json()["replicate"]
     assert after["rejected_429"] - before.get("rejected_429", 0) == 1
     assert after["submissions"] - before.get("submissions", 0) == 1
+    # measured at the simulator: the resubmission came no sooner than Retry-After said
+    # (sim-instant's own backoff is 0.1 s, so a client ignoring the header resubmits sooner)
+    rejected_at = after["rejected_429_at"][-1]  # this test's only 429 (counted above)
+    [resubmitted_at] = [t for t in after["submitted_at"] if t > rejected_at]
+    assert resubmitted_at - rejected_at >= 1.0
 
     def one_capture() -> bool:
         kinds = [
