@@ -67,6 +67,10 @@ class Job:
         return "processing" if done > 0.1 else "starting"
 
 
+#: How many arrival times ``Counters`` keeps per list (the most recent).
+ARRIVALS_KEPT = 1000
+
+
 @dataclass
 class Counters:
     submissions: int = 0
@@ -74,6 +78,15 @@ class Counters:
     cancels: int = 0
     rejected_429: int = 0
     errors: int = 0
+    #: When the recent accepted submissions and 429s arrived (seconds on the simulator's
+    #: monotonic clock: only differences mean anything), so a test can see a client wait.
+    submitted_at: list[float] = field(default_factory=list)
+    rejected_429_at: list[float] = field(default_factory=list)
+
+
+def _arrived(times: list[float]) -> None:
+    times.append(time.monotonic())
+    del times[:-ARRIVALS_KEPT]
 
 
 class Simulator:
@@ -100,6 +113,7 @@ class Simulator:
             if faults.rate_limited > 0:
                 faults.rate_limited -= 1
                 counters.rejected_429 += 1
+                _arrived(counters.rejected_429_at)
                 return 429, {"Retry-After": f"{faults.retry_after_s:g}"}
             if faults.error_rate and self._rng.random() < faults.error_rate:
                 counters.errors += 1
@@ -127,6 +141,7 @@ class Simulator:
         with self._lock:
             counters = self.counters.setdefault(provider, Counters())
             counters.submissions += 1
+            _arrived(counters.submitted_at)
             counters.by_model[model.key] = counters.by_model.get(model.key, 0) + 1
             self.jobs[job_id] = job
         return job

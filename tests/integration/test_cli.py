@@ -128,4 +128,4 @@ def test_projections_status_rebuild_and_partitions(
             "WHERE n.nspname = 'proj_ledger' AND c.relname = 'ledger_entries'"
         ).fetchone()
     assert parts is not None
-    assert parts[0] >= 8  # last month, this month, six ahead
+    assert parts[0] == 8  # last month, this month, six ahead

@@ -68,7 +68,7 @@ def test_fifty_concurrent_holds_on_an_account_funded_for_ten(container: Containe
     assert kinds == {"grant": Decimal(10), "hold": Decimal(10)}
     assert kinds["grant"] - kinds.get("capture", 0) == balance
     assert kinds["hold"] - kinds.get("release", 0) - kinds.get("capture", 0) == held
-    assert lowest is not None and lowest[0] >= 0
+    assert lowest == (Decimal(0),)  # the last hold took the last credit, none went below
 
 
 def test_capture_and_release_race_settles_the_hold_once(container: Container) -> None:
@@ -101,4 +101,5 @@ def test_capture_and_release_race_settles_the_hold_once(container: Container) ->
     assert results in ({"captured", "HoldClosed"}, {"released", "HoldClosed"})
     position = container.billing.position(user)
     assert position.held == 0
-    assert position.balance in (to_units(2), to_units(5))
+    # the capture charged 3 of the 5 held; the release gave it all back
+    assert position.balance == (to_units(2) if "captured" in results else to_units(5))

@@ -142,11 +142,30 @@ def test_an_unreadable_result_fails_without_a_charge() -> None:
 def test_a_redelivered_message_processes_nothing_twice() -> None:
     app, blobs, generation = produced(ModerationPolicy())
     pipeline = Pipeline()
+    assert not app.already_processed(Tracking("generations", 5))
     assert run(app, blobs, generation, pipeline=pipeline)
+    assert app.already_processed(Tracking("generations", 5))  # recorded with the change
     version = app.generation(None, generation.id).version
     assert not run(app, blobs, generation, pipeline=pipeline)
     assert pipeline.runs == 1
     assert app.generation(None, generation.id).version == version
+
+
+def test_a_delivery_overtaken_by_its_duplicate_finds_the_tracking_record() -> None:
+    """Two deliveries of one message at once: the one that finishes second passed every check
+    before the first had recorded anything, so only the tracking record can stop it."""
+    app, blobs, generation = produced(ModerationPolicy())
+
+    class Overtaken(Pipeline):
+        def process(self, data: bytes, output_format: str, *, video: bool) -> ProcessedImage:
+            if not self.runs:  # while this delivery is in the pipeline, its duplicate finishes
+                assert run(app, blobs, generation)
+            return super().process(data, output_format, video=video)
+
+    assert not run(app, blobs, generation, pipeline=Overtaken())
+    events = list(app.events.get(generation.id))
+    assert [type(e) for e in events].count(Generation.Completed) == 1
+    assert [type(e) for e in events].count(Generation.Processed) == 1
 
 
 def test_a_classifier_down_for_too_long_fails_the_generation_instead_of_waiting_forever(

@@ -13,7 +13,7 @@ from infrastructure.settings import Settings
 from interfaces.bootstrap import Container
 from tests.support.processes import child_env, free_port, running, wait_for
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.e2e
 
 
 def test_json_logs_bind_request_and_user(

@@ -22,7 +22,7 @@ from interfaces.bootstrap import Container, build
 from tests.support.probe import APPLICATIONS, REACTIONS
 from tests.support.processes import child_env, dramatiq_worker, free_port, running, wait_for
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
 @pytest.fixture
@@ -137,24 +137,3 @@ def test_redis_down_loses_nothing_and_the_dispatcher_catches_up(
     while dispatcher.dispatch_batch():
         pass
     settle(probe, total, worker)
-
-
-def test_image_processing_has_a_queue_of_its_own(settings: Settings) -> None:
-    """CPU-bound pipeline work never occupies the threads that wait on providers."""
-    from dramatiq.brokers.stub import StubBroker  # noqa: PLC0415
-
-    from interfaces.bootstrap import REACTIONS as PLATFORM  # noqa: PLC0415
-
-    container = build(settings, reactions=PLATFORM)
-    try:
-        stub = StubBroker()
-        container.__dict__["broker"] = stub  # declare the actors on a broker we can inspect
-        assert set(container.react_actors) == {"reactions", "images"}
-        container.enqueue_reaction("process_result", "generations", 7)
-        container.enqueue_reaction("fund_generation", "generations", 8)
-        assert stub.queues["images"].qsize() == 1
-        assert stub.queues["reactions"].qsize() == 1
-        message = stub.queues["images"].get_nowait()
-        assert b'"actor_name":"react_images"' in message.replace(b" ", b"")
-    finally:
-        container.close()

@@ -20,11 +20,11 @@ from litestar.testing import TestClient
 from infrastructure.settings import Settings
 from interfaces.bootstrap import Container, build
 from interfaces.http.app import create_app
-from tests.integration.test_generations import finished, user, wait_funded_projection
+from tests.e2e.test_generations import finished, user, wait_funded_projection
 from tests.support.platform import platform_processes, with_simulator
 from tests.support.processes import ROOT, child_env, wait_for
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 KINDS = ("original", "thumb", "preview", "full", "modern")
 
