@@ -12,7 +12,7 @@ import pytest
 from litestar.routes import WebSocketRoute
 from litestar.testing import TestClient
 
-from application.generation_saga import preview_key
+from application.assets import preview_key
 from domain.credits import Cause
 from domain.generation import Generation
 from interfaces.bootstrap import Container
