@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from contextlib import AbstractContextManager
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 from uuid import UUID
 
 from application.errors import Unavailable
 
 
+@runtime_checkable  # the API's controllers take one by injection, which checks its type
 class BlobStore(Protocol):
     """Object storage for results: local files by default, a bucket in production."""
 

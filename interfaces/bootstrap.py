@@ -2,17 +2,25 @@
 
 Nothing connects at import time; each part is built on first use, so a process builds only
 what it runs (the API never builds a broker's workers, a worker never opens the async pool).
+
+A bounded context is one :class:`BoundedContext` record in :data:`CONTEXTS`: its application,
+the reactions it contributes, its projections and the extra arguments its application takes.
+Adding a context is adding one record.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import Any, cast
 
 import dramatiq
 import psycopg
 import psycopg_pool
+import redis.asyncio as aioredis
+from litestar.channels import ChannelsPlugin
+from litestar.channels.backends.redis import RedisChannelsPubSubBackend
 from psycopg import sql
 
 from application.base import DDL_LOCK, PixevoApplication
@@ -37,36 +45,121 @@ from infrastructure.logging import configure_logging
 from infrastructure.migrations import migrate
 from infrastructure.postgres import datastore, eventstore_env
 from infrastructure.providers import Providers
-from infrastructure.result_cache import ProjectedResultCache
 from infrastructure.settings import Settings
 from infrastructure.storage import LocalBlobStore
+from infrastructure.tokens import StreamTokens, stream_secret
+from interfaces.http.auth import KeyCache
+from interfaces.http.streams import LiveFeeds
 from projections.base import ProjectionView
 from projections.generations import GenerationsView
 from projections.ledger import LedgerView
-from projections.model_timings import ModelTimingsView
+from projections.model_timings import ModelTimingsView, Timings
+from projections.result_cache import ProjectedResultCache
 from projections.runner import ProjectionRunner
 
-#: Every bounded context: its name (schema and table prefix) and application class.
-APPLICATIONS: Mapping[str, type[PixevoApplication]] = {
-    "billing": BillingApplication,
-    "generations": GenerationsApplication,
-}
-#: Every projection, by name.
-PROJECTIONS: Mapping[str, type[ProjectionView]] = {
-    "ledger": LedgerView,
-    "generations": GenerationsView,
-    "model_timings": ModelTimingsView,
-}
+#: Connections of an API process's async pool (the API only reads, one statement at a time).
+API_POOL_SIZE = 16
+#: Connections of a worker's or a command's pool.
+POOL_SIZE = 8
 
 ReactionFactory = Callable[["Container"], Reaction]
-#: The reactions the platform runs.
-REACTIONS: tuple[ReactionFactory, ...] = (
-    lambda c: FundGeneration(c.generations, c.billing, ProjectedResultCache(c.pool)),
-    lambda c: Generate(c.generations, c.providers, c.breakers, c.blobs, live=c.live),
-    lambda c: CancelAtProvider(c.generations, c.providers),
-    lambda c: SettleGeneration(c.generations, c.billing),
-    lambda c: ProcessResult(c.generations, c.blobs, PyvipsPipeline(), c.classifier),
+
+
+def _no_extras(_: Container) -> Mapping[str, Any]:
+    return {}
+
+
+def _no_view_extras(_: Container, __: bool) -> Mapping[str, Any]:
+    return {}
+
+
+@dataclass(frozen=True, slots=True)
+class Projection:
+    """A projection of a context's log, and the extra arguments its view takes (``live``: it
+    writes the live tables, not a rebuild's scratch copy)."""
+
+    view: type[ProjectionView]
+    extras: Callable[[Container, bool], Mapping[str, Any]] = _no_view_extras
+
+
+@dataclass(frozen=True, slots=True)
+class BoundedContext:
+    """Everything the platform runs for one bounded context.
+
+    ``name`` is its schema and table prefix; ``extras`` the application's constructor
+    arguments beyond its environment.
+    """
+
+    name: str
+    application: type[PixevoApplication]
+    reactions: tuple[ReactionFactory, ...] = ()
+    projections: tuple[Projection, ...] = ()
+    extras: Callable[[Container], Mapping[str, Any]] = _no_extras
+
+
+CONTEXTS: tuple[BoundedContext, ...] = (
+    BoundedContext(
+        "billing",
+        BillingApplication,
+        projections=(Projection(LedgerView),),
+    ),
+    BoundedContext(
+        "generations",
+        GenerationsApplication,
+        reactions=(
+            lambda c: FundGeneration(c.generations, c.billing, ProjectedResultCache(c.pool)),
+            lambda c: Generate(c.generations, c.providers, c.breakers, c.blobs, live=c.live),
+            lambda c: CancelAtProvider(c.generations, c.providers),
+            lambda c: SettleGeneration(c.generations, c.billing),
+            lambda c: ProcessResult(c.generations, c.blobs, PyvipsPipeline(), c.classifier),
+        ),
+        projections=(
+            # it publishes the live feed (not while rebuilding)
+            Projection(GenerationsView, lambda c, live: {"publisher": c.live if live else None}),
+            Projection(ModelTimingsView),
+        ),
+        extras=lambda c: {"moderation": c.moderation},
+    ),
 )
+
+#: Derived from :data:`CONTEXTS`: every application, projection and reaction, by name.
+APPLICATIONS: Mapping[str, type[PixevoApplication]] = {c.name: c.application for c in CONTEXTS}
+PROJECTIONS: Mapping[str, type[ProjectionView]] = {
+    p.view.projection_name: p.view for c in CONTEXTS for p in c.projections
+}
+REACTIONS: tuple[ReactionFactory, ...] = tuple(r for c in CONTEXTS for r in c.reactions)
+
+
+def _contexts(
+    applications: Mapping[str, type[PixevoApplication]] | None,
+) -> dict[str, BoundedContext]:
+    """:data:`CONTEXTS`, with ``applications`` replacing or adding contexts' applications."""
+    contexts = {c.name: c for c in CONTEXTS}
+    for name, cls in (applications or {}).items():
+        known = contexts.get(name)
+        contexts[name] = replace(known, application=cls) if known else BoundedContext(name, cls)
+    return contexts
+
+
+@dataclass
+class Api:
+    """What one API app holds: its async pool, Redis clients and live feeds. Built with the
+    app, opened and closed by its lifespan (bound to the app's event loop)."""
+
+    pool: psycopg_pool.AsyncConnectionPool
+    redis: aioredis.Redis
+    channels: ChannelsPlugin
+    timings: Timings
+    feeds: LiveFeeds
+    stream_tokens: StreamTokens
+    key_cache: KeyCache
+
+    async def open(self) -> None:
+        await self.pool.open(wait=False)
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+        await self.pool.close()
 
 
 class Container:
@@ -80,7 +173,10 @@ class Container:
         self.settings = settings
         self.database_url, self.redis_url = settings.urls()
         self._reaction_factories = list(reactions)
-        self._application_classes = {**APPLICATIONS, **(applications or {})}
+        self.contexts = _contexts(applications)
+        self._projections = {
+            p.view.projection_name: p for c in self.contexts.values() for p in c.projections
+        }
 
     # -- write side ------------------------------------------------------------------------
 
@@ -89,22 +185,19 @@ class Container:
         with psycopg.connect(self.database_url, autocommit=True) as conn:
             conn.execute("SELECT pg_advisory_lock(%s)", [DDL_LOCK])  # one process at a time
             try:
-                for name in self._application_classes:  # each context in its own schema
+                for name in self.contexts:  # each context in its own schema
                     conn.execute(
                         sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(name))
                     )
                 return {
-                    name: cls(env=eventstore_env(self.database_url, schema=name), **extra)
-                    for name, cls in self._application_classes.items()
-                    for extra in [self._extras(cls)]
+                    name: context.application(
+                        env=eventstore_env(self.database_url, schema=name),
+                        **context.extras(self),
+                    )
+                    for name, context in self.contexts.items()
                 }
             finally:
                 conn.execute("SELECT pg_advisory_unlock(%s)", [DDL_LOCK])
-
-    def _extras(self, cls: type[PixevoApplication]) -> dict[str, Any]:
-        if issubclass(cls, GenerationsApplication):
-            return {"moderation": self.moderation}
-        return {}
 
     @cached_property
     def moderation(self) -> ModerationPolicy:
@@ -147,7 +240,9 @@ class Container:
 
     @cached_property
     def pool(self) -> psycopg_pool.ConnectionPool:
-        return psycopg_pool.ConnectionPool(self.database_url, min_size=1, max_size=8, open=True)
+        return psycopg_pool.ConnectionPool(
+            self.database_url, min_size=1, max_size=POOL_SIZE, open=True
+        )
 
     @cached_property
     def classifier(self) -> HttpClassifier:
@@ -160,6 +255,52 @@ class Container:
     @cached_property
     def users(self) -> Users:
         return Users(PostgresUserStore(self.pool), self.billing)
+
+    # -- the API -----------------------------------------------------------------------------
+
+    def api(self) -> Api:
+        """A new set of the API's resources, for one app (see :class:`Api`)."""
+        # autocommit: the API only reads, one statement at a time; no BEGIN/COMMIT round trips
+        pool = psycopg_pool.AsyncConnectionPool(
+            self.database_url,
+            min_size=2,
+            max_size=API_POOL_SIZE,
+            open=False,
+            timeout=5,
+            kwargs={"autocommit": True},
+        )
+        # the live feeds: one pub/sub connection per process, fanned out to its subscribers
+        channels = ChannelsPlugin(
+            backend=RedisChannelsPubSubBackend(
+                redis=aioredis.Redis.from_url(self.redis_url, socket_connect_timeout=2)
+            ),
+            arbitrary_channels_allowed=True,
+            subscriber_max_backlog=1000,
+            subscriber_backlog_strategy="dropleft",
+        )
+        timings = Timings(pool, self.seed_timing)
+        settings = self.settings
+        feeds = LiveFeeds(
+            pool,
+            channels,
+            timings,
+            namespace=settings.redis_namespace,
+            heartbeat_s=settings.sse_heartbeat_s,
+            streaming_models=frozenset(
+                spec.key for spec in self.catalogue if spec.capabilities.streaming
+            ),
+            # stored-feed reads at once: the rest wait their turn, not the pool's
+            concurrent_reads=API_POOL_SIZE // 2,
+        )
+        return Api(
+            pool=pool,
+            redis=aioredis.Redis.from_url(self.redis_url, socket_timeout=2),
+            channels=channels,
+            timings=timings,
+            feeds=feeds,
+            stream_tokens=StreamTokens(stream_secret(settings.stream_secret, settings.data_dir)),
+            key_cache=KeyCache(),
+        )
 
     # -- reactions -------------------------------------------------------------------------
 
@@ -203,13 +344,11 @@ class Container:
     # -- read side -------------------------------------------------------------------------
 
     def projection(self, name: str, schema: str | None = None) -> ProjectionRunner:
-        view_class = PROJECTIONS[name]
+        projection = self._projections[name]
+        view_class = projection.view
         live = schema is None or schema == view_class.live_schema()
         store = datastore(self.database_url, schema or view_class.live_schema())
-        if view_class is GenerationsView:  # it publishes the live feed (not while rebuilding)
-            view: ProjectionView = GenerationsView(store, publisher=self.live if live else None)
-        else:
-            view = view_class(store)
+        view = view_class(store, **projection.extras(self, live))
         upstream = self.applications[view_class.upstream]
         return ProjectionRunner(
             view,
@@ -222,7 +361,7 @@ class Container:
     def prepare_read_side(self) -> None:
         """Creates every projection's tables and partitions (what the API reads before the
         runners ever ran): part of migrating."""
-        for name in PROJECTIONS:
+        for name in self._projections:
             runner = self.projection(name)
             try:
                 runner.start()

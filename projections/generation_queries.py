@@ -1,4 +1,5 @@
-"""Queries over the generations read table, for the API (async, read-only)."""
+"""Queries over the generations read table: the API's (async) and the workers' and the command
+line's (sync). Read-only."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import Any
 from uuid import UUID
 
 from psycopg.rows import dict_row
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from domain.ids import uuid7_time
 from projections.generations import GenerationsView
@@ -81,4 +82,32 @@ async def page(
     return items, encode_cursor(items[-1]["created_at"], items[-1]["id"]) if more else None
 
 
-__all__ = ["BadCursor", "generation", "page"]
+def cached_result(pool: ConnectionPool, fingerprint: str) -> tuple[UUID, dict[str, Any]] | None:
+    """The first completed result for ``fingerprint`` made by the model that was asked for (not
+    a fallback's, not itself a cache hit), that went through the pipeline and the classifier:
+    (its generation id, its result metadata)."""
+    with pool.connection() as conn:
+        row = conn.execute(
+            f"SELECT id, result_metadata FROM {SCHEMA}.generations WHERE fingerprint = %s "
+            "AND status = 'completed' AND NOT served_from_cache AND fallback_from IS NULL "
+            "AND result_metadata ? 'processed' ORDER BY created_at LIMIT 1",
+            [fingerprint],
+        ).fetchone()
+    return (row[0], row[1]) if row and row[1] else None
+
+
+def screened_since(pool: ConnectionPool, since: datetime) -> list[UUID]:
+    """The ids of the generations made since ``since`` that have a screened image (completed
+    or blocked), oldest first."""
+    with pool.connection() as conn:
+        return [
+            row[0]
+            for row in conn.execute(
+                f"SELECT id FROM {SCHEMA}.generations WHERE created_at >= %s "
+                "AND status IN ('completed', 'blocked') ORDER BY created_at",
+                [since],
+            )
+        ]
+
+
+__all__ = ["BadCursor", "cached_result", "generation", "page", "screened_since"]

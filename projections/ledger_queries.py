@@ -1,4 +1,5 @@
-"""Queries over the ledger projection's tables, for the API (async, read-only)."""
+"""Queries over the ledger projection's tables: the API's (async) and the command line's (sync).
+Read-only."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any
 from uuid import UUID
 
 from psycopg.rows import dict_row
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from application.errors import Invalid
 from projections.ledger import LedgerView
@@ -57,6 +58,27 @@ async def available(pool: AsyncConnectionPool, user_id: UUID) -> Decimal:
         )
         row = await cur.fetchone()
     return row[0] if row else Decimal(0)
+
+
+@dataclass(frozen=True, slots=True)
+class ProjectedAccount:
+    """One row of ``credit_balances``: an account as the projection has it."""
+
+    user_id: UUID
+    balance: Decimal
+    held: Decimal
+    available: Decimal
+    #: The version of the account aggregate the row reflects.
+    version: int
+
+
+def accounts(pool: ConnectionPool) -> list[ProjectedAccount]:
+    """Every account in ``credit_balances`` (for the billing audit)."""
+    with pool.connection() as conn:
+        rows = conn.execute(
+            f"SELECT user_id, balance, held, available, version FROM {SCHEMA}.credit_balances"
+        ).fetchall()
+    return [ProjectedAccount(*row) for row in rows]
 
 
 def encode_cursor(at: datetime, entry_id: UUID) -> str:

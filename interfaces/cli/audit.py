@@ -11,6 +11,7 @@ from application.billing import AccountNotFound
 from domain.credits import format_credits, to_units
 from domain.ledger import AccountPosition, LedgerEntry
 from interfaces.cli.operate import CommandError, container
+from projections import ledger_queries
 
 
 def _user(value: str) -> UUID:
@@ -101,12 +102,11 @@ def ledger(args: argparse.Namespace) -> int:
 def verify(_: argparse.Namespace) -> int:
     """Replays every account from the event store and compares it with ``credit_balances``."""
     c = container()
-    with c.pool.connection() as conn:
-        rows = conn.execute(
-            "SELECT user_id, balance, held, available, version FROM proj_ledger.credit_balances"
-        ).fetchall()
-    projected = {row[0]: tuple(to_units(v) for v in row[1:4]) for row in rows}
-    versions = {row[0]: row[4] for row in rows}
+    rows = ledger_queries.accounts(c.pool)
+    projected = {
+        r.user_id: (to_units(r.balance), to_units(r.held), to_units(r.available)) for r in rows
+    }
+    versions = {r.user_id: r.version for r in rows}
     differences = behind = checked = 0
     for user_id in c.billing.account_user_ids():
         checked += 1

@@ -10,9 +10,7 @@ from typing import Any
 
 from application.post_processing import Rescreen
 from interfaces.cli.operate import CommandError, container
-from projections.generations import GenerationsView
-
-SCHEMA = GenerationsView.live_schema()
+from projections import generation_queries
 
 
 def rescreen(args: argparse.Namespace) -> int:
@@ -27,15 +25,7 @@ def rescreen(args: argparse.Namespace) -> int:
         if not 0 <= args.threshold <= 1:
             raise CommandError("--threshold must be between 0 and 1")
         policy = replace(policy, nsfw_threshold=args.threshold)
-    with c.pool.connection() as conn:
-        ids = [
-            row[0]
-            for row in conn.execute(
-                f"SELECT id FROM {SCHEMA}.generations WHERE created_at >= %s "
-                "AND status IN ('completed', 'blocked') ORDER BY created_at",
-                [since],
-            )
-        ]
+    ids = generation_queries.screened_since(c.pool, since)
     changed = list(Rescreen(c.generations, c.blobs, c.classifier, policy).run(iter(ids)))
     summary = {
         "screened": len(ids),

@@ -2,33 +2,27 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-import redis.asyncio as aioredis
 import structlog
 from litestar import Litestar
-from litestar.channels import ChannelsPlugin
-from litestar.channels.backends.redis import RedisChannelsPubSubBackend
 from litestar.datastructures import State
 from litestar.di import Provide
+from litestar.enums import ScopeType
 from litestar.middleware import DefineMiddleware
 from litestar.openapi.config import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.types import ASGIApp, Receive, Scope, Send
-from psycopg_pool import AsyncConnectionPool
 
-from infrastructure.tokens import StreamTokens, stream_secret
 from interfaces.bootstrap import Container
-from interfaces.http import feeds, generation_routes, problems
-from interfaces.http.auth import PUBLIC_PATHS, ApiKeyAuthentication, KeyCache
+from interfaces.http import feed_routes, generation_routes, problems
+from interfaces.http.auth import PUBLIC_PATHS, ApiKeyAuthentication
 from interfaces.http.routes import ROUTES
-from projections.model_timings import Timings
 
 MAX_BODY_BYTES = 1_000_000
 log = structlog.get_logger(__name__)
@@ -38,7 +32,7 @@ def request_context(app: ASGIApp) -> ASGIApp:
     """Binds a request id (the client's ``X-Request-ID`` or a new one) for every log line."""
 
     async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] not in ("http", "websocket"):
+        if scope["type"] not in (ScopeType.HTTP, ScopeType.WEBSOCKET):
             await app(scope, receive, send)
             return
         headers = dict(scope.get("headers") or [])
@@ -61,7 +55,7 @@ def request_context(app: ASGIApp) -> ASGIApp:
         try:
             await app(scope, receive, send_with_id)
         finally:
-            if scope["type"] == "http":
+            if scope["type"] == ScopeType.HTTP:
                 log.info(
                     "http.request",
                     method=scope.get("method"),
@@ -72,56 +66,45 @@ def request_context(app: ASGIApp) -> ASGIApp:
     return middleware
 
 
+def _provide(get: Callable[[], object]) -> Provide:
+    return Provide(get, sync_to_thread=False)
+
+
 def create_app(container: Container) -> Litestar:
+    """The API over ``container``'s services; the app owns a new set of :class:`Api` resources."""
+    api = container.api()
+
     @asynccontextmanager
-    async def resources(app: Litestar) -> AsyncIterator[None]:
-        # autocommit: the API only reads, one statement at a time; no BEGIN/COMMIT round trips
-        pool = AsyncConnectionPool(
-            container.database_url,
-            min_size=2,
-            max_size=16,
-            open=False,
-            timeout=5,
-            kwargs={"autocommit": True},
-        )
-        await pool.open(wait=False)
-        client = aioredis.Redis.from_url(container.redis_url, socket_timeout=2)
-        app.state.pool, app.state.redis, app.state.key_cache = pool, client, KeyCache()
-        app.state.timings = Timings(pool, container.seed_timing)
-        app.state.heartbeat_s = container.settings.sse_heartbeat_s
-        app.state.feed_reads = asyncio.Semaphore(feeds.CONCURRENT_READS)
-        app.state.subscribe_lock = asyncio.Lock()
-        app.state.streaming_models = frozenset(
-            spec.key for spec in container.catalogue if spec.capabilities.streaming
-        )
+    async def resources(_: Litestar) -> AsyncIterator[None]:
+        await api.open()
         try:
             yield
         finally:
-            await client.aclose()
-            await pool.close()
+            await api.close()
 
-    settings = container.settings
-    # the live feeds: one pub/sub connection per process, fanned out to its subscribers
-    channels = ChannelsPlugin(
-        backend=RedisChannelsPubSubBackend(
-            redis=aioredis.Redis.from_url(container.redis_url, socket_connect_timeout=2)
-        ),
-        arbitrary_channels_allowed=True,
-        subscriber_max_backlog=1000,
-        subscriber_backlog_strategy="dropleft",
-    )
+    # what the controllers take by name; built on first use (the API reads only the read side
+    # until a route needs the write side)
+    dependencies = {
+        "generations": _provide(lambda: container.generations),
+        "billing": _provide(lambda: container.billing),
+        "users": _provide(lambda: container.users),
+        "catalogue": _provide(lambda: container.catalogue),
+        "blobs": _provide(lambda: container.blobs),
+        "pool": _provide(lambda: api.pool),
+        "redis": _provide(lambda: api.redis),
+        "timings": _provide(lambda: api.timings),
+        "feeds": _provide(lambda: api.feeds),
+        "stream_tokens": _provide(lambda: api.stream_tokens),
+    }
     return Litestar(
-        route_handlers=[*ROUTES, *generation_routes.ROUTES, *feeds.ROUTES],
+        route_handlers=[*ROUTES, *generation_routes.ROUTES, *feed_routes.ROUTES],
         lifespan=[resources],
-        plugins=[channels],
+        plugins=[api.channels],
+        # what the authentication middleware reads (it has no dependency injection)
         state=State(
-            {
-                "stream_tokens": StreamTokens(
-                    stream_secret(settings.stream_secret, settings.data_dir)
-                )
-            }
+            {"pool": api.pool, "key_cache": api.key_cache, "stream_tokens": api.stream_tokens}
         ),
-        dependencies={"container": Provide(lambda: container, sync_to_thread=False)},
+        dependencies=dependencies,
         middleware=[
             request_context,
             DefineMiddleware(ApiKeyAuthentication, exclude=PUBLIC_PATHS),

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Annotated, Any
 
 import structlog
 from litestar.connection import ASGIConnection
 from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
 from litestar.handlers.base import BaseRouteHandler
 from litestar.middleware import AbstractAuthenticationMiddleware, AuthenticationResult
+from litestar.params import QueryParameter
 from psycopg_pool import AsyncConnectionPool
 
 from application.users import User, hash_key
@@ -44,6 +45,10 @@ class KeyCache:
 
 #: Route option of the handlers that also accept a stream token (``?token=``).
 STREAM_TOKEN_OPT = "stream_token"  # noqa: S105 - a route option's name
+STREAM_OPT = {STREAM_TOKEN_OPT: True}
+#: The ``?token=`` of such a handler (declared for the OpenAPI description; the middleware
+#: reads it).
+TokenQuery = Annotated[str | None, QueryParameter(name="token", max_length=2000)]
 
 
 class ApiKeyAuthentication(AbstractAuthenticationMiddleware):

@@ -7,15 +7,18 @@ from decimal import Decimal
 from typing import Annotated, Any
 from uuid import UUID, uuid4, uuid5
 
+import redis.asyncio as aioredis
 from litestar import Controller, Request, Response, get, post
-from litestar.datastructures import State
 from litestar.di import NamedDependency
 from litestar.params import HeaderParameter, JSONBody, Parameter
+from litestar.types import ControllerRouterHandler
+from psycopg_pool import AsyncConnectionPool
 
-from application.users import User
+from application.billing import BillingApplication
+from application.users import User, Users
 from domain.credits import Cause, format_credits, positive_units
 from domain.ledger import LedgerEntry as DomainEntry
-from interfaces.bootstrap import Container
+from infrastructure.tokens import StreamTokens
 from interfaces.http import dto
 from interfaces.http.auth import admin_only
 from interfaces.http.problems import ProblemError
@@ -52,17 +55,19 @@ class Health(Controller):
         return dto.Health(status="ok")
 
     @get("/ready", exclude_from_auth=True)
-    async def ready(self, state: State) -> Response[dto.Health]:
+    async def ready(
+        self, pool: NamedDependency[AsyncConnectionPool], redis: NamedDependency[aioredis.Redis]
+    ) -> Response[dto.Health]:
         checks = {"postgres": "ok", "redis": "ok"}
         try:
             async with asyncio.timeout(2):
-                async with state.pool.connection() as conn:
+                async with pool.connection() as conn:
                     await conn.execute("SELECT 1")
         except Exception as error:  # noqa: BLE001 - any failure means "not ready"
             checks["postgres"] = f"unavailable: {type(error).__name__}"
         try:
             async with asyncio.timeout(2):
-                await state.redis.ping()
+                await redis.ping()
         except Exception as error:  # noqa: BLE001
             checks["redis"] = f"unavailable: {type(error).__name__}"
         ok = all(v == "ok" for v in checks.values())
@@ -86,8 +91,10 @@ class Credits(Controller):
     path = "/v1/credits"
 
     @get("")
-    async def balance(self, request: Request[User, Any, Any], state: State) -> dto.CreditsView:
-        found = await ledger_queries.balance(state.pool, request.user.id)
+    async def balance(
+        self, request: Request[User, Any, Any], pool: NamedDependency[AsyncConnectionPool]
+    ) -> dto.CreditsView:
+        found = await ledger_queries.balance(pool, request.user.id)
         return dto.CreditsView(
             balance=_credits(found.balance),
             available=_credits(found.available),
@@ -107,13 +114,13 @@ class Credits(Controller):
     async def ledger(
         self,
         request: Request[User, Any, Any],
-        state: State,
+        pool: NamedDependency[AsyncConnectionPool],
         limit: Annotated[int, Parameter(ge=1, le=200)] = 50,
         cursor: Annotated[str | None, Parameter(max_length=200)] = None,
     ) -> dto.LedgerPage:
         try:
             rows, next_cursor = await ledger_queries.ledger_page(
-                state.pool, request.user.id, limit, cursor
+                pool, request.user.id, limit, cursor
             )
         except ledger_queries.BadCursor as bad:
             raise ProblemError(400, str(bad)) from None
@@ -141,30 +148,40 @@ class Admin(Controller):
 
     @post("/users", status_code=201, sync_to_thread=True)
     def create_user(
-        self, data: JSONBody[dto.CreateUser], container: NamedDependency[Container]
+        self, data: JSONBody[dto.CreateUser], users: NamedDependency[Users]
     ) -> dto.CreatedUser:
-        created = container.users.create(data.email, str(data.credits), admin=data.admin)
+        created = users.create(data.email, str(data.credits), admin=data.admin)
         return dto.CreatedUser(user_id=created.user_id, api_key=created.api_key)
 
     @post("/credits/grants", status_code=201, sync_to_thread=True)
     def grant(
         self,
         data: JSONBody[dto.Grant],
-        container: NamedDependency[Container],
+        users: NamedDependency[Users],
+        billing: NamedDependency[BillingApplication],
         idempotency_key: IdempotencyKey = None,
     ) -> dto.LedgerEntry:
-        if not container.users.exists(data.user_id):
+        if not users.exists(data.user_id):
             raise ProblemError(404, f"no user {data.user_id}")
         amount = positive_units(str(data.amount))
         cause_id = uuid5(_IDEMPOTENCY_NS, idempotency_key) if idempotency_key else uuid4()
         cause = Cause("admin_grant", str(cause_id))
-        entry = container.billing.deposit(data.user_id, "grant", amount, cause, data.reason)
+        entry = billing.deposit(data.user_id, "grant", amount, cause, data.reason)
         if entry is None:  # the same Idempotency-Key again: answer the first result
-            _, entries = container.billing.history(data.user_id)
+            _, entries = billing.history(data.user_id)
             entry = next(e for e in entries if e.cause == cause)
             if entry.amount != amount:
                 raise ProblemError(409, "this Idempotency-Key was used with a different body")
         return _entry(entry)
 
 
-ROUTES = [Health, Me, Credits, Admin]
+@post("/v1/stream-tokens", status_code=201)
+async def stream_token(
+    request: Request[User, Any, Any], stream_tokens: NamedDependency[StreamTokens]
+) -> dto.StreamToken:
+    """A short-lived token for ``?token=`` on the feeds, bound to the caller."""
+    token, expires = stream_tokens.issue(request.user.id)
+    return dto.StreamToken(token=token, expires_at=expires)
+
+
+ROUTES: list[ControllerRouterHandler] = [Health, Me, Credits, Admin, stream_token]

@@ -142,7 +142,7 @@ def _status(position: int, generation_id: object, status: str = "running") -> Li
 
 
 def test_a_live_message_that_overtook_a_lost_one_does_not_hide_it() -> None:
-    from interfaces.http.feeds import _Seen  # noqa: PLC0415
+    from interfaces.http.streams import _Seen  # noqa: PLC0415
 
     gid = uuid4()
     seen = _Seen(10)

@@ -1,0 +1,372 @@
+"""Live feeds: a generation's events and a user's, as streams of :class:`Out` messages.
+
+A stream subscribes to its Redis channel *first*, then reads what the client missed from the
+feed table, then forwards live messages, dropping any whose position it has already sent. Since
+the projection publishes only after it commits, anything published after the subscription is
+either in the stored read or arrives live: no gap and no duplicate across the hand-over. Every
+``PIXEVO_SSE_HEARTBEAT_S`` a :data:`HEARTBEAT` keeps proxies from closing the connection, and
+every few heartbeats (jittered, and at most ``concurrent_reads`` at once per process) a catch-up
+read covers messages Redis lost (a restart, a publisher that died before it published).
+
+How the messages go over the wire (SSE, WebSocket) is :mod:`interfaces.http.sse`'s business.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import AsyncGenerator
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from uuid import UUID
+
+import msgspec
+from litestar.channels import ChannelsPlugin, Subscriber
+from psycopg_pool import AsyncConnectionPool
+
+from application.live import (
+    FINAL_TYPES,
+    SLOW_NOTICE,
+    LiveMessage,
+    decode,
+    generation_channel,
+    user_channel,
+)
+from interfaces.http.problems import ProblemError
+from interfaces.http.views import view_of_row
+from projections import feed_queries, generation_queries, position_queries
+from projections.generations import GenerationsView, row_from_json
+from projections.model_timings import Timings
+
+#: Catch-up reads happen every this many heartbeats (jittered by 20 %).
+CATCH_UP_EVERY = 4
+ESTIMATE_EVERY_S = 0.5
+#: How far back ``GET /v1/events`` resumes from a ``Last-Event-ID``.
+RESUME_WINDOW = timedelta(days=7)
+SUBSCRIBE_TIMEOUT_S = 5.0
+#: At most this many stored messages per read; the rest follow at the next heartbeat.
+CATCH_UP_LIMIT = 5000
+
+
+@dataclass(frozen=True, slots=True)
+class Out:
+    """One message for the client; ``id`` is the position to resume after."""
+
+    type: str
+    id: int
+    data: dict[str, Any]
+
+
+HEARTBEAT = Out("heartbeat", 0, {})
+
+
+def _render(message: LiveMessage) -> Out:
+    data = message.data
+    if message.type in FINAL_TYPES:  # the whole generation, as GET /v1/generations/{id} has it
+        data = msgspec.to_builtins(view_of_row(row_from_json(data)))
+    return Out(message.type, message.position or 0, data)
+
+
+class Beat:
+    """When a stream sends its keep-alive comment, and when it re-reads the store."""
+
+    def __init__(self, heartbeat_s: float) -> None:
+        self.heartbeat_s = heartbeat_s
+        self.catch_up_s = heartbeat_s * CATCH_UP_EVERY
+        now = time.monotonic()
+        self.next_beat = now + heartbeat_s
+        self.next_catch_up = now + self.catch_up_s * random.uniform(0.8, 1.2)  # noqa: S311
+
+    def wait(self) -> float:
+        return max(self.next_beat - time.monotonic(), 0.0)
+
+    def due(self) -> tuple[bool, bool]:
+        """(send a heartbeat now, catch up now)."""
+        now = time.monotonic()
+        beat = now >= self.next_beat
+        if beat:
+            self.next_beat = now + self.heartbeat_s
+        catch_up = now >= self.next_catch_up
+        if catch_up:
+            self.next_catch_up = now + self.catch_up_s * random.uniform(0.8, 1.2)  # noqa: S311
+        return beat, catch_up
+
+
+class Subscription:
+    """A subscriber's Redis channel, drained into a queue the stream reads with a timeout."""
+
+    def __init__(self, channels: ChannelsPlugin, channel: str) -> None:
+        self.channels, self.channel = channels, channel
+        self.queue: asyncio.Queue[bytes] = asyncio.Queue()
+        self._stack = AsyncExitStack()
+        self._subscriber: Subscriber | None = None
+
+    async def open(self, lock: asyncio.Lock) -> Subscription:
+        # one at a time: concurrent first subscribes each open a pub/sub connection in
+        # redis-py, and only the last one is ever read
+        async with lock:
+            try:  # a hung Redis must not hold every new stream behind this lock
+                self._subscriber = await asyncio.wait_for(
+                    self.channels.subscribe([self.channel]), SUBSCRIBE_TIMEOUT_S
+                )
+            except TimeoutError:
+                raise ProblemError(503, "live updates are unavailable; try again shortly") from None
+        await self._stack.enter_async_context(
+            self._subscriber.run_in_background(self.queue.put, join=False)
+        )
+        return self
+
+    async def close(self) -> None:
+        await self._stack.aclose()
+        if self._subscriber is not None:
+            await self.channels.unsubscribe(self._subscriber)
+            self._subscriber = None
+
+
+class _Seen:
+    """What a stream has sent, and what it knows for estimating progress.
+
+    ``position`` is the highest position sent (the id a client resumes after). ``read_to`` is
+    how far the stored feed has been read: every row at or below it has been seen, so catch-up
+    reads start there, not at ``position`` - a live message that overtook a lost one does not
+    hide it. ``sent`` holds what went out above ``read_to``.
+    """
+
+    def __init__(self, position: int) -> None:
+        self.position = position
+        self.read_to = position
+        self.sent: set[int] = set()
+        self.model: str | None = None
+        self.running_since: datetime | None = None
+        self.real_progress = False
+        self.finished = False
+
+    def take(self, message: LiveMessage) -> Out | None:
+        """The message to send, or ``None`` for one already sent."""
+        if message.position is None:  # provider progress: not stored, resumes at ``position``
+            self.real_progress = True
+            return Out(message.type, self.position, message.data)
+        if message.position <= self.read_to or message.position in self.sent:
+            return None
+        self.sent.add(message.position)
+        out = _render(message)
+        if message.position < self.position:  # a late one: keep the client's resume point
+            return Out(out.type, self.position, out.data)
+        self.position = message.position
+        self.note(message)
+        return out
+
+    def take_all(self, messages: list[LiveMessage]) -> list[Out]:
+        return [out for message in messages if (out := self.take(message)) is not None]
+
+    def caught_up(self, messages: list[LiveMessage], *, complete: bool = True) -> list[Out]:
+        """Takes a stored read's rows; ``complete``: the read had every row above ``read_to``."""
+        outs = self.take_all(messages)
+        if complete and messages:
+            self.read_to = max(self.read_to, *(m.position or 0 for m in messages))
+            self.sent = {p for p in self.sent if p > self.read_to}
+        return outs
+
+    def note(self, message: LiveMessage) -> None:
+        if message.type == "status":
+            running = message.data.get("status") == "running"
+            self.running_since = datetime.fromisoformat(message.data["at"]) if running else None
+            self.model = message.data.get("model")
+        self.finished = message.type in FINAL_TYPES
+
+    def estimating(self, streaming_models: frozenset[str]) -> bool:
+        """Whether to estimate: running on a model that reports no progress of its own."""
+        return (
+            self.running_since is not None
+            and not self.real_progress
+            and self.model not in streaming_models
+        )
+
+
+class LiveFeeds:
+    """An API process's live feeds: opens the streams, and bounds their reads of the store."""
+
+    def __init__(
+        self,
+        pool: AsyncConnectionPool,
+        channels: ChannelsPlugin,
+        timings: Timings,
+        *,
+        namespace: str,
+        heartbeat_s: float,
+        streaming_models: frozenset[str],
+        concurrent_reads: int,
+    ) -> None:
+        self.pool, self.channels, self.timings = pool, channels, timings
+        self.namespace = namespace
+        self.heartbeat_s = heartbeat_s
+        self.streaming_models = streaming_models
+        self.reads = asyncio.Semaphore(concurrent_reads)
+        self.subscribe_lock = asyncio.Lock()
+
+    # -- the stored feed -------------------------------------------------------------------
+
+    async def generation_feed(self, generation_id: UUID, after: int = 0) -> list[LiveMessage]:
+        async with self.reads:
+            return await feed_queries.generation_feed(
+                self.pool, generation_id, after, CATCH_UP_LIMIT
+            )
+
+    async def user_feed(self, user_id: UUID, after: int) -> list[LiveMessage]:
+        since = datetime.now(UTC) - RESUME_WINDOW
+        async with self.reads:
+            return await feed_queries.user_feed(self.pool, user_id, after, since, CATCH_UP_LIMIT)
+
+    async def user_head(self, user_id: UUID) -> int:
+        since = datetime.now(UTC) - RESUME_WINDOW
+        async with self.reads:
+            return await feed_queries.user_head(self.pool, user_id, since)
+
+    # -- opening a stream ------------------------------------------------------------------
+
+    async def open_generation(
+        self, user_id: UUID, generation_id: UUID, last: int | None
+    ) -> tuple[AsyncGenerator[Out, None], bool]:
+        """(the stream, whether the client already has everything it will ever get)."""
+        if generation_id.version != 7:
+            raise ProblemError(404, f"no generation {generation_id}")
+        subscription = await Subscription(
+            self.channels, generation_channel(self.namespace, generation_id)
+        ).open(self.subscribe_lock)
+        try:
+            stored = await self._owned(user_id, generation_id)
+            done = (
+                last is not None
+                and bool(stored)
+                and stored[-1].type in FINAL_TYPES
+                and (stored[-1].position or 0) <= last
+            )
+            if done:  # nothing will ever come: no stream (a never-started generator's finally
+                await subscription.close()  # would not run, so do not rely on closing one)
+        except BaseException:
+            await subscription.close()
+            raise
+        stream = self.generation_stream(generation_id, last, stored, subscription.queue)
+        return _closing(stream, subscription), done
+
+    async def _owned(self, user_id: UUID, generation_id: UUID) -> list[LiveMessage]:
+        """The generation's stored messages, once the read side shows it is the user's.
+
+        A generation just made may not be projected yet: when neither the feed nor the
+        generations table has it, this waits (briefly) for the projection to reach the log's
+        head, and reads again. Another user's generation, or none: 404.
+        """
+        stored = await self.generation_feed(generation_id)
+        if not stored:
+            if await generation_queries.generation(self.pool, user_id, generation_id):
+                return stored
+            await position_queries.wait_for_head(self.pool, GenerationsView)
+            stored = await self.generation_feed(generation_id)
+        if stored:
+            if stored[0].user_id != user_id:
+                raise ProblemError(404, f"no generation {generation_id}")
+        elif await generation_queries.generation(self.pool, user_id, generation_id) is None:
+            raise ProblemError(404, f"no generation {generation_id}")
+        return stored
+
+    async def open_user(self, user_id: UUID, last: int | None) -> AsyncGenerator[Out, None]:
+        subscription = await Subscription(
+            self.channels, user_channel(self.namespace, user_id)
+        ).open(self.subscribe_lock)
+        return _closing(self.user_stream(user_id, last, subscription.queue), subscription)
+
+    # -- the streams -----------------------------------------------------------------------
+
+    async def generation_stream(
+        self,
+        generation_id: UUID,
+        last: int | None,
+        stored: list[LiveMessage],
+        queue: asyncio.Queue[bytes],
+    ) -> AsyncGenerator[Out, None]:
+        """The events of one generation: missed ones from the store, then live, then it closes."""
+        if last is None and stored and stored[-1].type in FINAL_TYPES:
+            yield _render(stored[-1])  # a finished generation: its final event, and done
+            return
+        seen = _Seen(last or 0)
+        for message in stored:
+            seen.note(message)  # what ran when, even from events the client already has
+        seen.finished = False
+        for out in seen.caught_up(stored):
+            yield out
+        streaming = self.streaming_models
+        beat = Beat(self.heartbeat_s)
+        last_estimate = time.monotonic()
+        while not seen.finished:
+            wait = beat.wait()
+            if seen.estimating(streaming):
+                wait = min(wait, ESTIMATE_EVERY_S - (time.monotonic() - last_estimate))
+            try:
+                raw = await asyncio.wait_for(queue.get(), timeout=max(wait, 0.0))
+            except TimeoutError:
+                heartbeat, catch_up = beat.due()
+                if heartbeat:
+                    yield HEARTBEAT
+                if catch_up:  # whatever Redis did not bring
+                    rows = await self.generation_feed(generation_id, seen.read_to)
+                    for out in seen.caught_up(rows, complete=len(rows) < CATCH_UP_LIMIT):
+                        yield out
+                now = time.monotonic()
+                if seen.estimating(streaming) and now - last_estimate >= ESTIMATE_EVERY_S:
+                    last_estimate = now
+                    yield await _estimate(self.timings, seen, generation_id)
+                continue
+            if (live := seen.take(decode(raw))) is not None:
+                yield live
+
+    async def user_stream(
+        self, user_id: UUID, last: int | None, queue: asyncio.Queue[bytes]
+    ) -> AsyncGenerator[Out, None]:
+        """Every change to the user's generations: missed ones (with a Last-Event-ID), then
+        live."""
+        seen = _Seen(last if last is not None else await self.user_head(user_id))
+        if last is not None:
+            rows = await self.user_feed(user_id, seen.read_to)
+            for out in seen.caught_up(rows, complete=len(rows) < CATCH_UP_LIMIT):
+                yield out
+        beat = Beat(self.heartbeat_s)
+        while True:
+            try:
+                raw = await asyncio.wait_for(queue.get(), timeout=beat.wait())
+            except TimeoutError:
+                heartbeat, catch_up = beat.due()
+                if heartbeat:
+                    yield HEARTBEAT
+                if catch_up:
+                    rows = await self.user_feed(user_id, seen.read_to)
+                    for out in seen.caught_up(rows, complete=len(rows) < CATCH_UP_LIMIT):
+                        yield out
+                continue
+            if (live := seen.take(decode(raw))) is not None:
+                yield live
+
+
+async def _estimate(timings: Timings, seen: _Seen, generation_id: UUID) -> Out:
+    guess = await timings.estimate(seen.model or "", seen.running_since or datetime.now(UTC))
+    data: dict[str, Any] = {
+        "generation_id": str(generation_id),
+        "percent": guess.percent,
+        "estimated": True,
+    }
+    if guess.slow:
+        data["notice"] = SLOW_NOTICE
+    return Out("progress", seen.position, data)
+
+
+async def _closing(
+    stream: AsyncGenerator[Out, None], subscription: Subscription
+) -> AsyncGenerator[Out, None]:
+    """``stream``, unsubscribing when it ends or the client goes away."""
+    try:
+        async for out in stream:
+            yield out
+    finally:
+        await subscription.close()
