@@ -2,7 +2,7 @@
 the raw append rate of the generation application measured in the same run.
 
 What it measures
-    The API runs as a real, separate process (``.venv/bin/pixevo api [--workers N]``) on a
+    The API runs as a real, separate process (``pixevo api [--workers N]``) on a
     scratch database holding one user with 1,000,000 credits, its ledger projection caught up
     (so the route's fast balance pre-check passes). No worker, dispatcher or projection runner
     runs: this measures *acceptance* only (202 = the ``Requested`` event is in the event store).
