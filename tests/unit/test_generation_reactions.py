@@ -24,6 +24,7 @@ from application.saga import CancelAtProvider, FundGeneration, Generate, SettleG
 from application.saga.provider_call import DEFER_S
 from domain.credits import Cause, hold_id_for, to_units
 from domain.generation import STATUS_AFTER, Generation
+from tests.support.fakes import MemoryBlobs
 
 POPO = {"PERSISTENCE_MODULE": "eventsourcing.popo"}
 PNG = b"\x89PNG fake"
@@ -95,17 +96,6 @@ class FalRecovers(FakeBreakers):
         return provider == "fal" and "replicate" not in self.guarded
 
 
-class FakeBlobs:
-    def __init__(self) -> None:
-        self.data: dict[str, bytes] = {}
-
-    def put(self, key: str, data: bytes, content_type: str) -> None:
-        self.data[key] = data
-
-    def get(self, key: str) -> bytes:
-        return self.data[key]
-
-
 class FakeCache:
     def __init__(self, hit: tuple[UUID, dict[str, Any]] | None = None) -> None:
         self.hit, self.asked = hit, 0
@@ -133,7 +123,7 @@ class Saga:
         self.user = uuid4()
         self.billing.deposit(self.user, "grant", to_units(10), Cause("signup", str(self.user)))
         self.sleeps = Sleeps()
-        self.blobs = FakeBlobs()
+        self.blobs = MemoryBlobs()
         self._delivered = 0
 
     def request(self, model: str = "flux-schnell", **params: Any) -> UUID:

@@ -21,19 +21,9 @@ from application.normalise import GenerationRequest
 from application.ports import Deferral
 from application.post_processing import ProcessResult
 from domain.generation import Generation
+from tests.support.fakes import MemoryBlobs
 
 KINDS = ("thumb", "preview", "full", "modern", "original")
-
-
-class Blobs:
-    def __init__(self) -> None:
-        self.data: dict[str, bytes] = {}
-
-    def put(self, key: str, data: bytes, content_type: str) -> None:
-        self.data[key] = data
-
-    def get(self, key: str) -> bytes:
-        return self.data[key]
 
 
 class Pipeline:
@@ -60,7 +50,7 @@ class Classifier:
         return Classification(self.score, "test-classifier-1")
 
 
-def produced(policy: ModerationPolicy) -> tuple[GenerationsApplication, Blobs, Generation]:
+def produced(policy: ModerationPolicy) -> tuple[GenerationsApplication, MemoryBlobs, Generation]:
     app = GenerationsApplication(
         env={"PERSISTENCE_MODULE": "eventsourcing.popo"}, moderation=policy
     )
@@ -71,14 +61,14 @@ def produced(policy: ModerationPolicy) -> tuple[GenerationsApplication, Blobs, G
     generation.submitted("job-1", 1)
     generation.produced("generations/x/original.png", 64, 64, "image/png", 3, 900)
     app.save(generation)
-    blobs = Blobs()
+    blobs = MemoryBlobs()
     blobs.put("generations/x/original.png", b"raw", "image/png")
     return app, blobs, generation
 
 
 def run(
     app: GenerationsApplication,
-    blobs: Blobs,
+    blobs: MemoryBlobs,
     generation: Generation,
     *,
     pipeline: Pipeline | None = None,
