@@ -82,17 +82,18 @@ def create_app(container: Container) -> Litestar:
         finally:
             await api.close()
 
+    services = generation_routes.GenerationServices(
+        lambda: container.generations, api.pool, api.timings, container.blobs
+    )
     # what the controllers take by name; built on first use (the API reads only the read side
     # until a route needs the write side)
     dependencies = {
-        "generations": _provide(lambda: container.generations),
+        "services": _provide(lambda: services),
         "billing": _provide(lambda: container.billing),
         "users": _provide(lambda: container.users),
         "catalogue": _provide(lambda: container.catalogue),
-        "blobs": _provide(lambda: container.blobs),
         "pool": _provide(lambda: api.pool),
         "redis": _provide(lambda: api.redis),
-        "timings": _provide(lambda: api.timings),
         "feeds": _provide(lambda: api.feeds),
         "stream_tokens": _provide(lambda: api.stream_tokens),
     }
