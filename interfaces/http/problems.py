@@ -139,7 +139,14 @@ def _validation_errors(extra: Any) -> list[FieldError]:
     return errors
 
 
+def _too_deep(exc: Exception) -> bool:
+    """msgspec gives up on a body nested deeper than it recurses: the client's doing."""
+    return isinstance(exc, RecursionError) and "while deserializing" in str(exc)
+
+
 def handle(request: Request[Any, Any, Any], exc: Exception) -> Response[Problem]:  # noqa: PLR0911
+    if _too_deep(exc):
+        return problem_response(400, "the JSON body is nested too deeply")
     if isinstance(exc, ProblemError):
         return problem_response(exc.status, exc.detail, errors=exc.errors, headers=exc.headers)
     if isinstance(exc, InvalidRequest):

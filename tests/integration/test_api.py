@@ -281,6 +281,8 @@ def test_other_users_data_is_invisible(
         (b'{"email": "n@example.com", "credits": -5}', 400, "credits"),
         (b'{"email": "n@example.com", "credits": "0.00001"}', 400, "credits"),
         (b"[]", 400, None),
+        (b"[" * 5000 + b"]" * 5000, 400, None),  # nested deeper than the decoder goes
+        (b'{"email": ' + b"[" * 5000 + b"]" * 5000 + b"}", 400, None),
     ],
 )
 def test_bad_input_is_a_problem_never_a_500(

@@ -126,6 +126,13 @@ def test_an_unmapped_exception_is_a_500_that_hides_its_message() -> None:
     assert answer(PixevoError("no category"))[0] == 500
 
 
+def test_a_body_too_deep_to_decode_is_the_clients_400_and_our_own_recursion_a_500() -> None:
+    too_deep = RecursionError("maximum recursion depth exceeded while deserializing an object")
+    status, body = answer(too_deep)
+    assert (status, body["detail"]) == (400, "the JSON body is nested too deeply")
+    assert answer(RecursionError("maximum recursion depth exceeded"))[0] == 500
+
+
 def test_every_error_we_define_is_in_one_category_and_expected_here() -> None:
     for package in ("domain", "application", "projections", "infrastructure", "interfaces"):
         root = importlib.import_module(package)
