@@ -21,6 +21,7 @@ import pyvips
 from litestar.testing import TestClient
 
 from domain.credits import to_units
+from domain.generation import TERMINAL
 from infrastructure.settings import Settings
 from infrastructure.simulator.render import render
 from interfaces.bootstrap import Container, build
@@ -80,10 +81,18 @@ def finished(
         response = client.get(f"/v1/generations/{generation_id}", headers=headers)
         if response.status_code == 200:
             seen.update(response.json())
-        return seen.get("status") in ("completed", "failed", "cancelled", "blocked")
+        return seen.get("status") in TERMINAL
 
     assert wait_for(done, timeout=timeout, interval=0.1), seen
     return seen
+
+
+def wait_running(client: TestClient[Any], headers: dict[str, str], generation_id: str) -> None:
+    def running() -> bool:
+        view = client.get(f"/v1/generations/{generation_id}", headers=headers).json()
+        return bool(view.get("status") == "running")
+
+    assert wait_for(running, timeout=30)
 
 
 def wait_funded_projection(client: TestClient[Any], headers: dict[str, str]) -> None:
@@ -221,13 +230,7 @@ def test_cancel_while_running_tells_the_provider_and_releases_the_hold(
     cancels = httpx.get(f"{simulator}/_sim/stats").json().get("replicate", {}).get("cancels", 0)
     body = {"model": "sim-instant", "prompt": "never mind", "params": {"seed": 5}}
     generation_id = client.post("/v1/generations", json=body, headers=headers).json()["id"]
-    assert wait_for(
-        lambda: (
-            client.get(f"/v1/generations/{generation_id}", headers=headers).json().get("status")
-            == "running"
-        ),
-        timeout=30,
-    )
+    wait_running(client, headers, generation_id)
     cancelled = client.post(f"/v1/generations/{generation_id}/cancel", headers=headers)
     assert cancelled.status_code == 202, cancelled.text
     assert finished(client, headers, generation_id)["status"] == "cancelled"
@@ -325,13 +328,7 @@ def test_worker_killed_while_waiting_on_the_provider_resumes_without_resubmittin
     before = httpx.get(f"{simulator}/_sim/stats").json().get("replicate", {})
     body = {"model": "flux-dev", "prompt": "survive", "params": {"seed": 8}}
     generation_id = client.post("/v1/generations", json=body, headers=headers).json()["id"]
-    assert wait_for(
-        lambda: (
-            client.get(f"/v1/generations/{generation_id}", headers=headers).json().get("status")
-            == "running"
-        ),
-        timeout=30,
-    )
+    wait_running(client, headers, generation_id)
     worker = processes["worker"]
     os.killpg(worker.pid, signal.SIGKILL)  # the worker and its children, mid-wait
     worker.wait()
