@@ -8,7 +8,11 @@ from eventsourcing.persistence import ApplicationRecorder, Notification
 
 
 def read_after(
-    recorder: ApplicationRecorder, position: int, limit: int, topics: Sequence[str] = ()
+    recorder: ApplicationRecorder,
+    position: int,
+    limit: int,
+    topics: Sequence[str] = (),
+    until: int | None = None,
 ) -> tuple[list[Notification], int]:
     """Notifications after ``position``, and the position this read has covered.
 
@@ -17,8 +21,11 @@ def read_after(
     so once ``max_notification_id()`` reads ``head``, nothing at or below ``head`` can still
     appear: a batch shorter than the limit has covered everything up to ``head``. (Ids have
     gaps — a failed insert still consumes one — so positions are compared, never counted.)
+    With ``until``, the read stops there even if the log has moved on.
     """
     head = recorder.max_notification_id() or 0
+    if until is not None:
+        head = min(head, until)
     if head <= position:
         return [], position
     batch = list(

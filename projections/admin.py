@@ -70,21 +70,25 @@ def rebuild(
 ) -> int:
     """Rebuilds ``live``'s tables from the event store and swaps them in.
 
-    ``fresh`` is a runner of the same projection on an empty scratch schema. It catches up while
-    the live tables keep serving; then, holding the projection's lock exclusively (a live runner
-    waits for it between batches), it catches up the last events and the schemas swap by
-    renaming, in one transaction. Returns the position the rebuilt tables start from.
+    ``fresh`` is a runner of the same projection on an empty scratch schema. It catches up to the
+    head as it was when the rebuild began while the live tables keep serving; then, holding the
+    projection's lock exclusively (a live runner waits for it between batches), it catches up the
+    last events and the schemas swap by renaming, in one transaction. Returns the position the
+    rebuilt tables start from.
     """
     live_schema, scratch = live.view.schema, fresh.view.schema
     with fresh.view.datastore.transaction(commit=True) as curs:
         curs.execute(SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(Identifier(scratch)))
     fresh.start()
     head = fresh.upstream.max_notification_id() or 0
-    fresh.catch_up(lambda position: progress(position, head) if progress else None)
+    # Both phases stop at a head read once: with writers busy, chasing the moving head could
+    # last for ever. What lands after the swap is the live runner's, from the swapped-in position.
+    fresh.catch_up(lambda position: progress(position, head) if progress else None, until=head)
     retired = f"{live_schema}_retired"
     with live.view.datastore.transaction(commit=True) as curs:
         curs.execute("SELECT pg_advisory_xact_lock(%s)", [lock_key(live.name)])
-        while fresh._batch(curs):
+        last = fresh.upstream.max_notification_id() or 0
+        while fresh._batch(curs, until=last):
             pass
         curs.execute(SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(Identifier(retired)))
         curs.execute(

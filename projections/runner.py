@@ -78,20 +78,20 @@ class ProjectionRunner:
     def position(self) -> int:
         return self.view.max_tracking_id(self.view.upstream) or 0
 
-    def run_batch(self) -> int:
+    def run_batch(self, until: int | None = None) -> int:
         """Projects the next batch; returns how many notifications it covered (0: caught up)."""
         self.start()
         with self.view.datastore.transaction(commit=True) as curs:
             curs.execute("SELECT pg_advisory_xact_lock_shared(%s)", [lock_key(self.name)])
-            covered = self._batch(curs)
+            covered = self._batch(curs, until)
         if covered:
             self.view.after_commit()
         return covered
 
-    def _batch(self, curs: Cursor[DictRow]) -> int:
+    def _batch(self, curs: Cursor[DictRow], until: int | None = None) -> int:
         position = self.view._max_tracking_id(self.view.upstream, curs) or 0
         notifications, covered = read_after(
-            self.upstream, position, self.batch_size, self.view.topics
+            self.upstream, position, self.batch_size, self.view.topics, until
         )
         if covered == position:
             return 0
@@ -101,9 +101,12 @@ class ProjectionRunner:
         self.view._insert_tracking(curs, Tracking(self.view.upstream, covered))
         return covered - position
 
-    def catch_up(self, progress: Callable[[int], None] | None = None) -> int:
-        """Runs batches until the view has covered the log's head; returns the final position."""
-        while not self.stopping.is_set() and self.run_batch():
+    def catch_up(
+        self, progress: Callable[[int], None] | None = None, until: int | None = None
+    ) -> int:
+        """Runs batches until the view has covered the log's head (or ``until``, for a reader
+        that must finish while writers keep going); returns the final position."""
+        while not self.stopping.is_set() and self.run_batch(until):
             if progress is not None:
                 progress(self.position())
         return self.position()

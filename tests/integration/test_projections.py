@@ -79,6 +79,18 @@ def test_rebuild_swaps_in_identical_tables_while_events_keep_coming(container: C
     assert contents(container, "proj_ledger") == fresh_build(container, "proj_check")
 
 
+def test_catch_up_until_stops_at_the_given_position_though_the_log_has_moved_on(
+    container: Container,
+) -> None:
+    # A rebuild must finish while writers keep going: it catches up to a head read once.
+    seed_ledger(container.billing, users=3, rounds=3)
+    middle = container.billing.recorder.max_notification_id() or 0
+    seed_ledger(container.billing, users=3, rounds=3)
+    runner = container.projection("ledger")
+    assert runner.catch_up(until=middle) == middle
+    assert runner.catch_up() == container.billing.recorder.max_notification_id()
+
+
 def test_status_reports_position_and_lag(container: Container) -> None:
     container.users.create("lag@example.com", credits=3)
     runner = container.projection("ledger")
