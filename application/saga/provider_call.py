@@ -103,9 +103,7 @@ class ProviderCall:
         self.generations.change(generation.id, lambda g: g.defer(f"{spec.provider} is unavailable"))
         raise Deferral(f"{spec.provider} is unavailable ({reason})", DEFER_S)
 
-    def _switch(
-        self, generation_id: UUID, to: ModelSpec, request: Normalised, reason: str
-    ) -> None:
+    def _switch(self, generation_id: UUID, to: ModelSpec, request: Normalised, reason: str) -> None:
         def fall_back(generation: Generation) -> None:
             generation.fall_back(
                 to.key,

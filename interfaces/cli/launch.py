@@ -147,4 +147,3 @@ def stop(processes: Iterable[subprocess.Popen[bytes]], grace: float = GRACE_S) -
             os.killpg(process.pid, signal.SIGKILL)
         if process.poll() is None:
             process.wait()
-
