@@ -5,6 +5,9 @@
     original the requested format                       available in this libvips)
     blurhash a string, from a 32 px copy       quality  sharpness, exposure and entropy in [0, 1]
 
+A video's artefacts (``process_video``) are its poster, thumb and the file
+itself, stripped of its container metadata (:mod:`.video`).
+
 Every artefact is saved with ``keep=NONE``: EXIF (GPS included), XMP, IPTC, comments and the ICC
 profile are dropped, after the pixels were converted to sRGB (through the embedded profile, if
 any), so what a viewer shows is what the generator made and nothing about where. The source is
@@ -20,13 +23,18 @@ import threading
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 
+import av
 import blurhash
 import pyvips
 
 from application.imaging import Artefact, ProcessedImage, ProcessingFailed
+from infrastructure.imaging.video import MEDIA_TYPE as MP4_MEDIA_TYPE
+from infrastructure.imaging.video import first_frame, strip_metadata
 
 KEEP_NONE = pyvips.enums.ForeignKeep.NONE
 SIZES = {"thumb": 256, "preview": 512}
+#: The artefacts of an image, in the order they are recorded and listed (the original last).
+IMAGE_KINDS = ("thumb", "preview", "full", "modern", "original")
 WEBP_Q, AVIF_Q, JPEG_Q = 80, 50, 85
 #: Encoder effort, measured (benchmarks/image_pipeline.py, 1024 px photo-like source): AVIF
 #: effort 0 encodes ~5x faster than 2 at the same size and PSNR (+-0.1 dB); effort 4 is ~10x
@@ -177,7 +185,7 @@ def process(data: bytes, output_format: str) -> ProcessedImage:
     quality = quality_of(preview_image)
     made = {a.kind: a for a in [*small, *(f.result() for f in futures)]}
     return ProcessedImage(
-        artefacts=[made[k] for k in ("thumb", "preview", "full", "modern", "original")],
+        artefacts=[made[k] for k in IMAGE_KINDS],
         width=source.width,
         height=source.height,
         blurhash=hash_,
@@ -186,12 +194,18 @@ def process(data: bytes, output_format: str) -> ProcessedImage:
 
 
 def process_video(data: bytes) -> ProcessedImage:
-    """A video's poster (its first frame, full size WebP) and thumbnail."""
-    frame = to_srgb(pyvips.Image.new_from_buffer(data, "", page=0)).copy_memory()
-    poster = _artefact("poster", frame, "webp")
+    """A video's poster (its first frame, full size WebP), thumbnail, and the file itself
+    without its container metadata; width and height are the video stream's."""
+    frame = to_srgb(first_frame(data)).copy_memory()
     thumb_image = _fit(frame, SIZES["thumb"])
+    served = strip_metadata(data)
+    original = Artefact("original", served, frame.width, frame.height, "mp4", MP4_MEDIA_TYPE)
     return ProcessedImage(
-        artefacts=[_artefact("thumb", thumb_image, "webp"), poster],
+        artefacts=[
+            _artefact("thumb", thumb_image, "webp"),
+            _artefact("poster", frame, "webp"),
+            original,
+        ],
         width=frame.width,
         height=frame.height,
         blurhash=blurhash_of(thumb_image),
@@ -206,5 +220,13 @@ class PyvipsPipeline:
         try:
             return process_video(data) if video else process(data, output_format)
         except pyvips.Error as error:
-            message = str(error).strip().splitlines()[0] if str(error).strip() else "unreadable"
+            message = _first_line(error)
             raise ProcessingFailed(f"the result is not a readable image: {message}") from None
+        except av.FFmpegError as error:  # InvalidDataError and the like
+            message = _first_line(error)
+            raise ProcessingFailed(f"the result is not a readable video: {message}") from None
+
+
+def _first_line(error: Exception) -> str:
+    message = str(error).strip()
+    return message.splitlines()[0] if message else "unreadable"
