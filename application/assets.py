@@ -9,15 +9,21 @@ from __future__ import annotations
 from uuid import UUID
 
 #: A provider's result, by media type (anything else is stored as ``.bin``).
-_RESULT_EXTENSIONS = {"image/png": "png", "image/webp": "webp", "image/jpeg": "jpg"}
+_RESULT_EXTENSIONS = {
+    "image/png": "png",
+    "image/webp": "webp",
+    "image/jpeg": "jpg",
+    "video/mp4": "mp4",
+}
 #: A processed artefact, by format.
-_ARTEFACT_EXTENSIONS = {"webp": "webp", "avif": "avif", "jpeg": "jpg", "png": "png"}
+_ARTEFACT_EXTENSIONS = {"webp": "webp", "avif": "avif", "jpeg": "jpg", "png": "png", "mp4": "mp4"}
 
 
 def result_key(generation_id: UUID, content_type: str) -> str:
-    """The provider's bytes, as fetched."""
+    """The provider's bytes, as fetched: kept apart from the pipeline's re-encoded ``original``
+    (same format, same name otherwise), so a re-run reads what the provider sent."""
     extension = _RESULT_EXTENSIONS.get(content_type, "bin")
-    return f"generations/{generation_id}/original.{extension}"
+    return f"generations/{generation_id}/provider.{extension}"
 
 
 def artefact_key(generation_id: UUID, kind: str, fmt: str) -> str:

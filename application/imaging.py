@@ -10,11 +10,11 @@ from application.errors import Unavailable
 
 @dataclass(frozen=True, slots=True)
 class Artefact:
-    kind: str  # thumb, preview, full, modern, original; poster for videos
+    kind: str  # thumb, preview, social, full, modern, original; a video: thumb, poster, original
     data: bytes
     width: int
     height: int
-    format: str  # webp, avif, jpeg, png
+    format: str  # webp, avif, jpeg, png; mp4 (a video's original)
     media_type: str
 
 

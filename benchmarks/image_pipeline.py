@@ -1,6 +1,7 @@
 """The image pipeline against Pillow: the time to make all six artefacts of a 1024x1024 PNG
-(thumb, preview, full WebP, AVIF, the original re-encoded, blurhash; and the quality score), pyvips
-as shipped and the same work in Pillow at matched settings, in the same run.
+(thumb, preview, 1200x630 social card, full WebP, AVIF, the original re-encoded; and the blurhash
+and quality score), pyvips as shipped and the same work in Pillow at matched settings, in the
+same run.
 
 What it measures
     Input: a generated photo-like 1024x1024 sRGB PNG, no metadata (``_support.photo_like_png``:
@@ -15,7 +16,7 @@ What it measures
     (c) Pillow with the pipeline's overlap: the three full-size encoders on a 3-thread pool
         (Pillow's encoders release the GIL) while the calling thread makes the small ones.
     (d) Each step alone, both: decode; full WebP; AVIF; PNG; preview and thumb (resize + WebP);
-        blurhash; quality.
+        social card (resize, crop + JPEG); blurhash; quality.
 
     Matched settings (the pipeline module's constants): the same boxes (libvips
     ``thumbnail_image``, Pillow ``thumbnail`` LANCZOS; the thumb made from the preview); WebP
@@ -23,10 +24,12 @@ What it measures
     ``speed`` = 9 - AVIF_EFFORT with ``autotiling=False``: libvips passes libheif ``speed = 9 -
     effort``, which its aom plugin uses as ``cpu-used``, and libavif uses ``speed`` as ``cpu-
     used``; both then encode with libaom's all-intra mode, tune SSIM, 4:2:0, the same cq-level
-    for Q, one thread per core, one tile; PNG level PNG_COMPRESSION (libvips with PNG_FILTER
-    "all", Pillow's default adaptive filter per row); the same ``blurhash`` package on a 32 px
-    copy; the same quality formula (``pipeline.QualityParts``; Pillow without numpy: a Laplacian
-    by ``ImageFilter.Kernel`` in both signs, ``ImageStat`` and the histogram).
+    for Q, one thread per core, one tile; the social card JPEG at JPEG_Q, optimised and
+    progressive, cropped by libvips ``attention`` and by Pillow ``ImageOps.fit`` at the centre
+    (Pillow has no saliency crop: it is spared that work); PNG level PNG_COMPRESSION (libvips
+    with PNG_FILTER "all", Pillow's default adaptive filter per row); the same ``blurhash``
+    package on a 32 px copy; the same quality formula (``pipeline.QualityParts``; Pillow without
+    numpy: a Laplacian by ``ImageFilter.Kernel`` in both signs, ``ImageStat`` and the histogram).
     Outputs compared: dimensions, bytes, PSNR against the source (lossy full-size ones).
 
     ``--sweep`` (default on): (a), (b), (c) with other encoder settings (pyvips: the module's
@@ -56,7 +59,7 @@ from typing import Any
 
 import blurhash
 import pyvips
-from PIL import Image, ImageFilter, ImageStat, features
+from PIL import Image, ImageFilter, ImageOps, ImageStat, features
 
 from benchmarks._support import argument_parser, median, photo_like_png, table, write_result
 from infrastructure.imaging import pipeline
@@ -64,7 +67,7 @@ from infrastructure.imaging import pipeline
 NAME = "image_pipeline"
 SIZE = 1024
 TARGET_RATIO, TARGET_MS = 0.7, 150.0
-KINDS = ("thumb", "preview", "full", "modern", "original")
+KINDS = pipeline.IMAGE_KINDS
 LANCZOS = Image.Resampling.LANCZOS
 # an 8-bit filter result clips below 0, so the Laplacian is taken in both signs (at 1/4 scale)
 LAPLACIAN = ImageFilter.Kernel((3, 3), [0, 1, 0, 1, -4, 1, 0, 1, 0], scale=4)
@@ -159,6 +162,8 @@ def pil_encode(image: Image.Image, fmt: str, enc: Encoders) -> bytes:
     out = io.BytesIO()
     if fmt == "webp":
         image.save(out, "WEBP", quality=enc.webp_q, method=enc.webp_effort)
+    elif fmt == "jpeg":
+        image.save(out, "JPEG", quality=pipeline.JPEG_Q, optimize=True, progressive=True)
     elif fmt == "avif":
         image.save(out, "AVIF", quality=enc.avif_q, speed=enc.avif_speed, autotiling=False)
     else:
@@ -196,10 +201,16 @@ def pil_quality(image: Image.Image) -> float:
     ).score
 
 
+def pil_social(source: Image.Image) -> bytes:
+    card = ImageOps.fit(source, pipeline.SOCIAL_SIZE, LANCZOS)
+    return pil_encode(card, "jpeg", SHIPPED)
+
+
 def pil_process(data: bytes, enc: Encoders, pool: Executor | None = None) -> Outputs:
     source = pil_decode(data)
     slow = {"full": "webp", "modern": "avif", "original": "png"}
     futures = {k: pool.submit(pil_encode, source, f, enc) for k, f in slow.items()} if pool else {}
+    social = pool.submit(pil_social, source) if pool else None
     preview = pil_fit(source, pipeline.SIZES["preview"])
     thumb = pil_fit(preview, pipeline.SIZES["thumb"])
     made = {
@@ -212,6 +223,7 @@ def pil_process(data: bytes, enc: Encoders, pool: Executor | None = None) -> Out
             *source.size,
             futures[kind].result() if pool else pil_encode(source, fmt, enc),
         )
+    made["social"] = (*pipeline.SOCIAL_SIZE, social.result() if social else pil_social(source))
     return made, hash_, score
 
 
@@ -292,6 +304,10 @@ def breakdown(data: bytes, runs: int, warmup: int) -> dict[str, dict[str, dict[s
         "thumb: resize + WebP": (
             lambda: pipeline.encode(vips_fit(vp, 256), "webp"),
             lambda: pil_encode(pil_fit(pp, 256), "webp", enc),
+        ),
+        "social card: resize, crop + JPEG": (
+            lambda: pipeline.social_card(vs).data,
+            lambda: pil_social(ps),
         ),
         "blurhash (32 px copy)": (lambda: pipeline.blurhash_of(vt), lambda: pil_blurhash(pt)),
         "quality (512 copy)": (lambda: pipeline.quality_of(vp), lambda: pil_quality(pp)),

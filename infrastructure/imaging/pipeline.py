@@ -3,7 +3,15 @@
     thumb    256 px (longest side) WebP        preview  512 px WebP
     full     full-size WebP                    modern   full-size AVIF (JPEG where AVIF is not
     original the requested format                       available in this libvips)
-    blurhash a string, from a 32 px copy       quality  sharpness, exposure and entropy in [0, 1]
+    social   1200x630 JPEG, cropped            blurhash a string, from a 32 px copy
+    quality  sharpness, exposure and entropy in [0, 1]
+
+``social`` is the card a link preview shows (Open Graph ``og:image``, X/Twitter
+``summary_large_image``): a gallery page shared anywhere needs one, at the one size and
+proportion (1.91:1) those crawlers display, in the one format they all accept; the crop keeps
+the part of the picture libvips finds most interesting. (A 2x thumbnail would be the preview
+again: 512 px WebP.) A video's artefacts (``process_video``) are its poster, thumb and the file
+itself, stripped of its container metadata (:mod:`.video`).
 
 Every artefact is saved with ``keep=NONE``: EXIF (GPS included), XMP, IPTC, comments and the ICC
 profile are dropped, after the pixels were converted to sRGB (through the embedded profile, if
@@ -20,13 +28,19 @@ import threading
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 
+import av
 import blurhash
 import pyvips
 
 from application.imaging import Artefact, ProcessedImage, ProcessingFailed
+from infrastructure.imaging.video import MEDIA_TYPE as MP4_MEDIA_TYPE
+from infrastructure.imaging.video import first_frame, strip_metadata
 
 KEEP_NONE = pyvips.enums.ForeignKeep.NONE
 SIZES = {"thumb": 256, "preview": 512}
+SOCIAL_SIZE = (1200, 630)
+#: The artefacts of an image, in the order they are recorded and listed (the original last).
+IMAGE_KINDS = ("thumb", "preview", "social", "full", "modern", "original")
 WEBP_Q, AVIF_Q, JPEG_Q = 80, 50, 85
 #: Encoder effort, measured (benchmarks/image_pipeline.py, 1024 px photo-like source): AVIF
 #: effort 0 encodes ~5x faster than 2 at the same size and PSNR (+-0.1 dB); effort 4 is ~10x
@@ -159,6 +173,15 @@ def quality_of(image: pyvips.Image) -> QualityParts:
     return QualityParts(round(sharpness, 4), round(exposure, 4), round(entropy, 4))
 
 
+def social_card(source: pyvips.Image) -> Artefact:
+    """The link-preview card: exactly SOCIAL_SIZE, filled and cropped (``attention``: the
+    region with the most edges, skin tones and saturation), from the decoded source in memory."""
+    width, height = SOCIAL_SIZE
+    return _artefact(
+        "social", source.thumbnail_image(width, height=height, crop="attention"), "jpeg"
+    )
+
+
 def process(data: bytes, output_format: str) -> ProcessedImage:
     """All artefacts of one still image (the first frame of an animation)."""
     source = to_srgb(pyvips.Image.new_from_buffer(data, "", access="random")).copy_memory()
@@ -170,6 +193,7 @@ def process(data: bytes, output_format: str) -> ProcessedImage:
         ("original", source, output_format),
     ]
     futures = [pool.submit(_artefact, kind, image, fmt) for kind, image, fmt in slow]
+    futures.append(pool.submit(social_card, source))
     preview_image = _fit(source, SIZES["preview"]).copy_memory()
     thumb_image = _fit(preview_image, SIZES["thumb"])
     small = [_artefact("preview", preview_image, "webp"), _artefact("thumb", thumb_image, "webp")]
@@ -177,7 +201,7 @@ def process(data: bytes, output_format: str) -> ProcessedImage:
     quality = quality_of(preview_image)
     made = {a.kind: a for a in [*small, *(f.result() for f in futures)]}
     return ProcessedImage(
-        artefacts=[made[k] for k in ("thumb", "preview", "full", "modern", "original")],
+        artefacts=[made[k] for k in IMAGE_KINDS],
         width=source.width,
         height=source.height,
         blurhash=hash_,
@@ -186,12 +210,18 @@ def process(data: bytes, output_format: str) -> ProcessedImage:
 
 
 def process_video(data: bytes) -> ProcessedImage:
-    """A video's poster (its first frame, full size WebP) and thumbnail."""
-    frame = to_srgb(pyvips.Image.new_from_buffer(data, "", page=0)).copy_memory()
-    poster = _artefact("poster", frame, "webp")
+    """A video's poster (its first frame, full size WebP), thumbnail, and the file itself
+    without its container metadata; width and height are the video stream's."""
+    frame = to_srgb(first_frame(data)).copy_memory()
     thumb_image = _fit(frame, SIZES["thumb"])
+    served = strip_metadata(data)
+    original = Artefact("original", served, frame.width, frame.height, "mp4", MP4_MEDIA_TYPE)
     return ProcessedImage(
-        artefacts=[_artefact("thumb", thumb_image, "webp"), poster],
+        artefacts=[
+            _artefact("thumb", thumb_image, "webp"),
+            _artefact("poster", frame, "webp"),
+            original,
+        ],
         width=frame.width,
         height=frame.height,
         blurhash=blurhash_of(thumb_image),
@@ -206,5 +236,13 @@ class PyvipsPipeline:
         try:
             return process_video(data) if video else process(data, output_format)
         except pyvips.Error as error:
-            message = str(error).strip().splitlines()[0] if str(error).strip() else "unreadable"
+            message = _first_line(error)
             raise ProcessingFailed(f"the result is not a readable image: {message}") from None
+        except av.FFmpegError as error:  # InvalidDataError and the like
+            message = _first_line(error)
+            raise ProcessingFailed(f"the result is not a readable video: {message}") from None
+
+
+def _first_line(error: Exception) -> str:
+    message = str(error).strip()
+    return message.splitlines()[0] if message else "unreadable"

@@ -83,5 +83,5 @@ class PredictionsAdapter(HttpAdapter):
             data=None,
             width=int(params.get("width") or 0),
             height=int(params.get("height") or 0),
-            content_type="image/webp" if video else "image/png",
+            content_type="video/mp4" if video else "image/png",
         )

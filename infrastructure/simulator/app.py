@@ -28,7 +28,7 @@ from litestar import Litestar, Request, Response, delete, get, post, put
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
 from application.catalogue import Catalogue, ModelSpec, UnknownModel, default_catalogue
-from infrastructure.simulator import render
+from infrastructure.simulator import render, video
 from infrastructure.simulator.state import Counters, Faults, Job, Simulator
 
 _TERMINAL = ("succeeded", "failed", "canceled")
@@ -81,7 +81,7 @@ def _job(sim: Simulator, job_id: str, provider: str) -> Job:
 
 
 def _file_url(request: Request[Any, Any, Any], job: Job) -> str:
-    ext = "webp" if job.model.kind == "video" else "png"
+    ext = "mp4" if job.model.kind == "video" else "png"
     return str(request.base_url).rstrip("/") + f"/files/{job.id}.{ext}"
 
 
@@ -213,7 +213,7 @@ async def queue_result(request: Request[Any, Any, Any], job_id: str) -> dict[str
         "url": _file_url(request, job),
         "width": job.width,
         "height": job.height,
-        "content_type": "image/webp" if key == "video" else "image/png",
+        "content_type": "video/mp4" if key == "video" else "image/png",
     }
     return {key: item if key == "video" else [item], "seed": job.seed}
 
@@ -260,7 +260,8 @@ async def generate_images(request: Request[Any, Any, Any]) -> dict[str, Any]:
 def _render(job: Job) -> bytes:
     prompt = str(job.input.get("prompt", ""))
     if job.model.kind == "video":
-        return render.animation(prompt, job.seed, job.width, job.height)
+        duration_s = int(job.input.get("duration_s") or 5)
+        return video.mp4(prompt, job.seed, job.width, job.height, duration_s)
     return render.render(prompt, job.seed, job.width, job.height)
 
 
@@ -270,7 +271,7 @@ async def file(request: Request[Any, Any, Any], name: str) -> Response[bytes]:
     if job.status(time.monotonic()) != "succeeded":
         raise ProviderError(404, {"detail": "not ready"})
     data = await asyncio.to_thread(_render, job)
-    media = "image/webp" if job.model.kind == "video" else "image/png"
+    media = "video/mp4" if job.model.kind == "video" else "image/png"
     return Response(data, media_type=media)
 
 

@@ -44,13 +44,3 @@ def preview(prompt: str, seed: int, width: int, height: int, progress: float) ->
     small = picture(prompt, seed, width, height).thumbnail_image(256)
     sigma = max(0.3, 8 * (1 - progress))
     return encode(small.gaussblur(sigma).cast("uchar"), "jpeg")
-
-
-def animation(prompt: str, seed: int, width: int, height: int, frames: int = 8) -> bytes:
-    """A short animated WebP: the picture's rings moving, ``frames`` frames."""
-    pages = [picture(prompt, seed, width, height, frame) for frame in range(frames)]
-    strip = pyvips.Image.arrayjoin(pages, across=1).copy()
-    strip.set_type(pyvips.GValue.gint_type, "page-height", height)
-    strip.set_type(pyvips.GValue.array_int_type, "delay", [125] * frames)
-    data: bytes = strip.webpsave_buffer(Q=60, keep=pyvips.enums.ForeignKeep.NONE)
-    return data

@@ -46,13 +46,14 @@ def _links(generation_id: UUID) -> dto.Links:
 def _result(
     generation_id: UUID, meta: dict[str, Any] | None, processed: dict[str, Any] | None
 ) -> dto.Result | None:
-    """The result as the API shows it: the processed original and its derivatives."""
+    """The result as the API shows it: the processed original, and every artefact the pipeline
+    made (the original included) as a derivative."""
     if not meta:
         return None
     processed = processed or {}
     artefacts = processed.get("artefacts") or []
     original = next((a for a in artefacts if a["kind"] == "original"), None)
-    if original is None:  # a video, or made before post-processing existed
+    if original is None:  # made before the pipeline re-encoded originals (or any videos)
         original = {
             "width": meta["width"],
             "height": meta["height"],
@@ -76,14 +77,13 @@ def _result(
                 bytes=a["bytes"],
             )
             for a in artefacts
-            if a["kind"] != "original"
         ],
     )
 
 
 def asset_of(meta: dict[str, Any], kind: str) -> tuple[str, str] | None:
     """(storage key, media type) of one of a result's artefacts; the raw result for an
-    ``original`` that was never processed (videos)."""
+    ``original`` that was never processed (results from before the pipeline made one)."""
     for artefact in (meta.get("processed") or {}).get("artefacts") or []:
         if artefact["kind"] == kind:
             return str(artefact["storage_key"]), str(artefact["media_type"])

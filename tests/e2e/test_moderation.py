@@ -3,6 +3,7 @@ the simulator as provider and as classifier (over HTTP), the ledger, and the res
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import av
 import httpx
 import pytest
 import pyvips
@@ -26,7 +28,8 @@ from tests.support.processes import ROOT, child_env, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-KINDS = ("original", "thumb", "preview", "full", "modern")
+KINDS = ("original", "thumb", "preview", "social", "full", "modern")
+VIDEO_KINDS = ("original", "thumb", "poster")
 
 
 @pytest.fixture
@@ -66,8 +69,13 @@ def settled(client: TestClient[Any], headers: dict[str, str]) -> dict[str, Any]:
     return ledger(client, headers)[0]
 
 
-def assets_refused(client: TestClient[Any], headers: dict[str, str], generation_id: str) -> None:
-    for kind in KINDS:
+def assets_refused(
+    client: TestClient[Any],
+    headers: dict[str, str],
+    generation_id: str,
+    kinds: tuple[str, ...] = KINDS,
+) -> None:
+    for kind in kinds:
         response = client.get(f"/v1/generations/{generation_id}/assets/{kind}", headers=headers)
         assert response.status_code == 404, kind
         assert response.headers["content-type"].startswith("application/problem+json")
@@ -85,19 +93,75 @@ def test_a_completed_image_carries_its_artefacts_blurhash_and_scores(
     assert 0 <= result["quality_score"] <= 1
     assert 0 <= result["nsfw_score"] < 0.8
     made = {d["kind"]: d for d in result["derivatives"]}
-    assert set(made) == {"thumb", "preview", "full", "modern"}
+    assert sorted(made) == sorted(KINDS)  # six image artefacts, the original among them
     assert (made["thumb"]["width"], made["thumb"]["height"]) == (256, 144)
     assert (made["preview"]["width"], made["preview"]["height"]) == (512, 288)
+    assert (made["social"]["width"], made["social"]["height"]) == (1200, 630)
+    for kind in ("full", "modern", "original"):
+        assert (made[kind]["width"], made[kind]["height"]) == (640, 360), kind
+    formats = {"social": "jpeg", "original": "png", "modern": made["modern"]["format"]}
     for kind, derivative in made.items():
+        assert derivative["format"] == formats.get(kind, "webp"), kind
         response = client.get(derivative["url"], headers=headers)
         assert response.status_code == 200, kind
         assert len(response.content) == derivative["bytes"]
         image = pyvips.Image.new_from_buffer(response.content, "")
         assert (image.width, image.height) == (derivative["width"], derivative["height"])
         assert "exif-data" not in image.get_fields()
+    assert made["original"]["url"] == result["url"]
     original = client.get(result["url"], headers=headers)
     assert original.status_code == 200
     assert original.headers["content-type"] == "image/png"
+
+
+def test_a_video_is_served_as_a_metadata_free_mp4_with_its_poster_and_thumbnail(
+    client: TestClient[Any], platform: Container, simulator: str
+) -> None:
+    fault(simulator, "fal", latency_scale=0.005)  # kling-video's minute in a fraction of a second
+    headers = user(platform)
+    wait_funded_projection(client, headers)
+    body = {"model": "kling-video", "prompt": "a fox in the snow", "params": {"seed": 5}}
+    accepted = client.post("/v1/generations", json=body, headers=headers)
+    assert accepted.status_code == 202, accepted.text
+    generation = finished(client, headers, accepted.json()["id"])
+    assert generation["status"] == "completed", generation
+    assert generation["charged_credits"] == "2.5000"  # five seconds at 0.5
+    result = generation["result"]
+    assert (result["width"], result["height"], result["format"]) == (1280, 720, "mp4")
+    served = client.get(result["url"], headers=headers)
+    assert served.status_code == 200
+    assert served.headers["content-type"] == "video/mp4"
+    with av.open(io.BytesIO(served.content)) as container:
+        stream = container.streams.video[0]
+        assert stream.codec_context.name == "h264"
+        frames = list(container.decode(stream))  # every frame decodes
+        assert (frames[0].width, frames[0].height) == (1280, 720)
+        assert container.duration == 5 * av.time_base
+        tags = {**container.metadata, **stream.metadata}
+    assert len(frames) == 10
+    assert not {"title", "comment", "creation_time", "location", "encoder"} & set(tags), tags
+    assert b"a fox in the snow" not in served.content
+    made = {d["kind"]: d for d in result["derivatives"]}
+    assert sorted(made) == sorted(VIDEO_KINDS)
+    assert (made["original"]["url"], made["original"]["bytes"]) == (
+        result["url"],
+        len(served.content),
+    )
+    for kind, box in (("poster", (1280, 720)), ("thumb", (256, 144))):
+        assert (made[kind]["width"], made[kind]["height"], made[kind]["format"]) == (*box, "webp")
+        response = client.get(made[kind]["url"], headers=headers)
+        assert response.status_code == 200, kind
+        assert len(response.content) == made[kind]["bytes"]
+        image = pyvips.Image.new_from_buffer(response.content, "")
+        assert (image.width, image.height) == box
+
+    fault(simulator, "moderation", nsfw_score=0.97)  # the poster is judged: a blocked video
+    again = client.post(
+        "/v1/generations", json={**body, "prompt": "a fox at dusk"}, headers=headers
+    )
+    blocked = finished(client, headers, again.json()["id"])
+    assert blocked["status"] == "blocked", blocked
+    assets_refused(client, headers, blocked["id"], VIDEO_KINDS)
 
 
 def test_a_prompt_hitting_a_rule_is_refused_and_nothing_is_charged(

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import time
 from typing import Any
 
+import av
 import httpx
 import pytest
 
@@ -66,11 +68,19 @@ def test_the_queue_streams_progress_with_previews(providers: Providers, simulato
     assert preview.headers["content-type"] == "image/jpeg"
 
 
-def test_video_models_make_animations(providers: Providers) -> None:
-    data, output, _ = run(providers, "minimax-video", aspect_ratio="16:9")
-    assert output.content_type == "image/webp"
-    assert data[:4] == b"RIFF"
-    assert b"ANIM" in data[:64]
+@pytest.mark.parametrize("model", ["minimax-video", "kling-video"])  # predictions, queue
+def test_video_models_deliver_an_h264_mp4_of_the_requested_size_and_length(
+    providers: Providers, model: str
+) -> None:
+    seconds = (CATALOGUE.get(model).capabilities.durations_s or (5,))[-1]
+    data, output, _ = run(providers, model, aspect_ratio="1:1", duration_s=seconds)
+    assert output.content_type == "video/mp4"
+    with av.open(io.BytesIO(data)) as container:
+        stream = container.streams.video[0]
+        assert (stream.codec_context.name, stream.codec_context.pix_fmt) == ("h264", "yuv420p")
+        size = (stream.codec_context.width, stream.codec_context.height)
+        assert size == (output.width, output.height) == (960, 960)
+        assert container.duration == seconds * av.time_base
 
 
 @pytest.mark.parametrize(

@@ -51,7 +51,8 @@ def test_the_source_really_carries_what_must_be_stripped() -> None:
 
 def test_no_artefact_keeps_exif_gps_xmp_icc_or_comments() -> None:
     result = pipeline.process(photo(), "jpeg")
-    assert {a.kind for a in result.artefacts} == {"thumb", "preview", "full", "modern", "original"}
+    assert [a.kind for a in result.artefacts] == list(pipeline.IMAGE_KINDS)
+    assert len(result.artefacts) == 6
     for artefact in result.artefacts:
         image = pyvips.Image.new_from_buffer(artefact.data, "")
         kept = [name for name in image.get_fields() if name in FIELDS or name.startswith("exif-")]
@@ -84,6 +85,8 @@ def test_each_artefact_has_its_promised_size_and_format(width: int, height: int)
         assert a.data[8:12] == b"WEBP"
     for kind in ("full", "modern", "original"):
         assert (made[kind].width, made[kind].height) == (width, height)
+    assert (made["social"].width, made["social"].height) == pipeline.SOCIAL_SIZE
+    assert (made["social"].format, made["social"].data[:2]) == ("jpeg", b"\xff\xd8")
     assert made["full"].data[8:12] == b"WEBP"
     if pipeline.avif_available():
         assert made["modern"].format == "avif"
@@ -126,12 +129,16 @@ def test_quality_prefers_sharp_well_exposed_images() -> None:
     assert pipeline.quality_of(flat.cast("uchar")).entropy == 0
 
 
-def test_a_video_gets_a_poster_and_a_thumbnail() -> None:
-    from infrastructure.simulator.render import animation  # noqa: PLC0415
-
-    result = pipeline.process_video(animation("a fox running", 3, 640, 360))
-    made = {a.kind: a for a in result.artefacts}
-    assert set(made) == {"poster", "thumb"}
-    assert (made["poster"].width, made["poster"].height) == (640, 360)
-    assert max(made["thumb"].width, made["thumb"].height) == 256
-    assert pyvips.Image.new_from_buffer(made["poster"].data, "").get_n_pages() == 1
+def test_the_social_card_fills_1200x630_with_the_interesting_part() -> None:
+    """A card crawlers show at 1.91:1: exactly that size from any shape, small sources scaled
+    up, and the crop follows the subject (here a bright disc near the top of a tall image)."""
+    for width, height in ((2000, 500), (600, 900), (256, 256)):
+        card = pipeline.social_card(pyvips.Image.new_from_buffer(photo(width, height), ""))
+        decoded = pyvips.Image.new_from_buffer(card.data, "")
+        assert (card.width, card.height) == (decoded.width, decoded.height) == (1200, 630)
+        assert (card.kind, card.format, card.media_type) == ("social", "jpeg", "image/jpeg")
+    xy = pyvips.Image.xyz(600, 1200)
+    disc = ((xy[0] - 300) ** 2 + (xy[1] - 200) ** 2 < 120**2).ifthenelse([255, 40, 40], [60] * 3)
+    card = pipeline.social_card(disc.cast("uchar").copy(interpretation="srgb"))
+    decoded = pyvips.Image.new_from_buffer(card.data, "")
+    assert decoded.extract_area(500, 215, 200, 200).avg() > 100  # the disc is in the middle
