@@ -101,10 +101,11 @@ class Generations(Controller):
     @post("/quote", status_code=200)
     async def quote(
         self,
+        request: Request[User, Any, Any],
         data: JSONBody[dto.CreateGeneration],
         services: Services,
     ) -> dto.Quote:
-        normalised = services.generations.quote(_request(data))
+        normalised = services.generations.quote(_request(data), request.user.id)
         return dto.Quote(
             model=normalised.model,
             cost_credits=format_credits(normalised.cost_units),
@@ -121,7 +122,7 @@ class Generations(Controller):
         idempotency_key: IdempotencyKey = None,
     ) -> dto.GenerationView:
         asked = _request(data)
-        normalised = services.generations.quote(asked)
+        normalised = services.generations.quote(asked, request.user.id)
         available = await ledger_queries.available(services.pool, request.user.id)
         if available * 10_000 < normalised.cost_units:  # the fast pre-check
             raise ProblemError(
