@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Annotated, Any
 from uuid import UUID
 
+import structlog
 from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, Parameter
@@ -21,6 +22,7 @@ from interfaces.http import dto
 from interfaces.http.problems import ProblemError
 
 _PRIVATE = {"Cache-Control": "private, max-age=3600"}
+log = structlog.get_logger(__name__)
 
 
 class UploadServices:
@@ -65,7 +67,15 @@ class UploadsController(Controller):
             raise ProblemError(415, f"the body must be one of {', '.join(UPLOAD_TYPES)}")
         data = await request.body()  # a bigger body answers 413 before more is read
         uploads = upload_services.uploads
-        return _view(await asyncio.to_thread(uploads.upload, request.user.id, data))
+        upload = await asyncio.to_thread(uploads.upload, request.user.id, data)
+        log.info(
+            "upload.stored",
+            upload_id=str(upload.id),
+            width=upload.width,
+            height=upload.height,
+            bytes=upload.bytes,
+        )
+        return _view(upload)
 
     @get("/{upload_id:uuid}", sync_to_thread=True)
     def upload_view(
