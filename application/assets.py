@@ -50,3 +50,37 @@ def asset_url(generation_id: UUID, kind: str) -> str:
 
 def preview_url(generation_id: UUID, number: int) -> str:
     return f"/v1/generations/{generation_id}/previews/{number}"
+
+
+# -- uploads and signed links --------------------------------------------------------------
+
+
+def upload_key(user_id: UUID, upload_id: UUID, fmt: str) -> str:
+    """An upload's re-encoded bytes, under its owner."""
+    return f"uploads/{user_id}/{upload_id}.{_ARTEFACT_EXTENSIONS[fmt]}"
+
+
+def upload_url(upload_id: UUID) -> str:
+    return f"/v1/uploads/{upload_id}"
+
+
+def upload_content_url(upload_id: UUID) -> str:
+    """The upload's bytes, with the owner's key."""
+    return f"/v1/uploads/{upload_id}/content"
+
+
+#: Signed links serve any blob whose key starts with one of these, to whoever holds the link.
+SIGNED_PREFIXES = ("uploads/", "generations/")
+
+
+def signed_path(key: str, expires: int, signature: str) -> str:
+    """A blob's link for someone without a key (a provider fetching an input): the signature
+    covers the key and the expiry (see ``infrastructure.signing``)."""
+    return f"/v1/files/{key}?expires={expires}&signature={signature}"
+
+
+def media_type_of(key: str) -> str:
+    """A stored blob's media type, from its key's extension."""
+    extension = key.rsplit(".", 1)[-1]
+    types = {"png": "image/png", "jpg": "image/jpeg", "webp": "image/webp", "avif": "image/avif"}
+    return types.get(extension, "application/octet-stream")

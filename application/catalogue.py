@@ -44,7 +44,7 @@ class Capabilities(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 class Pricing(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    unit: Literal["image", "megapixel", "second"]
+    unit: Literal["image", "megapixel", "input_megapixel", "second"]
     credits: Decimal
     cache_credits: Decimal = Decimal(0)  # what a cache hit costs
 

@@ -13,6 +13,7 @@ Our exception hierarchy (where a class is defined, if not here, in brackets)::
     │   ├── AccountNotFound         no credit account for the user
     │   ├── UnknownModel            no model of that key                [catalogue]
     │   ├── GenerationNotFound      no such generation of the caller's  [generations]
+    │   ├── UploadNotFound          no such upload of the caller's      [uploads]
     │   └── UnknownHold             a hold the account never placed     [domain.errors]
     ├── Conflict                                                          HTTP 409
     │   ├── EmailTaken              a user with that email exists
@@ -22,6 +23,7 @@ Our exception hierarchy (where a class is defined, if not here, in brackets)::
     │   └── HoldClosed              a hold already captured or released [domain.errors]
     ├── Invalid                                                           HTTP 422
     │   ├── InvalidRequest          not something the model can do, naming the field
+    │   ├── NotAnImage              an upload that does not decode as an image [uploads]
     │   ├── ContentPolicyViolation  a prompt the moderation rules refuse
     │   ├── InvalidEmail            not an email address
     │   ├── InvalidAmount           not a positive exact credit amount  [domain.errors]
@@ -33,6 +35,8 @@ Our exception hierarchy (where a class is defined, if not here, in brackets)::
     │   └── ClassifierUnavailable   the image classifier did not answer [imaging]
     ├── Forbidden                                                         HTTP 403
     │   └── InvalidStreamToken      an expired or forged stream token   [infrastructure.tokens]
+    ├── TooLarge                                                          HTTP 413
+    │   └── ImageTooLarge           an upload over the byte or pixel limit [uploads]
     └── CatalogueError              a broken model catalogue: our fault, so no category (500)
 
 A bare module name is one of :mod:`application`'s. ``DomainError`` (in :mod:`domain.errors`)
@@ -62,6 +66,7 @@ from domain.errors import (
     Invalid,
     NotFound,
     PixevoError,
+    TooLarge,
     Unavailable,
 )
 
@@ -80,6 +85,7 @@ __all__ = [
     "InvalidRequest",
     "NotFound",
     "PixevoError",
+    "TooLarge",
     "Unavailable",
     "UnknownModel",
 ]

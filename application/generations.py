@@ -22,8 +22,17 @@ from application.base import PixevoApplication, command
 from application.catalogue import Catalogue, ModelSpec, UnknownModel, default_catalogue
 from application.errors import Conflict, NotFound
 from application.group_commit import GroupCommit
+from application.inputs import (
+    ImageInput,
+    InputResolver,
+    StoredInputs,
+    of_records,
+    records,
+    references,
+)
 from application.moderation import ModerationPolicy
 from application.normalise import GenerationRequest, InvalidRequest, Normalised, normalise
+from application.ports import BlobStore
 from application.retry import retry_on_conflict
 from domain.credits import Cause
 from domain.generation import Generation, IdempotencyKey, Status
@@ -88,16 +97,19 @@ def _digest(value: Any) -> str:
 
 
 def fingerprint(normalised: Normalised) -> str:
-    """Identical normalised requests (any user) share a fingerprint: the cache key."""
-    return _digest(
-        [
-            normalised.model,
-            normalised.prompt,
-            normalised.negative_prompt,
-            normalised.params,
-            normalised.output_format,
-        ]
-    )
+    """Identical normalised requests (any user) share a fingerprint: the cache key. An image
+    input counts by its content (its hash), not by the reference that named it."""
+    params = {k: v for k, v in normalised.params.items() if k not in normalised.inputs}
+    parts: list[Any] = [
+        normalised.model,
+        normalised.prompt,
+        normalised.negative_prompt,
+        params,
+        normalised.output_format,
+    ]
+    if normalised.inputs:
+        parts.append({name: item.sha256 for name, item in sorted(normalised.inputs.items())})
+    return _digest(parts)
 
 
 class GenerationsApplication(PixevoApplication):
@@ -109,20 +121,35 @@ class GenerationsApplication(PixevoApplication):
         env: Mapping[str, str] | None = None,
         catalogue: Catalogue | None = None,
         moderation: ModerationPolicy | None = None,
+        blobs: BlobStore | None = None,
+        inputs: InputResolver | None = None,
     ) -> None:
         super().__init__(env)
         self.catalogue = catalogue or default_catalogue()
         self.moderation = moderation or ModerationPolicy()
         self.group_commit = GroupCommit(self.save)
+        self.inputs = inputs or StoredInputs(self.repository.get, blobs)
 
-    def quote(self, request: GenerationRequest) -> Normalised:
-        """The normalised request and its price; refuses a prompt the moderation rules refuse."""
+    def quote(self, request: GenerationRequest, user_id: UUID | None = None) -> Normalised:
+        """The normalised request and its price; refuses a prompt the moderation rules refuse.
+        Image references are resolved as ``user_id``'s."""
         try:
             spec = self.catalogue.get(request.model)
         except UnknownModel as unknown:
             raise InvalidRequest("model", str(unknown)) from None
         self.moderation.rules.screen(request.prompt, request.negative_prompt)
-        return normalise(spec, request)
+        return normalise(spec, request, self._resolve(user_id, request))
+
+    def _resolve(self, user_id: UUID | None, request: GenerationRequest) -> dict[str, ImageInput]:
+        found = references(request.params)
+        if not found:
+            return {}
+        if user_id is None:
+            raise InvalidRequest(f"params.{next(iter(found))}", "needs the caller to resolve it")
+        return {
+            name: self.inputs.resolve(user_id, f"params.{name}", reference)
+            for name, reference in found.items()
+        }
 
     @command
     def request(
@@ -138,7 +165,7 @@ class GenerationsApplication(PixevoApplication):
         ``normalised`` is :meth:`quote`'s answer for this request, when the caller has it;
         ``cause`` what the generation is for (by default, itself).
         """
-        normalised = normalised or self.quote(request)
+        normalised = normalised or self.quote(request, user_id)
         request_hash = _digest(
             [
                 request.model,
@@ -187,6 +214,7 @@ class GenerationsApplication(PixevoApplication):
             fingerprint=fingerprint(normalised),
             request_hash=request_hash,
             cause=cause,
+            inputs=records(normalised.inputs),
         )
         # both or neither (a racing duplicate conflicts on the key), batched with concurrent ones
         self.group_commit.save(generation, claim)
@@ -206,6 +234,7 @@ class GenerationsApplication(PixevoApplication):
             negative_prompt=switched["negative_prompt"] if switched else generation.negative_prompt,
             output_format=generation.output_format,
             cost_units=switched["cost"] if switched else generation.quote,
+            inputs=of_records(generation.inputs),
         )
 
     def normalised_for(self, generation: Generation, spec: ModelSpec) -> Normalised:
@@ -214,8 +243,8 @@ class GenerationsApplication(PixevoApplication):
         params: dict[str, Any] = dict(generation.params)
         if spec.capabilities.sizes:  # it takes pixels: the ratio only said how they were chosen
             params.pop("aspect_ratio", None)
-        if spec.capabilities.aspect_ratios is not None:  # it takes a ratio: pixels would conflict
-            params.pop("width", None)
+        if spec.capabilities.aspect_ratios is not None or spec.kind == "upscale":
+            params.pop("width", None)  # it takes a ratio, or its input's size: pixels conflict
             params.pop("height", None)
         request = GenerationRequest(
             model=spec.key,
@@ -225,7 +254,7 @@ class GenerationsApplication(PixevoApplication):
             allow_fallback=generation.allow_fallback,
             output_format=generation.output_format,
         )
-        return normalise(spec, request)
+        return normalise(spec, request, of_records(generation.inputs))
 
     def state(self, user_id: UUID | None, generation_id: UUID) -> GenerationState:
         """The generation as the write side has it, if ``user_id`` (when given) owns it."""

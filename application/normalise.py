@@ -3,12 +3,14 @@
 One common request is normalised per model: aspect ratios become exact pixels rounded to the
 model's multiple (or exact pixels the nearest supported ratio), what can be clamped is clamped
 with a warning, what cannot is refused naming the field. The quote is computed from the
-normalised parameters, so it is exactly what the hold will be.
+normalised parameters, so it is exactly what the hold will be. Image inputs (``params.image``,
+``params.mask``) arrive resolved; their rules are :mod:`application.inputs`'.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import ROUND_CEILING, Decimal
 from fractions import Fraction
@@ -17,6 +19,13 @@ from typing import Any
 from application.catalogue import ModelSpec, SizeRange
 from application.errors import CatalogueError
 from application.errors import InvalidRequest as InvalidRequest
+from application.inputs import (
+    ImageInput,
+    input_ratio,
+    require_image,
+    take_inputs,
+    upscaled_size,
+)
 from domain.credits import UNITS_PER_CREDIT
 
 OUTPUT_FORMATS = ("png", "jpeg", "webp", "avif")
@@ -24,7 +33,8 @@ MAX_PROMPT = 4000
 MAX_SEED = 2**32 - 1
 _DEFAULT_PIXELS = 1024 * 1024
 #: One normalised parameter as a provider receives it: a number (width, height, seed, steps,
-#: guidance, duration_s, scale) or a ratio's text (aspect_ratio).
+#: guidance, duration_s, scale), a ratio's text (aspect_ratio) or an image reference (image,
+#: mask: the adapter sends the resolved input in its place).
 ParamValue = int | float | str
 
 
@@ -47,9 +57,14 @@ class Normalised:
     output_format: str
     cost_units: int
     warnings: tuple[str, ...] = ()
+    #: The resolved image inputs, by parameter (``image``, ``mask``).
+    inputs: Mapping[str, ImageInput] = field(default_factory=dict)
 
 
-def normalise(spec: ModelSpec, request: GenerationRequest) -> Normalised:
+def normalise(
+    spec: ModelSpec, request: GenerationRequest, inputs: Mapping[str, ImageInput] | None = None
+) -> Normalised:
+    """``inputs``: the request's image references, resolved (see :mod:`application.inputs`)."""
     warnings: list[str] = []
     prompt = request.prompt.strip()
     if spec.kind != "upscale" and not prompt:
@@ -59,8 +74,14 @@ def normalise(spec: ModelSpec, request: GenerationRequest) -> Normalised:
     if request.output_format not in OUTPUT_FORMATS:
         raise InvalidRequest("output_format", f"one of {', '.join(OUTPUT_FORMATS)}")
     raw = dict(request.params)
-    params: dict[str, ParamValue] = {}
-    width, height = _dimensions(spec, raw, params, warnings)
+    inputs = inputs or {}
+    source = take_inputs(spec, raw, inputs)
+    params: dict[str, ParamValue] = {name: item.reference for name, item in inputs.items()}
+    if spec.kind == "upscale":
+        width, height = _upscaled(spec, raw, params, source)
+    else:
+        width, height = _dimensions(spec, raw, params, warnings, source)
+        require_image(spec, source)
     params["width"], params["height"] = width, height
     negative = (request.negative_prompt or "").strip() or None
     if negative and not spec.capabilities.negative_prompt:
@@ -70,7 +91,8 @@ def normalise(spec: ModelSpec, request: GenerationRequest) -> Normalised:
     _number(raw, params, "steps", low=1, high=100, kind=int, warnings=warnings)
     _number(raw, params, "guidance", low=0.0, high=30.0, kind=float, warnings=warnings)
     seconds = _duration(spec, raw, params)
-    _scale(spec, raw, params)
+    if spec.kind != "upscale":
+        _scale(spec, raw, params)
     unknown = sorted(
         set(raw)
         - {"aspect_ratio", "width", "height", "seed", "steps", "guidance", "duration_s", "scale"}
@@ -83,15 +105,29 @@ def normalise(spec: ModelSpec, request: GenerationRequest) -> Normalised:
         prompt=prompt,
         negative_prompt=negative,
         output_format=request.output_format,
-        cost_units=cost_units(spec, width, height, seconds),
+        cost_units=cost_units(
+            spec, width, height, seconds, input_pixels=source.pixels if source else None
+        ),
         warnings=tuple(warnings),
+        inputs=dict(inputs),
     )
 
 
-def cost_units(spec: ModelSpec, width: int, height: int, seconds: int | None) -> int:
+def cost_units(
+    spec: ModelSpec,
+    width: int,
+    height: int,
+    seconds: int | None,
+    *,
+    input_pixels: int | None = None,
+) -> int:
     price = spec.pricing.credits
     if spec.pricing.unit == "megapixel":
         amount = price * Decimal(width * height) / Decimal(1_000_000)
+    elif spec.pricing.unit == "input_megapixel":
+        if input_pixels is None:
+            raise CatalogueError(f"{spec.key} prices its input, but takes none")
+        amount = price * Decimal(input_pixels) / Decimal(1_000_000)
     elif spec.pricing.unit == "second":
         amount = price * Decimal(seconds or 1)
     else:
@@ -102,10 +138,30 @@ def cost_units(spec: ModelSpec, width: int, height: int, seconds: int | None) ->
 # -- dimensions ----------------------------------------------------------------------------
 
 
-def _dimensions(
-    spec: ModelSpec, raw: dict[str, Any], params: dict[str, Any], warnings: list[str]
+def _upscaled(
+    spec: ModelSpec, raw: dict[str, Any], params: dict[str, Any], source: ImageInput | None
 ) -> tuple[int, int]:
+    """An upscale's output: its input's size times the scale (never asked for directly)."""
+    for name in ("width", "height", "aspect_ratio"):
+        if raw.get(name) is not None:
+            raise InvalidRequest(f"params.{name}", "an upscale is its input's size x params.scale")
+    scale = _scale(spec, raw, params)
+    source = require_image(spec, source)
+    if source is None or scale is None:  # pragma: no cover - both required just above
+        raise CatalogueError(f"{spec.key} is an upscaler without scales")
+    return upscaled_size(spec, source, scale)
+
+
+def _dimensions(
+    spec: ModelSpec,
+    raw: dict[str, Any],
+    params: dict[str, Any],
+    warnings: list[str],
+    source: ImageInput | None = None,
+) -> tuple[int, int]:
+    """Pixels (or a ratio) as asked; without either, the input's (an edit) or the default."""
     caps = spec.capabilities
+    budget = min(source.pixels if source else _DEFAULT_PIXELS, caps.max_pixels)
     ratio_text = raw.get("aspect_ratio")
     has_pixels = "width" in raw or "height" in raw
     if ratio_text is not None and has_pixels:
@@ -121,19 +177,15 @@ def _dimensions(
                 "params.aspect_ratio", f"{spec.key} supports {', '.join(caps.aspect_ratios)}"
             )
         params["aspect_ratio"] = ratio_text
-        ratio = _ratio(ratio_text) if ratio_text != "match_input" else Fraction(1)
-        return _fit(ratio, min(_DEFAULT_PIXELS, caps.max_pixels), 8, 64, 8192)
+        ratio = _ratio(ratio_text) if ratio_text != "match_input" else input_ratio(source)
+        return _fit(ratio, budget, 8, 64, 8192)
     sizes = _sizes(spec)
     if has_pixels:
         w, h = _pixels(raw)
     elif ratio_text is not None:
-        w, h = _fit(
-            _ratio(ratio_text),
-            min(_DEFAULT_PIXELS, caps.max_pixels),
-            sizes.multiple_of,
-            sizes.min,
-            sizes.max,
-        )
+        w, h = _fit(_ratio(ratio_text), budget, sizes.multiple_of, sizes.min, sizes.max)
+    elif source is not None:
+        w, h = source.width, source.height
     else:
         w = h = min(1024, sizes.max)
     fitted = _clamp(w, h, spec)
@@ -278,13 +330,14 @@ def _duration(spec: ModelSpec, raw: dict[str, Any], params: dict[str, Any]) -> i
     return int(seconds)
 
 
-def _scale(spec: ModelSpec, raw: dict[str, Any], params: dict[str, Any]) -> None:
+def _scale(spec: ModelSpec, raw: dict[str, Any], params: dict[str, Any]) -> int | None:
     allowed = spec.capabilities.scales
     if allowed is None:
         if raw.get("scale") is not None:
             raise InvalidRequest("params.scale", f"{spec.key} is not an upscaler")
-        return
+        return None
     scale = raw.get("scale", allowed[0])
     if scale not in allowed or isinstance(scale, bool):
         raise InvalidRequest("params.scale", f"one of {', '.join(map(str, allowed))}")
     params["scale"] = scale
+    return int(scale)

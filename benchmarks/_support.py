@@ -370,7 +370,10 @@ def start_platform(
 ) -> tuple[ApiProcess, list[ChildProcess]]:
     """Starts the simulator (latency scale 0, on ``env.settings.simulator_port``), then the
     dispatcher, the projection runners, a worker and the API, with ``env``; returns the API and
-    every other process (all stopped when ``stack`` closes)."""
+    every other process (all stopped when ``stack`` closes). Every process knows the API's URL
+    (``PIXEVO_PUBLIC_URL``: the simulator fetches image inputs from it)."""
+    port = free_port()
+    env = replace(env, settings=replace(env.settings, public_url=f"http://127.0.0.1:{port}"))
     platform = launcher(
         env.settings,
         worker_processes=worker_processes,
@@ -393,7 +396,7 @@ def start_platform(
         stack.enter_context(ChildProcess(name, platform, logs / f"{name}.log"))
         for name in ("dispatcher", "projections", "worker")
     ]
-    api = stack.enter_context(ApiProcess(env, free_port(), api_workers))
+    api = stack.enter_context(ApiProcess(env, port, api_workers))
     api.wait_healthy()
     for child in children:
         child.check()

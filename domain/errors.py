@@ -12,6 +12,7 @@ PixevoError
  ├── InsufficientFunds    the account cannot pay for it
  ├── Unavailable          a dependency is down; the same request may succeed later
  ├── Forbidden            the caller may not do it
+ ├── TooLarge             what was sent is bigger than accepted (bytes, pixels)
  └── DomainError          a rule the domain refuses to break (also has its category)
       ├── InvalidAmount          Invalid: not a positive exact number of credits
       ├── InsufficientCredits    InsufficientFunds: a hold bigger than what is available
@@ -49,6 +50,10 @@ class Unavailable(PixevoError):
 
 class Forbidden(PixevoError):
     """The caller is not allowed to do this."""
+
+
+class TooLarge(PixevoError):
+    """What was sent is bigger than the platform accepts (bytes, or pixels once decoded)."""
 
 
 class DomainError(PixevoError):

@@ -50,6 +50,8 @@ class Generation(Aggregate):
     _cause: dict[str, str] | None = None
     #: The request as the last fallback recorded it for its model (see ``FellBack``).
     switched: dict[str, Any] | None = None
+    #: Its image inputs as resolved when it was requested (see ``Requested.inputs``).
+    inputs: dict[str, dict[str, Any]] | None = None
 
     class Requested(Aggregate.Created):
         user_id: UUID
@@ -66,6 +68,9 @@ class Generation(Aggregate):
         #: What the generation is for, ``{"type", "id"}``: a workflow node, a batch item...
         #: ``None`` (and events stored before it existed): the generation is its own cause.
         cause: dict[str, str] | None = None
+        #: Image inputs by parameter (``image``, ``mask``), resolved once: ``{"reference",
+        #: "storage_key", "width", "height", "media_type", "sha256"}``. ``None``: it has none.
+        inputs: dict[str, dict[str, Any]] | None = None
 
     class Funded(Aggregate.Event):
         hold_id: UUID
@@ -239,6 +244,7 @@ class Generation(Aggregate):
         fingerprint: str,
         request_hash: str,
         cause: dict[str, str] | None = None,
+        inputs: dict[str, dict[str, Any]] | None = None,
     ) -> None:
         self.user_id, self.model, self.provider = user_id, model, provider
         self.requested_model = model
@@ -246,6 +252,7 @@ class Generation(Aggregate):
         self.output_format, self.quote, self.allow_fallback = output_format, quote, allow_fallback
         self.fingerprint, self.request_hash = fingerprint, request_hash
         self._cause = cause
+        self.inputs = inputs
         self.status: Status = "requested"
         self.hold_id: UUID | None = None
         self.job_id: str | None = None
@@ -277,6 +284,7 @@ class Generation(Aggregate):
         fingerprint: str,
         request_hash: str,
         cause: Cause | None = None,
+        inputs: dict[str, dict[str, Any]] | None = None,
     ) -> Generation:
         return cls._create(
             cls.Requested,
@@ -293,6 +301,7 @@ class Generation(Aggregate):
             fingerprint=fingerprint,
             request_hash=request_hash,
             cause={"type": cause.type, "id": cause.id} if cause else None,
+            inputs=inputs,
         )
 
     @property

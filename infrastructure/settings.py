@@ -5,6 +5,8 @@ PIXEVO_DATABASE_URL       PostgreSQL URL; unset: an embedded server in the data 
 PIXEVO_REDIS_URL          Redis URL; unset: an embedded server in the data dir
 PIXEVO_DATA_DIR           embedded servers' data, the admin key (default ./.pixevo)
 PIXEVO_HTTP_HOST / _PORT  where the API listens (default 127.0.0.1 / 8000)
+PIXEVO_PUBLIC_URL         the API's base URL as providers reach it (signed links to image
+                          inputs); default http://<host>:<port> of the above
 PIXEVO_LOG_FORMAT         console (readable, default) or json (production)
 PIXEVO_LOG_LEVEL          a logging level name (default INFO)
 PIXEVO_REDIS_NAMESPACE    prefix of Redis keys and of Dramatiq queues (default pixevo)
@@ -34,6 +36,14 @@ class SettingsError(ValueError):
     pass
 
 
+def _public_url(value: str | None) -> str | None:
+    if not value:
+        return None
+    if not value.startswith(("http://", "https://")):
+        raise SettingsError(f"PIXEVO_PUBLIC_URL must be an http(s) URL, not {value!r}")
+    return value.rstrip("/")
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     database_url: str | None = None
@@ -41,6 +51,7 @@ class Settings:
     data_dir: Path = Path(".pixevo")
     http_host: str = "127.0.0.1"
     http_port: int = 8000
+    public_url: str | None = None
     log_format: str = "console"
     log_level: str = "INFO"
     redis_namespace: str = "pixevo"
@@ -108,6 +119,7 @@ class Settings:
             data_dir=Path(env.get("PIXEVO_DATA_DIR") or ".pixevo").absolute(),
             http_host=env.get("PIXEVO_HTTP_HOST", "127.0.0.1"),
             http_port=int(port),
+            public_url=_public_url(env.get("PIXEVO_PUBLIC_URL")),
             log_format=log_format,
             log_level=env.get("PIXEVO_LOG_LEVEL", "INFO").upper(),
             redis_namespace=env.get("PIXEVO_REDIS_NAMESPACE", "pixevo"),
@@ -133,6 +145,13 @@ class Settings:
         default = (f"http://127.0.0.1:{self.simulator_port}/{name}", f"sim-{name}-key")
         return self.providers.get(name, default)
 
+    def api_url(self) -> str:
+        """The API's base URL for those outside it (a provider fetching a signed link)."""
+        if self.public_url:
+            return self.public_url
+        host = "127.0.0.1" if self.http_host in ("", "0.0.0.0", "::") else self.http_host  # noqa: S104
+        return f"http://{host}:{self.http_port}"
+
     def classifier(self) -> str:
         """The image classifier's base URL: configured, or the simulator's moderation route."""
         return self.classifier_url or f"http://127.0.0.1:{self.simulator_port}/moderation"
@@ -152,6 +171,8 @@ class Settings:
             "PIXEVO_PROJECTION_BATCH": str(self.projection_batch),
             "PIXEVO_SIMULATOR_PORT": str(self.simulator_port),
         }
+        if self.public_url:
+            env["PIXEVO_PUBLIC_URL"] = self.public_url
         for name, (url, key) in self.providers.items():
             env[f"PIXEVO_PROVIDER_{name.upper()}_URL"] = url
             env[f"PIXEVO_PROVIDER_{name.upper()}_KEY"] = key

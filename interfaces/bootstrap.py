@@ -31,6 +31,7 @@ from application.moderation import RULES_FILE, BlockedBilling, ModerationPolicy,
 from application.post_processing import ProcessResult
 from application.reactions import Reaction, Reactor
 from application.saga import CancelAtProvider, FundGeneration, Generate, SettleGeneration
+from application.uploads import Uploads
 from application.users import Users
 from infrastructure import embedded
 from infrastructure.actors import REACTIONS_QUEUE, declare_react_actor
@@ -39,13 +40,16 @@ from infrastructure.broker import make_broker
 from infrastructure.dispatcher import Dispatcher
 from infrastructure.identity import PostgresUserStore
 from infrastructure.imaging.classifier import HttpClassifier
+from infrastructure.imaging.ingest import PyvipsIngest
 from infrastructure.imaging.pipeline import PyvipsPipeline
 from infrastructure.live import RedisLivePublisher
 from infrastructure.logging import configure_logging
 from infrastructure.migrations import migrate
 from infrastructure.postgres import datastore, eventstore_env
 from infrastructure.providers import Providers
+from infrastructure.providers.inputs import ProviderInputs
 from infrastructure.settings import Settings
+from infrastructure.signing import AssetSigner
 from infrastructure.storage import LocalBlobStore
 from infrastructure.tokens import StreamTokens, stream_secret
 from interfaces.http.auth import KeyCache
@@ -118,7 +122,7 @@ CONTEXTS: tuple[BoundedContext, ...] = (
             Projection(GenerationsView, lambda c, live: {"publisher": c.live if live else None}),
             Projection(ModelTimingsView),
         ),
-        extras=lambda c: {"moderation": c.moderation},
+        extras=lambda c: {"moderation": c.moderation, "blobs": c.blobs},
     ),
 )
 
@@ -228,7 +232,17 @@ class Container:
 
     @cached_property
     def providers(self) -> Providers:
-        return Providers(self.catalogue, self.settings.provider)
+        inputs = ProviderInputs(self.blobs, self.asset_signer, self.settings.api_url())
+        return Providers(self.catalogue, self.settings.provider, inputs=inputs)
+
+    @cached_property
+    def asset_signer(self) -> AssetSigner:
+        """Signs the links providers fetch image inputs from (the API verifies them)."""
+        return AssetSigner(stream_secret(self.settings.stream_secret, self.settings.data_dir))
+
+    @cached_property
+    def uploads(self) -> Uploads:
+        return Uploads(self.generations, self.blobs, PyvipsIngest())
 
     @cached_property
     def breakers(self) -> RedisCircuitBreakers:

@@ -10,6 +10,7 @@ from application.catalogue import Catalogue, ModelSpec
 from application.providers import ProviderAdapter
 from infrastructure.providers.http import HttpAdapter
 from infrastructure.providers.images import ImagesAdapter
+from infrastructure.providers.inputs import ProviderInputs
 from infrastructure.providers.predictions import PredictionsAdapter
 from infrastructure.providers.queue import QueueAdapter
 
@@ -31,8 +32,10 @@ class Providers:
         endpoint: Callable[[str], tuple[str, str]],
         client: httpx.Client | None = None,
         poll_interval_s: float = 0.25,
+        inputs: ProviderInputs | None = None,
     ) -> None:
         self.catalogue = catalogue
+        self.inputs = inputs
         self.endpoint = endpoint
         self.client = client or httpx.Client(
             timeout=httpx.Timeout(30.0, connect=5.0), limits=httpx.Limits(max_connections=64)
@@ -50,6 +53,7 @@ class Providers:
                 client=self.client,
                 auth_scheme=AUTH_SCHEMES[model.wire],
                 poll_interval_s=self.poll_interval_s,
+                inputs=self.inputs,
             )
             self._adapters[model.provider] = adapter
         return adapter

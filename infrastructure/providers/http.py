@@ -13,6 +13,7 @@ import httpx
 from application.catalogue import ModelSpec
 from application.normalise import Normalised
 from application.providers import Output, ProgressSink, ProviderFailure, Submitted
+from infrastructure.providers.inputs import ProviderInputs
 
 _CONTENT_MARKERS = ("content_policy", "nsfw", "safety", "flagged")
 
@@ -51,11 +52,26 @@ class HttpAdapter(ABC):
         client: httpx.Client | None = None,
         auth_scheme: str = "Bearer",
         poll_interval_s: float = 0.25,
+        inputs: ProviderInputs | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.client = client or httpx.Client(timeout=httpx.Timeout(30.0, connect=5.0))
         self.headers = {"Authorization": f"{auth_scheme} {api_key}"}
         self.poll_interval_s = poll_interval_s
+        self.inputs = inputs
+
+    def _input_access(self) -> ProviderInputs:
+        if self.inputs is None:
+            raise ProviderFailure("invalid_request", "this adapter cannot send image inputs")
+        return self.inputs
+
+    def input_links(self, request: Normalised) -> dict[str, str]:
+        """Each image input (``image``, ``mask``) as a signed link the provider fetches."""
+        return {name: self._input_access().url(item) for name, item in request.inputs.items()}
+
+    def input_data(self, request: Normalised) -> dict[str, str]:
+        """Each image input as base64, to send in the body."""
+        return {name: self._input_access().base64(item) for name, item in request.inputs.items()}
 
     @contextmanager
     def _mapped(self) -> Iterator[None]:

@@ -20,9 +20,10 @@ class ImagesAdapter(HttpAdapter):
             "size": f"{request.params['width']}x{request.params['height']}",
             "response_format": "b64_json",
         }
-        answer = self._call(
-            "POST", "/v1/images/generations", json=body, timeout=model.timeouts.total_s
-        )
+        # an edit sends its image (and mask) in the body, base64
+        body.update(self.input_data(request))
+        path = "/v1/images/edits" if request.inputs else "/v1/images/generations"
+        answer = self._call("POST", path, json=body, timeout=model.timeouts.total_s)
         try:
             data = base64.b64decode(answer["data"][0]["b64_json"], validate=True)
         except (KeyError, IndexError, TypeError, binascii.Error):

@@ -33,7 +33,8 @@ def provider_input(request: Normalised) -> dict[str, Any]:
 
 class PredictionsAdapter(HttpAdapter):
     def submit(self, model: ModelSpec, request: Normalised) -> Submitted:
-        body = {"model": model.key, "input": provider_input(request)}
+        # image inputs as URLs the provider fetches, in place of our references
+        body = {"model": model.key, "input": provider_input(request) | self.input_links(request)}
         created = self._call("POST", "/v1/predictions", json=body, timeout=model.timeouts.submit_s)
         return Submitted(job_id=str(created["id"]))
 

@@ -24,9 +24,11 @@ from infrastructure.providers.predictions import provider_input
 
 class QueueAdapter(HttpAdapter):
     def submit(self, model: ModelSpec, request: Normalised) -> Submitted:
-        queued = self._call(
-            "POST", f"/{model.key}", json=provider_input(request), timeout=model.timeouts.submit_s
-        )
+        body = provider_input(request)
+        for name, url in self.input_links(request).items():  # fal's style: image_url, mask_url
+            del body[name]
+            body[f"{name}_url"] = url
+        queued = self._call("POST", f"/{model.key}", json=body, timeout=model.timeouts.submit_s)
         return Submitted(job_id=str(queued["request_id"]))
 
     def wait(

@@ -5,7 +5,13 @@ predictions (provider "replicate")  POST /replicate/v1/predictions, GET .../{id}
 queue       (provider "fal")        POST /fal/{model}, GET /fal/requests/{id}/status[/stream]
                                     (SSE with previews), GET /fal/requests/{id},
                                     PUT /fal/requests/{id}/cancel
-images      (provider "openai")     POST /openai/v1/images/generations (base64, synchronous)
+images      (provider "openai")     POST /openai/v1/images/generations (base64, synchronous),
+                                    POST /openai/v1/images/edits (image, mask: base64)
+image inputs                        fetched at submission, as real providers take them: URLs in
+                                    input.image / input.mask (predictions) or image_url /
+                                    mask_url (queue); base64 in the body (images). Upscalers
+                                    resize the image by the scale; edit models blend the
+                                    prompt's picture into it (inside the mask, if given).
 files                               GET /files/{id}.{ext}, GET /files/{id}/preview/{n}
 moderation                          POST /moderation/v1/classify (image bytes -> nsfw score);
                                     faults under the provider name "moderation"
@@ -29,6 +35,7 @@ from litestar.response import ServerSentEvent, ServerSentEventMessage
 
 from application.catalogue import Catalogue, ModelSpec, UnknownModel, default_catalogue
 from infrastructure.simulator import render, video
+from infrastructure.simulator.inputs import InputRefused, fetch_inputs
 from infrastructure.simulator.state import Counters, Faults, Job, Simulator
 
 _TERMINAL = ("succeeded", "failed", "canceled")
@@ -112,10 +119,10 @@ def _prediction(request: Request[Any, Any, Any], job: Job) -> dict[str, Any]:
 async def create_prediction(request: Request[Any, Any, Any]) -> dict[str, Any]:
     sim = _guard(request, "replicate", submission=True)
     payload = await request.json()
-    job = sim.submit(
-        "replicate", _model(sim, str(payload.get("model"))), dict(payload.get("input") or {})
-    )
-    return _prediction(request, job)
+    model = _model(sim, str(payload.get("model")))
+    body = dict(payload.get("input") or {})
+    inputs = await _inputs(model, body.get("image"), body.get("mask"))
+    return _prediction(request, sim.submit("replicate", model, body, inputs))
 
 
 @get("/replicate/v1/predictions/{job_id:str}")
@@ -158,7 +165,9 @@ def _queue_status(sim: Simulator, job: Job) -> dict[str, Any]:
 @post("/fal/{model_key:str}", status_code=200)
 async def enqueue(request: Request[Any, Any, Any], model_key: str) -> dict[str, Any]:
     sim = _guard(request, "fal", submission=True)
-    job = sim.submit("fal", _model(sim, model_key), dict(await request.json()))
+    model, body = _model(sim, model_key), dict(await request.json())
+    inputs = await _inputs(model, body.get("image_url"), body.get("mask_url"))
+    job = sim.submit("fal", model, body, inputs)
     base = str(request.base_url).rstrip("/") + f"/fal/requests/{job.id}"
     return {
         "request_id": job.id,
@@ -233,11 +242,24 @@ async def queue_cancel(request: Request[Any, Any, Any], job_id: str) -> dict[str
 
 @post("/openai/v1/images/generations", status_code=200)
 async def generate_images(request: Request[Any, Any, Any]) -> dict[str, Any]:
+    return await _images(request, edit=False)
+
+
+@post("/openai/v1/images/edits", status_code=200)
+async def edit_images(request: Request[Any, Any, Any]) -> dict[str, Any]:
+    return await _images(request, edit=True)
+
+
+async def _images(request: Request[Any, Any, Any], *, edit: bool) -> dict[str, Any]:
     sim = _guard(request, "openai", submission=True)
     payload = dict(await request.json())
     width, _, height = str(payload.get("size", "1024x1024")).partition("x")
     payload.update(width=int(width), height=int(height))
-    job = sim.submit("openai", _model(sim, str(payload.get("model"))), payload)
+    model = _model(sim, str(payload.get("model")))
+    if edit != (model.kind == "edit"):
+        raise ProviderError(400, {"error": {"message": f"{model.key} is not for this route"}})
+    inputs = await _inputs(model, payload.pop("image", None), payload.pop("mask", None))
+    job = sim.submit("openai", model, payload, inputs)
     faults = sim.faults_for("openai")
     await asyncio.sleep(faults.hang_s if job.hung else job.latency_s)
     if job.rejected:
@@ -262,7 +284,18 @@ def _render(job: Job) -> bytes:
     if job.model.kind == "video":
         duration_s = int(job.input.get("duration_s") or 5)
         return video.mp4(prompt, job.seed, job.width, job.height, duration_s)
+    if job.model.kind == "upscale" and job.source is not None:
+        return render.upscale(job.source, int(job.input.get("scale") or 2))
+    if job.model.kind == "edit" and job.source is not None:
+        return render.edit(job.source, job.mask, prompt, job.seed, job.width, job.height)
     return render.render(prompt, job.seed, job.width, job.height)
+
+
+async def _inputs(model: ModelSpec, image: Any, mask: Any) -> tuple[bytes | None, bytes | None]:
+    try:
+        return await fetch_inputs(model, image, mask)
+    except InputRefused as refused:
+        raise ProviderError(422, {"detail": str(refused)}) from None
 
 
 @get("/files/{name:str}")
@@ -350,6 +383,7 @@ def create_simulator(catalogue: Catalogue | None = None, latency_scale: float = 
             queue_result,
             queue_cancel,
             generate_images,
+            edit_images,
             file,
             preview_file,
             set_faults,

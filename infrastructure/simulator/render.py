@@ -44,3 +44,39 @@ def preview(prompt: str, seed: int, width: int, height: int, progress: float) ->
     small = picture(prompt, seed, width, height).thumbnail_image(256)
     sigma = max(0.3, 8 * (1 - progress))
     return encode(small.gaussblur(sigma).cast("uchar"), "jpeg")
+
+
+def upscale(source: bytes, scale: int) -> bytes:
+    """The input, ``scale`` times wider and taller (Lanczos): an upscaler's output."""
+    image = pyvips.Image.new_from_buffer(source, "")
+    return encode(image.resize(scale, kernel="lanczos3"))
+
+
+def _editable(mask: bytes, width: int, height: int) -> pyvips.Image:
+    """Where an edit may change pixels (255) or not (0): a mask's transparent pixels (the
+    images wire style's convention), or its white ones when it has no alpha."""
+    image = pyvips.Image.new_from_buffer(mask, "")
+    if image.width != width or image.height != height:
+        image = image.resize(width / image.width, vscale=height / image.height)
+    if image.hasalpha():
+        return image[image.bands - 1] < 128
+    return image.colourspace("b-w")[0] > 127
+
+
+def edit(
+    source: bytes, mask: bytes | None, prompt: str, seed: int, width: int, height: int
+) -> bytes:
+    """The input at ``width`` x ``height`` with the prompt's picture blended into it: inside
+    the mask only when there is one (outside it the pixels stay as they were)."""
+    image = pyvips.Image.new_from_buffer(source, "")
+    if image.hasalpha():
+        image = image.flatten(background=[255, 255, 255])
+    image = image.colourspace("srgb").cast("uchar")
+    if image.bands == 1:
+        image = image.bandjoin([image, image])
+    if (image.width, image.height) != (width, height):
+        image = image.resize(width / image.width, vscale=height / image.height)
+    blended = (image * 0.6 + picture(prompt, seed, width, height) * 0.4).cast("uchar")
+    if mask is not None:
+        blended = _editable(mask, width, height).ifthenelse(blended, image)
+    return encode(blended.copy(interpretation="srgb"))

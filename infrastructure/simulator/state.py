@@ -41,6 +41,9 @@ class Job:
     cancelled: bool = False
     rejected: bool = False
     hung: bool = False
+    #: The image inputs' bytes (an upscale's or an edit's image, an edit's mask).
+    source: bytes | None = None
+    mask: bytes | None = None
 
     @property
     def width(self) -> int:
@@ -120,7 +123,13 @@ class Simulator:
                 return 500, {}
         return None
 
-    def submit(self, provider: str, model: ModelSpec, payload: dict[str, Any]) -> Job:
+    def submit(
+        self,
+        provider: str,
+        model: ModelSpec,
+        payload: dict[str, Any],
+        inputs: tuple[bytes | None, bytes | None] = (None, None),
+    ) -> Job:
         faults = self.faults_for(provider)
         scale = faults.latency_scale if faults.latency_scale is not None else self.latency_scale
         raw_seed = payload.get("seed")
@@ -137,6 +146,8 @@ class Simulator:
             seed=seed,
             rejected=bool(faults.reject_content and faults.reject_content in prompt),
             hung=faults.hang,
+            source=inputs[0],
+            mask=inputs[1],
         )
         with self._lock:
             counters = self.counters.setdefault(provider, Counters())

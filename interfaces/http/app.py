@@ -20,7 +20,7 @@ from litestar.openapi.spec import Components, SecurityScheme
 from litestar.types import ASGIApp, Receive, Scope, Send
 
 from interfaces.bootstrap import Container
-from interfaces.http import feed_routes, generation_routes, problems
+from interfaces.http import feed_routes, generation_routes, problems, upload_routes
 from interfaces.http.auth import PUBLIC_PATHS, ApiKeyAuthentication
 from interfaces.http.routes import ROUTES
 
@@ -85,10 +85,14 @@ def create_app(container: Container) -> Litestar:
     services = generation_routes.GenerationServices(
         lambda: container.generations, api.pool, api.timings, container.blobs
     )
+    uploads = upload_routes.UploadServices(
+        lambda: container.uploads, container.blobs, container.asset_signer
+    )
     # what the controllers take by name; built on first use (the API reads only the read side
     # until a route needs the write side)
     dependencies = {
         "services": _provide(lambda: services),
+        "upload_services": _provide(lambda: uploads),
         "billing": _provide(lambda: container.billing),
         "users": _provide(lambda: container.users),
         "catalogue": _provide(lambda: container.catalogue),
@@ -98,7 +102,12 @@ def create_app(container: Container) -> Litestar:
         "stream_tokens": _provide(lambda: api.stream_tokens),
     }
     return Litestar(
-        route_handlers=[*ROUTES, *generation_routes.ROUTES, *feed_routes.ROUTES],
+        route_handlers=[
+            *ROUTES,
+            *generation_routes.ROUTES,
+            *feed_routes.ROUTES,
+            *upload_routes.ROUTES,
+        ],
         lifespan=[resources],
         plugins=[api.channels],
         # what the authentication middleware reads (it has no dependency injection)

@@ -85,8 +85,10 @@ class Health(msgspec.Struct, omit_defaults=True):
 
 Prompt = Annotated[str, msgspec.Meta(max_length=4000, pattern=r"^[^\x00]*$")]
 OutputFormat = Literal["png", "jpeg", "webp", "avif"]
+#: A parameter's value; a text one is short (a ratio) or an image reference
+#: (``upload:<id>``, ``generation:<id>``).
 ParamValue = (
-    Annotated[str, msgspec.Meta(max_length=32, pattern=r"^[^\x00]*$")] | int | float | bool | None
+    Annotated[str, msgspec.Meta(max_length=64, pattern=r"^[^\x00]*$")] | int | float | bool | None
 )
 
 
@@ -216,3 +218,17 @@ class GenerationList(msgspec.Struct):
 class StreamToken(msgspec.Struct):
     token: str
     expires_at: datetime
+
+
+# -- uploads -------------------------------------------------------------------------------
+
+
+class Upload(msgspec.Struct):
+    id: UUID
+    url: str
+    width: int
+    height: int
+    format: str
+    bytes: int
+    sha256: str
+    created_at: datetime

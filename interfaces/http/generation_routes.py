@@ -17,7 +17,8 @@ from psycopg_pool import AsyncConnectionPool
 from application.assets import preview_key
 from application.catalogue import Catalogue, UnknownModel
 from application.generations import GenerationsApplication
-from application.normalise import GenerationRequest
+from application.inputs import references
+from application.normalise import GenerationRequest, Normalised
 from application.ports import BlobStore
 from application.users import User
 from domain.credits import format_credits
@@ -95,16 +96,24 @@ class GenerationServices:
 Services = NamedDependency[GenerationServices]
 
 
+async def _quote(services: GenerationServices, asked: GenerationRequest, user: UUID) -> Normalised:
+    """The quote; in a thread when image references must be read from the store first."""
+    if not references(asked.params):  # nothing but arithmetic: stay on the loop
+        return services.generations.quote(asked, user)
+    return await asyncio.to_thread(services.generations.quote, asked, user)
+
+
 class Generations(Controller):
     path = "/v1/generations"
 
     @post("/quote", status_code=200)
     async def quote(
         self,
+        request: Request[User, Any, Any],
         data: JSONBody[dto.CreateGeneration],
         services: Services,
     ) -> dto.Quote:
-        normalised = services.generations.quote(_request(data))
+        normalised = await _quote(services, _request(data), request.user.id)
         return dto.Quote(
             model=normalised.model,
             cost_credits=format_credits(normalised.cost_units),
@@ -121,7 +130,7 @@ class Generations(Controller):
         idempotency_key: IdempotencyKey = None,
     ) -> dto.GenerationView:
         asked = _request(data)
-        normalised = services.generations.quote(asked)
+        normalised = await _quote(services, asked, request.user.id)
         available = await ledger_queries.available(services.pool, request.user.id)
         if available * 10_000 < normalised.cost_units:  # the fast pre-check
             raise ProblemError(

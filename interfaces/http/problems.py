@@ -25,6 +25,7 @@ from application.errors import (
     InvalidRequest,
     NotFound,
     PixevoError,
+    TooLarge,
     Unavailable,
 )
 
@@ -56,6 +57,7 @@ STATUS_FOR: dict[type[PixevoError], int] = {
     InsufficientFunds: 402,
     Unavailable: 503,
     Forbidden: 403,
+    TooLarge: 413,
 }
 
 #: The libraries' own "cannot reach it" errors, answered like an :class:`Unavailable`. They are

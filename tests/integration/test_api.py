@@ -55,7 +55,14 @@ def test_health_and_ready(client: TestClient[Any]) -> None:
 CONTRACT = Path(__file__).parents[2] / "docs" / "API.md"
 #: The contract's sections the app implements today; the others (workflows, marketplace,
 #: webhooks, batches, ...) are the contract of open issues. Add a section here when it is built.
-IMPLEMENTED = ("Users and keys", "Health", "Credits", "Models", "Generations")
+IMPLEMENTED = (
+    "Users and keys",
+    "Health",
+    "Credits",
+    "Models",
+    "Generations",
+    "Image inputs (uploads and references)",
+)
 #: Routes the OpenAPI document cannot describe (it has no WebSocket operations).
 WEBSOCKETS = {("GET", "/v1/ws")}
 

@@ -22,6 +22,7 @@ from application.errors import (
     Invalid,
     NotFound,
     PixevoError,
+    TooLarge,
     Unavailable,
 )
 from application.generations import GenerationNotFound, IdempotencyConflict
@@ -30,6 +31,7 @@ from application.moderation import ContentPolicyViolation
 from application.normalise import InvalidRequest
 from application.ports import CircuitOpen
 from application.retry import ConcurrencyConflict
+from application.uploads import ImageTooLarge, NotAnImage, UploadNotFound
 from application.users import EmailTaken, InvalidEmail
 from domain.errors import DomainError, HoldClosed, InsufficientCredits, InvalidAmount, UnknownHold
 from domain.generation import GenerationFinished
@@ -37,13 +39,14 @@ from infrastructure.tokens import InvalidStreamToken
 from interfaces.http import problems
 from projections.ledger_queries import BadCursor
 
-CATEGORIES = (NotFound, Conflict, Invalid, InsufficientFunds, Unavailable, Forbidden)
+CATEGORIES = (NotFound, Conflict, Invalid, InsufficientFunds, Unavailable, Forbidden, TooLarge)
 
 #: Every error class we raise on purpose, and the status it must answer with.
 EXPECTED: dict[type[Exception], int] = {
     AccountNotFound: 404,
     UnknownModel: 404,
     GenerationNotFound: 404,
+    UploadNotFound: 404,
     UnknownHold: 404,
     EmailTaken: 409,
     IdempotencyConflict: 409,
@@ -55,6 +58,8 @@ EXPECTED: dict[type[Exception], int] = {
     InvalidEmail: 422,
     InvalidAmount: 422,
     BadCursor: 422,
+    NotAnImage: 422,
+    ImageTooLarge: 413,
     InsufficientCredits: 402,
     CircuitOpen: 503,
     ClassifierUnavailable: 503,
