@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 from uuid import UUID
 
+import structlog
 from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, HeaderParameter, JSONBody, Parameter
@@ -132,6 +133,7 @@ class Generations(Controller):
         generation, _ = await asyncio.to_thread(
             services.generations.request, request.user.id, asked, idempotency_key, normalised
         )
+        structlog.contextvars.bind_contextvars(generation_id=str(generation.id))
         return view_of(generation)
 
     @get("/{generation_id:uuid}")
