@@ -187,6 +187,7 @@ class Generations(Controller):
         services: Services,
     ) -> dto.GenerationView:
         generations = services.generations
+        structlog.contextvars.bind_contextvars(generation_id=str(generation_id))
         generation = await asyncio.to_thread(generations.cancel, request.user.id, generation_id)
         return view_of(generation)
 
