@@ -19,6 +19,7 @@ from application.saga.provider_call import DEFER_S
 from domain.billing import CreditAccount
 from domain.credits import to_units
 from domain.generation import Generation
+from infrastructure.settings import Settings, SettingsError
 from tests.unit.test_generation_reactions import (
     FakeAdapter,
     FakeBreakers,
@@ -294,3 +295,41 @@ def test_a_cancelling_generation_past_its_deadline_is_cancelled(saga: Saga) -> N
     )
     assert deadlines.expire(gid) is True
     assert saga.generation(gid).status == "cancelled"
+
+
+def test_a_result_stuck_in_processing_fails_at_its_deadline_and_is_not_charged(
+    saga: Saga,
+) -> None:
+    """An image step that keeps raising leaves it ``processing``: the deadline ends it."""
+    clock = Clock()
+    gid = submitted(saga)
+    generation = saga.generation(gid)
+    generation.produced("k", 64, 64, "image/png", 3, 10)
+    saga.generations.save(generation)
+    clock.at = saga.generation(gid).since + timedelta(hours=1)
+    providers = FakeProviders(replicate=FakeAdapter())
+    assert Deadlines(saga.generations, providers, Patience(), clock).expire(gid) is True
+    assert (saga.generation(gid).error or {}).get("code") == "deadline_exceeded"
+    SettleGeneration(saga.generations, saga.billing).handle(
+        saga.last(gid, Generation.Failed), saga.tracking("settle")
+    )
+    assert saga.available() == to_units(10)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("PIXEVO_USER_CONCURRENCY", "0"),
+        ("PIXEVO_DEFER_LIMIT_S", "soon"),
+        ("PIXEVO_DEADLINE_MARGIN_S", "-1"),
+    ],
+)
+def test_bad_patience_settings_are_refused_by_name(name: str, value: str) -> None:
+    with pytest.raises(SettingsError, match=name):
+        Settings.from_env({name: value})
+
+
+def test_patience_settings_reach_child_processes() -> None:
+    settings = Settings.from_env({"PIXEVO_USER_CONCURRENCY": "3", "PIXEVO_DEFER_LIMIT_S": "90"})
+    again = Settings.from_env(settings.as_env())
+    assert (again.user_concurrency, again.defer_limit_s, again.deadline_margin_s) == (3, 90, 60)
