@@ -41,8 +41,34 @@ class CircuitBreakers(Protocol):
 
 
 class Deferral(Exception):
-    """The work cannot go on now; run it again after ``delay_s`` (durably, via the broker)."""
+    """The work cannot go on now. The worker parks its message durably (in PostgreSQL, not in
+    the broker) and runs it again after ``delay_s``; with ``delay_s`` ``None``, when a slot of
+    ``user_id``'s frees (first in, first out per user: see :class:`ProviderSlots`)."""
 
-    def __init__(self, reason: str, delay_s: float) -> None:
+    def __init__(
+        self,
+        reason: str,
+        delay_s: float | None,
+        *,
+        generation_id: UUID | None = None,
+        user_id: UUID | None = None,
+    ) -> None:
         super().__init__(reason)
         self.delay_s = delay_s
+        self.generation_id, self.user_id = generation_id, user_id
+
+
+class ProviderSlots(Protocol):
+    """The per-user cap on generations at a provider at once, shared by every worker."""
+
+    @property
+    def cap(self) -> int: ...
+
+    def take(self, user_id: UUID, generation_id: UUID) -> bool:
+        """A slot for the generation (the one it holds already, if any); ``False`` when the
+        user has ``cap`` taken, or older generations of theirs wait for one."""
+        ...
+
+    def release(self, generation_id: UUID) -> None:
+        """Frees its slot (if any) and wakes whoever admits the user's next waiting one."""
+        ...

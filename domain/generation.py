@@ -1,12 +1,18 @@
 """The generation context's aggregate: one request for an image or a video, from ask to result.
 
     requested ─▶ funded ─▶ queued ─▶ running ─▶ processing ─▶ completed
-        │           │         │          │            └──────▶ blocked (moderation)
-        └───────────┴─────────┴──────────┴──▶ failed | cancelled
+        │           │       ▲  │        │ │           └──────▶ blocked (moderation)
+        │           │  deferred│        │ └─▶ cancelling ─▶ cancelled (the provider confirmed)
+        │           │          │        │          └──────▶ processing (it finished first)
+        └───────────┴──────────┴────────┴──▶ failed | cancelled
 
 Exactly one billable outcome: ``Completed`` names what is charged (never above the quote);
 ``Failed`` and ``Cancelled`` charge nothing. The provider's job id is recorded before anyone
 waits on it, so a worker that dies mid-call is resumed without submitting twice.
+
+Nothing waits for ever: a deferred generation (its provider down, or its user at the cap of
+generations at the provider) gives up at ``give_up_at``, and any other unfinished one once it
+has been in its status longer than its model allows (:meth:`Generation.expire`).
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ Status = Literal[
     "queued",
     "running",
     "processing",
+    "cancelling",
     "completed",
     "failed",
     "cancelled",
@@ -48,6 +55,12 @@ class Generation(Aggregate):
     processed: dict[str, Any] | None = None
     moderation: dict[str, Any] | None = None
     _cause: dict[str, str] | None = None
+    #: When it entered its status (or was last handed to a provider); ``None``: when requested.
+    _since: datetime | None = None
+    #: A deferred generation's next attempt (``None``: when woken) and when it gives up.
+    retry_at: datetime | None = None
+    give_up_at: datetime | None = None
+    deferrals: int = 0
     #: The request as the last fallback recorded it for its model (see ``FellBack``).
     switched: dict[str, Any] | None = None
     #: Its image inputs as resolved when it was requested (see ``Requested.inputs``).
@@ -77,6 +90,7 @@ class Generation(Aggregate):
 
         def apply(self, aggregate: Any) -> None:
             aggregate.status, aggregate.hold_id = "funded", self.hold_id
+            aggregate._since = self.timestamp
 
     class Queued(Aggregate.Event):
         model: str
@@ -88,6 +102,7 @@ class Generation(Aggregate):
                 self.model,
                 self.provider,
             )
+            aggregate._since = self.timestamp
 
     class FellBack(Aggregate.Event):
         """Another model takes over, with the request normalised for it (``params``,
@@ -105,7 +120,7 @@ class Generation(Aggregate):
         def apply(self, aggregate: Any) -> None:
             aggregate.fallback_from = aggregate.fallback_from or self.from_model
             aggregate.model, aggregate.provider = self.to_model, self.provider
-            aggregate.job_id = None
+            aggregate.job_id, aggregate._since = None, self.timestamp
             aggregate.switched = (
                 None
                 if self.params is None
@@ -117,10 +132,19 @@ class Generation(Aggregate):
             )
 
     class Deferred(Aggregate.Event):
+        """It waits (back in ``queued``): for its provider to recover (``retry_at``: the next
+        try), or for a slot under its user's cap (``retry_at`` ``None``: when one frees). The
+        first deferral sets ``give_up_at``. Both are ``None`` in events stored before them."""
+
         reason: str
+        retry_at: datetime | None = None
+        give_up_at: datetime | None = None
 
         def apply(self, aggregate: Any) -> None:
-            aggregate.deferred = self.reason
+            aggregate.status, aggregate.deferred = "queued", self.reason
+            aggregate.retry_at, aggregate.give_up_at = self.retry_at, self.give_up_at
+            aggregate.deferrals = aggregate.deferrals + 1
+            aggregate._since = self.timestamp
 
     class Submitted(Aggregate.Event):
         job_id: str | None
@@ -129,6 +153,7 @@ class Generation(Aggregate):
         def apply(self, aggregate: Any) -> None:
             aggregate.status, aggregate.job_id = "running", self.job_id
             aggregate.attempts, aggregate.deferred = self.attempt, None
+            aggregate.retry_at, aggregate._since = None, self.timestamp
 
     class Produced(Aggregate.Event):
         storage_key: str
@@ -139,7 +164,7 @@ class Generation(Aggregate):
         provider_ms: int
 
         def apply(self, aggregate: Any) -> None:
-            aggregate.status = "processing"
+            aggregate.status, aggregate._since = "processing", self.timestamp
             aggregate.result = {
                 "storage_key": self.storage_key,
                 "width": self.width,
@@ -223,8 +248,11 @@ class Generation(Aggregate):
             )
 
     class CancelRequested(Aggregate.Event):
+        """Shown as ``cancelling`` until the provider confirms (or it was not submitted)."""
+
         def apply(self, aggregate: Any) -> None:
             aggregate.cancel_requested = True
+            aggregate.status, aggregate._since = "cancelling", self.timestamp
 
     class Cancelled(Aggregate.Event):
         def apply(self, aggregate: Any) -> None:
@@ -381,9 +409,62 @@ class Generation(Aggregate):
             cost=cost,
         )
 
-    def defer(self, reason: str) -> None:
-        if not self.finished and self.deferred != reason:
-            self.trigger_event(self.Deferred, reason=reason)
+    def defer(
+        self,
+        reason: str,
+        *,
+        now: datetime,
+        retry_at: datetime | None,
+        give_up_at: datetime,
+        code: str = "provider_unavailable",
+    ) -> bool:
+        """Waits (``retry_at``: when to try again; ``None``: until woken), at most until the
+        first deferral's ``give_up_at``; past it, fails with ``code``. A generation being
+        cancelled is cancelled instead (no provider has it). ``False`` when it ended."""
+        if self.finished:
+            return False
+        if self.cancel_requested:
+            self.cancel()
+            return False
+        give_up = self.give_up_at or give_up_at
+        if now >= give_up:
+            self.fail(code, f"{reason}; gave up waiting at {give_up.isoformat()}")
+            return False
+        if self.deferred != reason or retry_at is not None or self.status != "queued":
+            self.trigger_event(self.Deferred, reason=reason, retry_at=retry_at, give_up_at=give_up)
+        return True
+
+    @property
+    def since(self) -> datetime:
+        """When it entered its status (or its provider was last changed)."""
+        return self._since or self.created_on
+
+    def due(self, allowance: timedelta) -> datetime | None:
+        """When it has waited too long: a deferred one at ``give_up_at``, any other unfinished
+        one ``allowance`` after :attr:`since`; ``None`` once finished."""
+        if self.finished:
+            return None
+        if self.deferred is not None and self.give_up_at is not None:
+            return self.give_up_at
+        return self.since + allowance
+
+    def expire(self, now: datetime, allowance: timedelta) -> bool:
+        """Ends it if it is past :meth:`due` (a late sweep of a finished one changes nothing):
+        cancelled if a cancel was asked, else failed ``deadline_exceeded`` with the reason."""
+        due = self.due(allowance)
+        if due is None or now < due:
+            return False
+        if self.cancel_requested and self.status != "processing":
+            self.cancel()
+        elif self.deferred is not None and self.retry_at is not None:  # its provider was down
+            self.fail("provider_unavailable", f"{self.deferred}; gave up at {due.isoformat()}")
+        else:
+            self.fail(
+                "deadline_exceeded",
+                f"still {self.status} at its deadline {due.isoformat()} "
+                f"({int(allowance.total_seconds())} s after {self.since.isoformat()})",
+            )
+        return True
 
     def produced(
         self,
@@ -468,9 +549,10 @@ class Generation(Aggregate):
         self._check_open()
         if self.status == "processing":  # the provider has delivered (and billed): too late
             raise GenerationFinished(f"generation {self.id} has its result; it is being processed")
+        unsubmitted = self.job_id is None and self.status in NOT_SUBMITTED
         if not self.cancel_requested:
             self.trigger_event(self.CancelRequested)
-        if self.job_id is None and self.status in NOT_SUBMITTED:
+        if unsubmitted:
             self.cancel()
             return False
         return True
@@ -520,7 +602,9 @@ STATUS_AFTER: dict[type[Aggregate.Event], Status] = {
     Generation.Requested: "requested",
     Generation.Funded: "funded",
     Generation.Queued: "queued",
+    Generation.Deferred: "queued",
     Generation.Submitted: "running",
+    Generation.CancelRequested: "cancelling",
     Generation.Produced: "processing",
     Generation.Blocked: "blocked",
     Generation.Reinstated: "completed",

@@ -23,8 +23,20 @@ WORKER_POLL_MS = 100
 MAINTENANCE_CHANCE = 200_000  # per million fetches
 
 
+#: Ids bound where a message is sent that travel with it, to be bound where it is processed.
+PROPAGATED = ("generation_id", "workflow_run_id", "request_id")
+
+
 class LogContext(Middleware):
-    """Binds the message's ids to structlog's context for the message's lifetime."""
+    """Binds the message's ids to structlog's context for the message's lifetime, and carries
+    the sender's bound ids (:data:`PROPAGATED`) in the message, so a generation's id is on
+    every line from the request through the dispatcher and the actor to the provider call."""
+
+    def before_enqueue(self, _broker: dramatiq.Broker, message: Any, _delay: int) -> None:
+        bound = structlog.contextvars.get_contextvars()
+        carried = {k: str(bound[k]) for k in PROPAGATED if bound.get(k) is not None}
+        if carried:
+            message.options["log_context"] = carried
 
     def before_process_message(self, _broker: dramatiq.Broker, message: MessageProxy) -> None:
         structlog.contextvars.clear_contextvars()
@@ -36,6 +48,7 @@ class LogContext(Middleware):
                 for k, v in message.kwargs.items()
                 if k.endswith("_id") or k in ("reaction", "upstream")
             },
+            **dict(message.options.get("log_context") or {}),
         )
 
     def after_process_message(self, *_: Any, **__: Any) -> None:

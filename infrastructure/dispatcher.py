@@ -39,13 +39,17 @@ class Dispatcher:
         enqueue: Enqueue,
         *,
         batch_size: int = 200,
+        log_key: str | None = None,
     ) -> None:
+        """``log_key``: the name under which an event's originator id is bound while its
+        messages are sent (``generation_id``): it travels with them (see ``LogContext``)."""
         self.database_url = database_url
         self.application_name = application_name
         self.recorder = recorder
         self.subscriptions = dict(subscriptions)
         self.enqueue = enqueue
         self.batch_size = batch_size
+        self.log_key = log_key
         self.stopping = threading.Event()
         self._topics = sorted({t for topics in self.subscriptions.values() for t in topics})
         self._conn: psycopg.Connection[tuple[int]] | None = None
@@ -69,9 +73,12 @@ class Dispatcher:
         position = self.position()
         notifications, covered = read_after(self.recorder, position, self.batch_size, self._topics)
         for notification in notifications:
-            for reaction, topics in self.subscriptions.items():
-                if notification.topic in topics:
-                    self.enqueue(reaction, self.application_name, notification.id)
+            ids = {self.log_key: str(notification.originator_id)} if self.log_key else {}
+            with structlog.contextvars.bound_contextvars(**ids):
+                for reaction, topics in self.subscriptions.items():
+                    if notification.topic in topics:
+                        self.enqueue(reaction, self.application_name, notification.id)
+                        log.debug("dispatcher.sent", reaction=reaction, position=notification.id)
         if covered > position:
             self.conn.execute(
                 "INSERT INTO reactions.dispatch_positions (application_name, notification_id) "

@@ -2,7 +2,8 @@
 
 ``json`` renders one JSON object per line (production); ``console`` renders readable lines
 (development). Context bound with ``structlog.contextvars`` (request, user, generation, workflow
-run ids) appears on every line, including the libraries' own.
+run ids) appears on every line, including the libraries' own and the application's (which
+logs through the standard library, with its fields as ``extra``).
 """
 
 from __future__ import annotations
@@ -54,7 +55,9 @@ def configure_logging(log_format: str = "console", level: str = "INFO") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
-            foreign_pre_chain=shared,
+            # the application logs through the standard library (it imports no structlog):
+            # its ``extra`` fields (job ids, attempts) become fields of the line
+            foreign_pre_chain=[*shared, structlog.stdlib.ExtraAdder()],
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                 structlog.processors.format_exc_info if log_format == "json" else _identity,

@@ -19,6 +19,9 @@ PIXEVO_MODERATION_NSFW_THRESHOLD   classifier score that blocks an image (defaul
 PIXEVO_MODERATION_BLOCKED_BILLING  waive (default) or charge: is a blocked generation billed
 PIXEVO_MODERATION_RULES            a prompt rules TOML file (default: the shipped rules)
 PIXEVO_CLASSIFIER_URL              the image classifier (default: the simulator's)
+PIXEVO_DEFER_LIMIT_S      how long a deferred generation waits at most (default 3600)
+PIXEVO_DEADLINE_MARGIN_S  what any other status gets beyond its model's total timeout (60)
+PIXEVO_USER_CONCURRENCY   a user's generations at providers at once (default 8)
 """
 
 from __future__ import annotations
@@ -64,6 +67,9 @@ class Settings:
     moderation_rules: Path | None = None
     classifier_url: str | None = None
     providers: dict[str, tuple[str, str]] = field(default_factory=dict)  # name: (url, key)
+    defer_limit_s: float = 3600.0
+    deadline_margin_s: float = 60.0
+    user_concurrency: int = 8
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -105,6 +111,11 @@ class Settings:
             heartbeat = 0.0
         if not 0.1 <= heartbeat <= 300:
             raise SettingsError(f"PIXEVO_SSE_HEARTBEAT_S must be 0.1..300 seconds, not {beat!r}")
+        defer_limit = _seconds(env, "PIXEVO_DEFER_LIMIT_S", "3600", 1, 7 * 86400)
+        margin = _seconds(env, "PIXEVO_DEADLINE_MARGIN_S", "60", 0, 86400)
+        concurrency = env.get("PIXEVO_USER_CONCURRENCY", "8")
+        if not concurrency.isdigit() or not 0 < int(concurrency) <= 10_000:
+            raise SettingsError(f"PIXEVO_USER_CONCURRENCY must be 1..10000, not {concurrency!r}")
         providers = {
             key[len("PIXEVO_PROVIDER_") : -len("_URL")].lower(): (
                 value,
@@ -132,6 +143,9 @@ class Settings:
             moderation_rules=Path(rules).absolute() if rules else None,
             classifier_url=env.get("PIXEVO_CLASSIFIER_URL") or None,
             providers=providers,
+            defer_limit_s=defer_limit,
+            deadline_margin_s=margin,
+            user_concurrency=int(concurrency),
         )
 
     def urls(self) -> tuple[str, str]:
@@ -185,6 +199,9 @@ class Settings:
             env["PIXEVO_MODERATION_RULES"] = str(self.moderation_rules)
         if self.classifier_url:
             env["PIXEVO_CLASSIFIER_URL"] = self.classifier_url
+        env["PIXEVO_DEFER_LIMIT_S"] = str(self.defer_limit_s)
+        env["PIXEVO_DEADLINE_MARGIN_S"] = str(self.deadline_margin_s)
+        env["PIXEVO_USER_CONCURRENCY"] = str(self.user_concurrency)
         if self.database_url:
             env["PIXEVO_DATABASE_URL"] = self.database_url
         if self.redis_url:
@@ -199,3 +216,14 @@ class Settings:
         """Puts these settings into this process's environment, for what reads it after us
         (a factory uvicorn calls, the workers it spawns)."""
         os.environ.update(self.as_env())
+
+
+def _seconds(env: Mapping[str, str], name: str, default: str, low: float, high: float) -> float:
+    value = env.get(name, default)
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not low <= seconds <= high:
+        raise SettingsError(f"{name} must be {low:g}..{high:g} seconds, not {value!r}")
+    return seconds

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
 from functools import cached_property
 from typing import Any, cast
 
@@ -19,6 +20,7 @@ import dramatiq
 import psycopg
 import psycopg_pool
 import redis.asyncio as aioredis
+import structlog
 from litestar.channels import ChannelsPlugin
 from litestar.channels.backends.redis import RedisChannelsPubSubBackend
 from psycopg import sql
@@ -28,9 +30,11 @@ from application.billing import BillingApplication
 from application.catalogue import Catalogue, UnknownModel, default_catalogue
 from application.generations import GenerationsApplication
 from application.moderation import RULES_FILE, BlockedBilling, ModerationPolicy, PromptRules
+from application.ports import Deferral
 from application.post_processing import ProcessResult
 from application.reactions import Reaction, Reactor
 from application.saga import CancelAtProvider, FundGeneration, Generate, SettleGeneration
+from application.saga.deadlines import Deadlines, Patience
 from application.uploads import Uploads
 from application.users import Users
 from infrastructure import embedded
@@ -45,15 +49,18 @@ from infrastructure.imaging.pipeline import PyvipsPipeline
 from infrastructure.live import RedisLivePublisher
 from infrastructure.logging import configure_logging
 from infrastructure.migrations import migrate
+from infrastructure.parking import Parking, ProviderSlots
 from infrastructure.postgres import datastore, eventstore_env
 from infrastructure.providers import Providers
 from infrastructure.providers.inputs import ProviderInputs
+from infrastructure.scheduler import Scheduler
 from infrastructure.settings import Settings
 from infrastructure.signing import AssetSigner
 from infrastructure.storage import LocalBlobStore
 from infrastructure.tokens import StreamTokens, stream_secret
 from interfaces.http.auth import KeyCache
 from interfaces.http.streams import LiveFeeds
+from projections import generation_queries
 from projections.base import ProjectionView
 from projections.generations import GenerationsView
 from projections.ledger import LedgerView
@@ -112,14 +119,28 @@ CONTEXTS: tuple[BoundedContext, ...] = (
         GenerationsApplication,
         reactions=(
             lambda c: FundGeneration(c.generations, c.billing, ProjectedResultCache(c.pool)),
-            lambda c: Generate(c.generations, c.providers, c.breakers, c.blobs, live=c.live),
+            lambda c: Generate(
+                c.generations,
+                c.providers,
+                c.breakers,
+                c.blobs,
+                live=c.live,
+                slots=c.slots,
+                patience=c.patience,
+            ),
             lambda c: CancelAtProvider(c.generations, c.providers),
             lambda c: SettleGeneration(c.generations, c.billing),
             lambda c: ProcessResult(c.generations, c.blobs, PyvipsPipeline(), c.classifier),
         ),
         projections=(
             # it publishes the live feed (not while rebuilding)
-            Projection(GenerationsView, lambda c, live: {"publisher": c.live if live else None}),
+            Projection(
+                GenerationsView,
+                lambda c, live: {
+                    "publisher": c.live if live else None,
+                    "allowance": c.patience.allowance_of(c.catalogue),
+                },
+            ),
             Projection(ModelTimingsView),
         ),
         extras=lambda c: {"moderation": c.moderation, "blobs": c.blobs},
@@ -259,6 +280,22 @@ class Container:
         )
 
     @cached_property
+    def patience(self) -> Patience:
+        settings = self.settings
+        return Patience(
+            defer_limit=timedelta(seconds=settings.defer_limit_s),
+            margin=timedelta(seconds=settings.deadline_margin_s),
+        )
+
+    @cached_property
+    def slots(self) -> ProviderSlots:
+        return ProviderSlots(self.pool, self.settings.user_concurrency)
+
+    @cached_property
+    def parking(self) -> Parking:
+        return Parking(self.pool)
+
+    @cached_property
     def classifier(self) -> HttpClassifier:
         return HttpClassifier(self.settings.classifier())
 
@@ -332,7 +369,12 @@ class Container:
     def react_actors(self) -> dict[str, dramatiq.Actor[..., None]]:
         """One actor per queue the reactions use (``reactions`` always)."""
         queues = sorted({REACTIONS_QUEUE, *self.reactor.queues()})
-        return {q: declare_react_actor(self.broker, lambda: self.reactor, q) for q in queues}
+        return {
+            q: declare_react_actor(self.broker, lambda: self.reactor, self.park, q) for q in queues
+        }
+
+    def park(self, reaction: str, upstream: str, notification_id: int, why: Deferral) -> None:
+        self.parking.park(reaction, upstream, notification_id, why)
 
     @property
     def react_actor(self) -> dramatiq.Actor[..., None]:
@@ -351,9 +393,27 @@ class Container:
                 app.recorder,
                 self.reactor.subscriptions(name),
                 self.enqueue_reaction,
+                log_key="generation_id" if name == "generations" else None,
             )
             for name, app in self.applications.items()
         ]
+
+    def scheduler(self) -> Scheduler:
+        """Parked messages sent again, capped generations admitted, deadlines swept."""
+        return Scheduler(
+            self.database_url, self.parking, self.slots, self.enqueue_reaction, self.sweep
+        )
+
+    def sweep(self) -> int:
+        """Ends generations past their deadline; frees the slots of finished generations."""
+        deadlines = Deadlines(self.generations, self.providers, self.patience)
+        ended = 0
+        for generation_id in generation_queries.overdue(self.pool, datetime.now(UTC)):
+            with structlog.contextvars.bound_contextvars(generation_id=str(generation_id)):
+                ended += deadlines.expire(generation_id)
+        for generation_id in generation_queries.finished_among(self.pool, self.slots.held()):
+            self.slots.release(generation_id)
+        return ended
 
     # -- read side -------------------------------------------------------------------------
 

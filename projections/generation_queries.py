@@ -10,6 +10,7 @@ from uuid import UUID
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
+from domain.generation import TERMINAL
 from domain.ids import uuid7_time
 from projections.generations import GenerationsView
 from projections.ledger_queries import BadCursor, decode_cursor, encode_cursor
@@ -110,4 +111,41 @@ def screened_since(pool: ConnectionPool, since: datetime) -> list[UUID]:
         ]
 
 
-__all__ = ["BadCursor", "cached_result", "generation", "page", "screened_since"]
+def overdue(pool: ConnectionPool, now: datetime, limit: int = 100) -> list[UUID]:
+    """Unfinished generations past their deadline at ``now``, the longest overdue first (the
+    sweep's candidates: each aggregate decides for itself)."""
+    with pool.connection() as conn:
+        return [
+            row[0]
+            for row in conn.execute(
+                f"SELECT id FROM {SCHEMA}.generations WHERE deadline_at < %s "
+                "ORDER BY deadline_at LIMIT %s",
+                [now, limit],
+            )
+        ]
+
+
+def finished_among(pool: ConnectionPool, ids: list[UUID]) -> list[UUID]:
+    """Those of ``ids`` whose generation has finished."""
+    if not ids:
+        return []
+    with pool.connection() as conn:
+        return [
+            row[0]
+            for row in conn.execute(
+                f"SELECT id FROM {SCHEMA}.generations WHERE id = ANY(%s) "
+                f"AND status IN ({', '.join(repr(s) for s in sorted(TERMINAL))})",
+                [ids],
+            )
+        ]
+
+
+__all__ = [
+    "BadCursor",
+    "cached_result",
+    "finished_among",
+    "generation",
+    "overdue",
+    "page",
+    "screened_since",
+]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 from uuid import UUID
@@ -13,8 +13,10 @@ from psycopg import Cursor
 from psycopg.rows import DictRow
 from psycopg.types.json import Jsonb
 
+from application.catalogue import default_catalogue
 from application.live import LiveMessage, LivePublisher
 from application.logs import topic_of
+from application.saga.deadlines import Patience
 from domain.credits import to_credits
 from domain.generation import STATUS_AFTER, TERMINAL, Generation
 from projections.base import NotifiedEvent, ProjectionView
@@ -43,8 +45,10 @@ COLUMNS = (
     "completed_at",
     "updated_at",
     "version",
+    "deadline_at",
+    "waiting",
 )
-_JSON = ("params", "result_metadata", "error")
+_JSON = ("params", "result_metadata", "error", "waiting")
 
 
 def apply(row: dict[str, Any] | None, event: Any) -> dict[str, Any] | None:
@@ -74,6 +78,8 @@ def apply(row: dict[str, Any] | None, event: Any) -> dict[str, Any] | None:
             "completed_at": None,
             "updated_at": event.timestamp,
             "version": event.originator_version,
+            "deadline_at": None,
+            "waiting": None,
         }
     if row is None or event.originator_version <= row["version"]:
         return row
@@ -148,9 +154,14 @@ _CHANGES: dict[type, Callable[[dict[str, Any], Any], None]] = {
         fallback_from=row["fallback_from"] or e.from_model,
     ),
     Generation.Deferred: lambda row, e: row.update(
-        notice=f"taking longer than usual: {e.reason}; it will resume by itself"
+        notice=f"taking longer than usual: {e.reason}; it will resume by itself",
+        waiting={
+            "reason": e.reason,
+            "retry_at": e.retry_at.isoformat() if e.retry_at else None,
+            "give_up_at": e.give_up_at.isoformat() if e.give_up_at else None,
+        },
     ),
-    Generation.Submitted: lambda row, _: row.update(notice=None),
+    Generation.Submitted: lambda row, _: row.update(notice=None, waiting=None),
     Generation.Produced: _produced,
     Generation.Processed: _processed,
     Generation.Blocked: _blocked,
@@ -160,17 +171,36 @@ _CHANGES: dict[type, Callable[[dict[str, Any], Any], None]] = {
         error={"code": e.code, "message": e.message},
         completed_at=e.timestamp,
         charged_credits=to_credits(0),
+        waiting=None,
     ),
     Generation.Cancelled: lambda row, e: row.update(
-        completed_at=e.timestamp, charged_credits=to_credits(0)
+        completed_at=e.timestamp, charged_credits=to_credits(0), waiting=None
     ),
 }
 
 
 #: Changes subscribers do not see (the status stays ``processing``; ``completed`` follows).
 _SILENT = frozenset({Generation.Processed})
-_DATES = ("created_at", "updated_at", "completed_at")
+_DATES = ("created_at", "updated_at", "completed_at", "deadline_at")
 _AMOUNTS = ("cost_credits", "charged_credits")
+
+
+#: Events that restart the clock of a generation's status (as the aggregate's ``since``).
+_CLOCKED = frozenset({*STATUS_AFTER, Generation.FellBack})
+
+
+def deadline(
+    row: dict[str, Any], event: Any, allowance: Callable[[str], timedelta]
+) -> datetime | None:
+    """The row's ``deadline_at`` after ``event``: as ``Generation.due`` decides it."""
+    if row["status"] in TERMINAL:
+        return None
+    waiting = row.get("waiting") or {}
+    if waiting.get("give_up_at"):
+        return datetime.fromisoformat(waiting["give_up_at"])
+    if type(event) in _CLOCKED:
+        return event.timestamp + allowance(row["model_key"])  # type: ignore[no-any-return]
+    return row.get("deadline_at")
 
 
 def feed_entry(row: dict[str, Any], event: Any) -> tuple[str, dict[str, Any]]:
@@ -187,6 +217,7 @@ def feed_entry(row: dict[str, Any], event: Any) -> tuple[str, dict[str, Any]]:
         "model": row["model_key"],
         "provider": row["provider"],
         "notice": row["notice"],
+        "waiting": row.get("waiting"),
         "fallback_from": row["fallback_from"],
         "at": event.timestamp.isoformat(),
     }
@@ -226,6 +257,7 @@ class GenerationsView(ProjectionView):
             Generation.FellBack,
             Generation.Deferred,
             Generation.Submitted,
+            Generation.CancelRequested,
             Generation.Produced,
             Generation.Processed,
             Generation.Completed,
@@ -237,10 +269,18 @@ class GenerationsView(ProjectionView):
     )
     partitioned_tables = ("generations", "feed")
 
-    def __init__(self, *args: Any, publisher: LivePublisher | None = None, **kwargs: Any) -> None:
-        """``publisher``: where committed feed messages go (none while rebuilding)."""
+    def __init__(
+        self,
+        *args: Any,
+        publisher: LivePublisher | None = None,
+        allowance: Callable[[str], timedelta] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """``publisher``: where committed feed messages go (none while rebuilding);
+        ``allowance``: how long a model's generation may stay in one status."""
         super().__init__(*args, **kwargs)
         self.publisher = publisher
+        self.allowance = allowance or Patience().allowance_of(default_catalogue())
         self._unpublished: list[LiveMessage] = []
         self._published_to: int | None = None  # recorded in the next batch's transaction
 
@@ -254,6 +294,8 @@ class GenerationsView(ProjectionView):
             key = item.event.originator_id
             before = rows.get(key)
             after = rows[key] = apply(before, item.event)
+            if after is not None and after is not before:
+                after["deadline_at"] = deadline(after, item.event, self.allowance)
             touched.add(key)
             if after is not None and after is not before and type(item.event) not in _SILENT:
                 kind, data = feed_entry(after, item.event)

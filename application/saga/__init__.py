@@ -3,12 +3,14 @@
     FundGeneration       Requested        -> a hold on the user's credits (for the generation's
                                              cause), then Funded + Queued, or served from the
                                              cache, or Failed: insufficient_credits
-    Generate             Queued           -> the provider (see :mod:`.provider_call` for retry,
+    Generate             Queued           -> a slot under the user's cap (or wait in line),
+                                             the provider (see :mod:`.provider_call` for retry,
                                              circuit breaker, fallback and deferral) ->
                                              Submitted, then Produced
-    CancelAtProvider     CancelRequested  -> the provider is told; Cancelled
+    CancelAtProvider     CancelRequested  -> the provider is told; Cancelled once it confirms
     SettleGeneration     Completed | Failed | Cancelled | Blocked -> capture or release the hold
 
+(:mod:`.deadlines`: the sweep that ends a generation past its deadline.)
 (``Produced`` is taken on by :class:`application.post_processing.ProcessResult`.)
 
 Each records its effect with a tracking record of the event it handles, so a redelivered

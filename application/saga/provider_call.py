@@ -7,14 +7,17 @@
 
 A fallback hands the request, normalised again for the equivalent model, to that model (the
 only time a stored request is normalised again: see ``GenerationsApplication.normalised_for``)
-and records it with its cost there; a deferral records why and asks the broker to run the
-message again later.
+and records it with its cost there; a deferral records why, when it tries again and when it
+gives up (``Deferred``), and raises :class:`Deferral`: the worker parks the message durably.
+A synchronous provider's call is recorded as started (``running``) before it is made.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
+from datetime import timedelta
 from uuid import UUID
 
 from application.catalogue import ModelSpec
@@ -22,10 +25,14 @@ from application.generations import GenerationsApplication
 from application.normalise import InvalidRequest, Normalised
 from application.ports import CircuitBreakers, CircuitOpen, Deferral
 from application.providers import ProviderAdapter, ProviderFailure, Submitted
+from application.saga.deadlines import Clock, Patience, utc_now
 from domain.generation import Generation, GenerationFinished
 
-#: How long a deferred generation waits before it tries its provider again.
+#: How long a deferred generation first waits before it tries its provider again; each further
+#: deferral doubles it, up to :data:`DEFER_MAX_S`.
 DEFER_S = 5.0
+DEFER_MAX_S = 30.0
+log = logging.getLogger(__name__)
 
 
 class SwitchedModel(Exception):
@@ -40,8 +47,12 @@ class ProviderCall:
         generations: GenerationsApplication,
         breakers: CircuitBreakers,
         sleep: Callable[[float], None] = time.sleep,
+        patience: Patience | None = None,
+        now: Clock = utc_now,
     ) -> None:
         self.generations, self.breakers, self.sleep = generations, breakers, sleep
+        self.patience = patience or Patience()
+        self.now = now
 
     def submit(
         self, generation: Generation, spec: ModelSpec, adapter: ProviderAdapter
@@ -50,6 +61,9 @@ class ProviderCall:
         :class:`Deferral` while no provider can take it, :class:`ProviderFailure` when it
         failed for good."""
         request = self.generations.sent_request(generation)
+        synchronous = spec.wire == "images"
+        if synchronous:  # it answers when it is done: show it running while it works
+            self._record(generation.id, None, 1, spec, adapter)
         for attempt in range(1, spec.retry.attempts + 1):
             try:
                 with self.breakers.guard(spec.provider):
@@ -61,9 +75,29 @@ class ProviderCall:
                     if failure.kind in ("unavailable", "timeout"):
                         self._fall_back_or_defer(generation, spec, failure.kind)
                     raise
-                self.sleep(self._delay(failure, spec, attempt))
+                delay = self._delay(failure, spec, attempt)
+                log.info(
+                    "provider.retry",
+                    extra={
+                        "model": spec.key,
+                        "attempt": attempt,
+                        "kind": failure.kind,
+                        "retry_in_s": delay,
+                    },
+                )
+                self.sleep(delay)
                 continue
-            self._record(generation.id, submitted.job_id, attempt, spec, adapter)
+            if not synchronous:
+                self._record(generation.id, submitted.job_id, attempt, spec, adapter)
+            log.info(
+                "provider.submitted",
+                extra={
+                    "model": spec.key,
+                    "provider": spec.provider,
+                    "job_id": submitted.job_id,
+                    "attempt": attempt,
+                },
+            )
             return submitted
         raise ProviderFailure("provider_error", "no attempt left")  # pragma: no cover
 
@@ -89,6 +123,9 @@ class ProviderCall:
             raise
 
     def _fall_back_or_defer(self, generation: Generation, spec: ModelSpec, reason: str) -> None:
+        if self.generations.generation(None, generation.id).cancel_requested:
+            self.generations.change(generation.id, Generation.cancel)  # nobody has it
+            raise GenerationFinished(f"generation {generation.id} was cancelled")
         if generation.allow_fallback:
             for key in spec.fallbacks:
                 candidate = self.generations.catalogue.get(key)
@@ -99,9 +136,54 @@ class ProviderCall:
                 except InvalidRequest:
                     continue
                 self._switch(generation.id, candidate, request, f"{spec.provider}: {reason}")
+                log.info(
+                    "provider.fell_back",
+                    extra={"from_model": spec.key, "to_model": key, "reason": reason},
+                )
                 raise SwitchedModel
-        self.generations.change(generation.id, lambda g: g.defer(f"{spec.provider} is unavailable"))
-        raise Deferral(f"{spec.provider} is unavailable ({reason})", DEFER_S)
+        delay = min(DEFER_MAX_S, DEFER_S * 2 ** min(generation.deferrals, 10))
+        self._defer(generation, f"{spec.provider} is unavailable", f"({reason})", delay)
+
+    def wait_for_slot(self, generation: Generation, cap: int) -> None:
+        """Its user has ``cap`` generations at providers: it waits in line for a slot."""
+        why = f"waiting its turn: at most {cap} of your generations run at once"
+        self._defer(generation, why, "", None, code="deadline_exceeded")
+
+    def _defer(
+        self,
+        generation: Generation,
+        why: str,
+        detail: str,
+        delay: float | None,
+        code: str = "provider_unavailable",
+    ) -> None:
+        """Records the deferral (or, past its limit, the failure) and raises :class:`Deferral`
+        (or :class:`GenerationFinished`)."""
+        now = self.now()
+        waiting: list[bool] = []
+
+        def defer(g: Generation) -> None:
+            waiting.append(
+                g.defer(
+                    why,
+                    now=now,
+                    retry_at=None if delay is None else now + timedelta(seconds=delay),
+                    give_up_at=now + self.patience.defer_limit,
+                    code=code,
+                )
+            )
+
+        self.generations.change(generation.id, defer)
+        if not waiting[-1]:
+            log.warning("generation.gave_up", extra={"reason": why})
+            raise GenerationFinished(f"generation {generation.id} stopped waiting: {why}")
+        log.info("generation.deferred", extra={"reason": f"{why} {detail}", "retry_in_s": delay})
+        raise Deferral(
+            f"{why} {detail}".strip(),
+            delay,
+            generation_id=generation.id,
+            user_id=generation.user_id,
+        )
 
     def _switch(self, generation_id: UUID, to: ModelSpec, request: Normalised, reason: str) -> None:
         def fall_back(generation: Generation) -> None:

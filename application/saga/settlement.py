@@ -43,7 +43,10 @@ class SettleGeneration(Reaction):
         hold = hold_id_for(generation.cause)
         if str(hold) in account.holds:
             if isinstance(event, Generation.Completed):
-                account.capture(hold, event.charged)
+                note = None
+                if generation.cancel_requested:  # the provider finished before the cancel
+                    note = "cancel asked after the provider had finished: billed as delivered"
+                account.capture(hold, event.charged, note)
             elif isinstance(event, Generation.Blocked):
                 if event.charged is not None:  # None: a rescreen after billing was settled
                     note = (

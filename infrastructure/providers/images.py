@@ -47,5 +47,6 @@ class ImagesAdapter(HttpAdapter):
     ) -> Output:
         raise ProviderFailure("invalid_request", "a synchronous provider has no jobs to wait on")
 
-    def cancel(self, model: ModelSpec, job_id: str) -> None:
-        """Nothing to cancel: the answer is the result."""
+    def cancel(self, model: ModelSpec, job_id: str) -> bool:  # noqa: ARG002
+        """Nothing to cancel: the answer is the result (what it delivers stands)."""
+        return False

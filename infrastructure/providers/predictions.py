@@ -68,8 +68,12 @@ class PredictionsAdapter(HttpAdapter):
                 on_progress(Progress(percent=-1.0))  # the provider reports no percentage
             time.sleep(self.poll_interval_s)
 
-    def cancel(self, model: ModelSpec, job_id: str) -> None:
-        self._call("POST", f"/v1/predictions/{job_id}/cancel", timeout=model.timeouts.submit_s)
+    def cancel(self, model: ModelSpec, job_id: str) -> bool:
+        prediction = self._call(
+            "POST", f"/v1/predictions/{job_id}/cancel", timeout=model.timeouts.submit_s
+        )
+        status = (prediction or {}).get("status")
+        return status not in ("succeeded", "failed")  # canceled, or being cancelled
 
     @staticmethod
     def _output(model: ModelSpec, prediction: dict[str, Any]) -> Output:

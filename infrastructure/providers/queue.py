@@ -91,9 +91,11 @@ class QueueAdapter(HttpAdapter):
             content_type=str(item.get("content_type") or "image/png"),
         )
 
-    def cancel(self, model: ModelSpec, job_id: str) -> None:
+    def cancel(self, model: ModelSpec, job_id: str) -> bool:
         try:
             self._call("PUT", f"/requests/{job_id}/cancel", timeout=model.timeouts.submit_s)
         except ProviderFailure as failure:
-            if failure.kind != "invalid_request":  # already finished: nothing to cancel
+            if failure.kind != "invalid_request":
                 raise
+            return False  # already finished: nothing to cancel
+        return True

@@ -68,7 +68,7 @@ def _guard(request: Request[Any, Any, Any], provider: str, *, submission: bool) 
         if failure:
             status, headers = failure
             raise ProviderError(status, {"detail": f"simulated {status}"}, headers)
-    elif sim.faults_for(provider).outage:
+    elif sim.poll_failure(provider):
         raise ProviderError(503, {"detail": "simulated outage"})
     return sim
 

@@ -24,6 +24,7 @@ class Faults(msgspec.Struct, kw_only=True):
     hang: bool = False  # jobs never finish (sync calls hang up to hang_s)
     hang_s: float = 30.0
     outage: bool = False  # every call answers 503
+    poll_errors: int = 0  # the next N calls about submitted jobs (status, stream) answer 503
     reject_content: str | None = None  # prompts containing this end content-rejected
     latency_scale: float | None = None  # multiplies the model's latency; 0 = instant
     nsfw_score: float | None = None  # the moderation classifier answers this for every image
@@ -81,6 +82,7 @@ class Counters:
     cancels: int = 0
     rejected_429: int = 0
     errors: int = 0
+    poll_errors: int = 0  # status calls answered 503 by the poll_errors fault
     #: When the recent accepted submissions and 429s arrived (seconds on the simulator's
     #: monotonic clock: only differences mean anything), so a test can see a client wait.
     submitted_at: list[float] = field(default_factory=list)
@@ -122,6 +124,18 @@ class Simulator:
                 counters.errors += 1
                 return 500, {}
         return None
+
+    def poll_failure(self, provider: str) -> bool:
+        """Whether this status call about a submitted job meets a (transient) 503."""
+        with self._lock:
+            faults = self.faults_for(provider)
+            if faults.outage:
+                return True
+            if faults.poll_errors > 0:
+                faults.poll_errors -= 1
+                self.counters.setdefault(provider, Counters()).poll_errors += 1
+                return True
+        return False
 
     def submit(
         self,

@@ -34,6 +34,9 @@ PROCESSES = ("api", "projections", "dispatcher", "worker", "simulator")
 WORKER_MODULE = "interfaces.worker"
 SIMULATED_PROVIDERS = ("replicate", "fal", "openai")
 GRACE_S = 15.0
+#: A worker's threads: well above a user's cap on generations at providers (8 by default), so
+#: that one user's calls in flight never hold every thread while others' messages wait.
+WORKER_THREADS = 16
 
 
 def with_simulator(settings: Settings, simulator_url: str) -> Settings:
@@ -62,7 +65,7 @@ class Launcher:
     settings: Settings
     worker_module: str = WORKER_MODULE
     worker_processes: int = 1
-    worker_threads: int = 8
+    worker_threads: int = WORKER_THREADS
     worker_queues: tuple[str, ...] = ()
     worker_timeout_ms: int | None = None
     api_workers: int = 1

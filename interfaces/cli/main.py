@@ -1,7 +1,8 @@
 """``pixevo``: run the platform and operate it.
 
 pixevo up                               everything, in the foreground (embedded default)
-pixevo api | worker | dispatcher        one production process each
+pixevo api | worker | dispatcher        one production process each (the dispatcher's
+                                        process also runs the scheduler)
 pixevo projections run|status|rebuild   the read side
 pixevo migrate | partitions ensure      the database
 pixevo users create --email E ...       a user and their API key (JSON on stdout)
@@ -17,6 +18,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from interfaces.cli import audit, moderation, operate, up
+from interfaces.cli.launch import WORKER_THREADS
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -34,7 +36,7 @@ def _parser() -> argparse.ArgumentParser:
     api.set_defaults(run=operate.api)
     worker = sub.add_parser("worker", help="run Dramatiq workers")
     worker.add_argument("--processes", type=int, default=1)
-    worker.add_argument("--threads", type=int, default=8)
+    worker.add_argument("--threads", type=int, default=WORKER_THREADS)
     worker.add_argument(
         "--queues",
         nargs="+",

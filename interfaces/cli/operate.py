@@ -103,7 +103,9 @@ def simulator(args: argparse.Namespace) -> int:
 
 
 def dispatcher(_: argparse.Namespace) -> int:
-    return run_until_signalled(container().dispatchers(), lambda d: d.run_forever())
+    """The dispatchers and, beside them, the scheduler (parked work, slots, deadlines)."""
+    c = container()
+    return run_until_signalled([*c.dispatchers(), c.scheduler()], lambda d: d.run_forever())
 
 
 def projections_run(args: argparse.Namespace) -> int:

@@ -189,6 +189,16 @@ class Links(msgspec.Struct):
     events: str
 
 
+class Waiting(msgspec.Struct):
+    """Why a queued generation waits: its provider is down (``retry_at``: its next try) or its
+    user has the most generations at providers at once (``retry_at`` null: when one ends);
+    ``give_up_at``: when it fails instead, with nothing charged."""
+
+    reason: str
+    retry_at: datetime | None
+    give_up_at: datetime | None
+
+
 class GenerationView(msgspec.Struct):
     id: UUID
     status: str
@@ -208,6 +218,7 @@ class GenerationView(msgspec.Struct):
     completed_at: datetime | None
     links: Links
     notice: str | None = None  # e.g. its provider is down and it waits: taking longer than usual
+    waiting: Waiting | None = None
 
 
 class GenerationList(msgspec.Struct):

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 from uuid import UUID
 
+import structlog
 from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, HeaderParameter, JSONBody, Parameter
@@ -141,6 +142,7 @@ class Generations(Controller):
         generation, _ = await asyncio.to_thread(
             services.generations.request, request.user.id, asked, idempotency_key, normalised
         )
+        structlog.contextvars.bind_contextvars(generation_id=str(generation.id))
         return view_of(generation)
 
     @get("/{generation_id:uuid}")
@@ -194,6 +196,7 @@ class Generations(Controller):
         services: Services,
     ) -> dto.GenerationView:
         generations = services.generations
+        structlog.contextvars.bind_contextvars(generation_id=str(generation_id))
         generation = await asyncio.to_thread(generations.cancel, request.user.id, generation_id)
         return view_of(generation)
 

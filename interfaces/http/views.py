@@ -6,6 +6,8 @@ from __future__ import annotations
 from typing import Any
 from uuid import UUID
 
+import msgspec
+
 from application import assets
 from application.catalogue import ModelSpec
 from application.generations import GenerationState
@@ -114,6 +116,7 @@ def view_of_row(row: dict[str, Any]) -> dto.GenerationView:
         else None,
         error=dto.ErrorInfo(**row["error"]) if row["error"] else None,
         notice=row["notice"],
+        waiting=msgspec.convert(row["waiting"], dto.Waiting) if row.get("waiting") else None,
         served_from_cache=row["served_from_cache"],
         fallback_from=row["fallback_from"],
         created_at=row["created_at"],

@@ -53,3 +53,10 @@ CREATE TABLE IF NOT EXISTS {schema}.feed_published (
     singleton  boolean PRIMARY KEY DEFAULT true CHECK (singleton),
     position   bigint NOT NULL
 );
+-- When an unfinished generation is past due (a deferred one: when it gives up; any other: its
+-- model's total timeout plus a margin after it entered its status): the scheduler's sweep
+-- reads it. NULL once finished. And why and until when a deferred one waits.
+ALTER TABLE {schema}.generations ADD COLUMN IF NOT EXISTS deadline_at timestamptz;
+ALTER TABLE {schema}.generations ADD COLUMN IF NOT EXISTS waiting jsonb;
+CREATE INDEX IF NOT EXISTS generations_deadline ON {schema}.generations (deadline_at)
+    WHERE deadline_at IS NOT NULL;

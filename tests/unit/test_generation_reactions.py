@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -36,15 +37,26 @@ PNG = b"\x89PNG fake"
 class FakeAdapter:
     """A provider: answers each ``submit`` with the next scripted failure, then a job."""
 
-    def __init__(self, *failures: ProviderFailure, synchronous: bool = False) -> None:
+    def __init__(
+        self,
+        *failures: ProviderFailure,
+        synchronous: bool = False,
+        wait_failures: tuple[ProviderFailure, ...] = (),
+        cancel_answers: tuple[bool | ProviderFailure, ...] = (),
+    ) -> None:
         self.failures = list(failures)
         self.synchronous = synchronous
+        self.wait_failures = list(wait_failures)
+        self.cancel_answers = list(cancel_answers)
         self.submitted: list[Normalised] = []
         self.cancelled: list[str] = []
         self.waited: list[str] = []
+        self.on_submit: Any = None  # called with each submission, before it answers
 
     def submit(self, model: ModelSpec, request: Normalised) -> Submitted:
         self.submitted.append(request)
+        if self.on_submit is not None:
+            self.on_submit()
         if self.failures:
             raise self.failures.pop(0)
         output = Output("https://provider/result.png", None, 64, 64, "image/png")
@@ -56,10 +68,16 @@ class FakeAdapter:
         self, model: ModelSpec, job_id: str, on_progress: ProgressSink | None = None
     ) -> Output:
         self.waited.append(job_id)
+        if self.wait_failures:
+            raise self.wait_failures.pop(0)
         return Output("https://provider/result.png", None, 64, 64, "image/png")
 
-    def cancel(self, model: ModelSpec, job_id: str) -> None:
+    def cancel(self, model: ModelSpec, job_id: str) -> bool:
         self.cancelled.append(job_id)
+        answer = self.cancel_answers.pop(0) if self.cancel_answers else True
+        if isinstance(answer, ProviderFailure):
+            raise answer
+        return answer
 
     def fetch(self, output: Output) -> bytes:
         return PNG
@@ -221,7 +239,7 @@ def test_a_request_without_a_seed_never_asks_the_cache(saga: Saga) -> None:
 
 def test_every_event_leads_to_the_status_the_read_models_are_told(saga: Saga) -> None:
     """``STATUS_AFTER`` (what projections use) agrees with the aggregate's own ``apply``."""
-    first, second, third = (saga.generation(saga.request()) for _ in range(3))
+    first, second, third, fourth = (saga.generation(saga.request()) for _ in range(4))
     first.fund(uuid4())
     first.queue()
     first.submitted("j", 1)
@@ -233,8 +251,15 @@ def test_every_event_leads_to_the_status_the_read_models_are_told(saga: Saga) ->
     second.request_cancel()
     third.fund(uuid4())
     third.fail("x", "y")
+    fourth.fund(uuid4())
+    fourth.queue()
+    fourth.submitted(None, 1)  # a synchronous call, started
+    now = datetime.now(UTC)
+    fourth.defer("down", now=now, retry_at=now, give_up_at=now + timedelta(hours=1))
+    fourth.submitted("j", 1)
+    fourth.request_cancel()  # the provider has it: cancelling
     seen = set()
-    for generation in (first, second, third):
+    for generation in (first, second, third, fourth):
         replayed: Any = saga.generation(generation.id)  # as stored: Requested only
         for event in generation.collect_events():
             replayed = event.mutate(replayed)
@@ -486,7 +511,7 @@ def test_cancel_while_a_provider_has_the_job_asks_the_provider_first(saga: Saga)
     generation = saga.generation(gid)
     generation.submitted("job-9", 1)
     saga.generations.save(generation)
-    assert saga.generations.cancel(saga.user, gid).status == "running"  # not yet
+    assert saga.generations.cancel(saga.user, gid).status == "cancelling"  # not yet
     adapter = FakeAdapter()
     cancel = CancelAtProvider(saga.generations, FakeProviders(replicate=adapter))
     assert saga.deliver(cancel, saga.last(gid, Generation.CancelRequested)) == (True, False)
