@@ -17,6 +17,9 @@ PIXEVO_MODERATION_NSFW_THRESHOLD   classifier score that blocks an image (defaul
 PIXEVO_MODERATION_BLOCKED_BILLING  waive (default) or charge: is a blocked generation billed
 PIXEVO_MODERATION_RULES            a prompt rules TOML file (default: the shipped rules)
 PIXEVO_CLASSIFIER_URL              the image classifier (default: the simulator's)
+PIXEVO_RATE_LIMIT_PER_S   work-creating requests a user may make per second (default 10)
+PIXEVO_RATE_LIMIT_BURST   how many of them at once, above that rate (default 20)
+PIXEVO_CORS_ORIGINS       comma-separated origins a browser may call the API from (default none)
 """
 
 from __future__ import annotations
@@ -53,6 +56,9 @@ class Settings:
     moderation_rules: Path | None = None
     classifier_url: str | None = None
     providers: dict[str, tuple[str, str]] = field(default_factory=dict)  # name: (url, key)
+    rate_limit_per_s: float = 10.0
+    rate_limit_burst: int = 20
+    cors_origins: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -94,6 +100,7 @@ class Settings:
             heartbeat = 0.0
         if not 0.1 <= heartbeat <= 300:
             raise SettingsError(f"PIXEVO_SSE_HEARTBEAT_S must be 0.1..300 seconds, not {beat!r}")
+        per_s, burst = _rate_limit(env)
         providers = {
             key[len("PIXEVO_PROVIDER_") : -len("_URL")].lower(): (
                 value,
@@ -120,6 +127,9 @@ class Settings:
             moderation_rules=Path(rules).absolute() if rules else None,
             classifier_url=env.get("PIXEVO_CLASSIFIER_URL") or None,
             providers=providers,
+            rate_limit_per_s=per_s,
+            rate_limit_burst=burst,
+            cors_origins=_origins(env.get("PIXEVO_CORS_ORIGINS", "")),
         )
 
     def urls(self) -> tuple[str, str]:
@@ -164,6 +174,10 @@ class Settings:
             env["PIXEVO_MODERATION_RULES"] = str(self.moderation_rules)
         if self.classifier_url:
             env["PIXEVO_CLASSIFIER_URL"] = self.classifier_url
+        env["PIXEVO_RATE_LIMIT_PER_S"] = str(self.rate_limit_per_s)
+        env["PIXEVO_RATE_LIMIT_BURST"] = str(self.rate_limit_burst)
+        if self.cors_origins:
+            env["PIXEVO_CORS_ORIGINS"] = ",".join(self.cors_origins)
         if self.database_url:
             env["PIXEVO_DATABASE_URL"] = self.database_url
         if self.redis_url:
@@ -178,3 +192,29 @@ class Settings:
         """Puts these settings into this process's environment, for what reads it after us
         (a factory uvicorn calls, the workers it spawns)."""
         os.environ.update(self.as_env())
+
+
+def _rate_limit(env: Mapping[str, str]) -> tuple[float, int]:
+    rate = env.get("PIXEVO_RATE_LIMIT_PER_S", "10")
+    try:
+        per_s = float(rate)
+    except ValueError:
+        per_s = 0.0
+    if not 0 < per_s <= 1_000_000:
+        raise SettingsError(f"PIXEVO_RATE_LIMIT_PER_S must be above 0 (per second), not {rate!r}")
+    burst = env.get("PIXEVO_RATE_LIMIT_BURST", "20")
+    if not burst.isdigit() or not 0 < int(burst) <= 1_000_000:
+        raise SettingsError(f"PIXEVO_RATE_LIMIT_BURST must be 1..1000000, not {burst!r}")
+    return per_s, int(burst)
+
+
+def _origins(value: str) -> tuple[str, ...]:
+    """``https://app.example.com,http://localhost:3000`` as origins (scheme://host[:port])."""
+    origins = tuple(o.strip().rstrip("/") for o in value.split(",") if o.strip())
+    for origin in origins:
+        scheme, sep, rest = origin.partition("://")
+        if scheme not in ("http", "https") or not sep or not rest or "/" in rest:
+            raise SettingsError(
+                f"PIXEVO_CORS_ORIGINS takes origins like https://app.example.com, not {origin!r}"
+            )
+    return origins
