@@ -21,7 +21,7 @@ from litestar.types import ASGIApp, Receive, Scope, Send
 from interfaces.bootstrap import Container
 from interfaces.http import feed_routes, generation_routes, problems
 from interfaces.http.auth import PUBLIC_PATHS, ApiKeyAuthentication
-from interfaces.http.cors import cors_config, socket_origin_guard
+from interfaces.http.cors import allow_header, cors_config, socket_origin_guard
 from interfaces.http.openapi import RefinedJson, RefinedSwagger
 from interfaces.http.ratelimit import RateLimiter, rate_limit
 from interfaces.http.routes import ROUTES
@@ -114,6 +114,7 @@ def create_app(container: Container) -> Litestar:
         dependencies=dependencies,
         middleware=[
             request_context,
+            allow_header,
             DefineMiddleware(ApiKeyAuthentication, exclude=PUBLIC_PATHS),
             rate_limit(limiter),
         ],

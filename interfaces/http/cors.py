@@ -15,7 +15,8 @@ from litestar.connection import ASGIConnection
 from litestar.enums import ScopeType
 from litestar.exceptions import WebSocketException
 from litestar.handlers.base import BaseRouteHandler
-from litestar.types import Guard
+from litestar.routes import HTTPRoute
+from litestar.types import ASGIApp, Guard, Message, Receive, Scope, Send
 
 #: What a browser may send on a cross-origin request beyond the CORS-safelisted headers.
 ALLOW_HEADERS = ["Authorization", "Content-Type", "Idempotency-Key", "Last-Event-ID"]
@@ -71,3 +72,30 @@ def socket_origin_guard(origins: tuple[str, ...]) -> Guard:
         )
 
     return guard
+
+
+def allow_header(app: ASGIApp) -> ASGIApp:
+    """Middleware: Litestar's own ``OPTIONS`` answer lists in ``Allow`` the methods of the
+    first handler registered on a path only (``/v1/generations`` said ``OPTIONS, POST`` but
+    takes ``GET`` too); this lists every method the path's route takes."""
+    allowed: dict[str, bytes] = {}
+
+    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != ScopeType.HTTP or scope["method"] != "OPTIONS":
+            await app(scope, receive, send)
+            return
+        if not allowed:
+            for route in scope["litestar_app"].routes:
+                if isinstance(route, HTTPRoute):
+                    allowed[route.path] = ", ".join(sorted(route.methods)).encode()
+        methods = allowed.get(scope.get("path_template", ""))
+
+        async def send_allow(message: Message) -> None:
+            if message["type"] == "http.response.start" and methods is not None:
+                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"allow"]
+                message["headers"] = [*headers, (b"allow", methods)]
+            await send(message)
+
+        await app(scope, receive, send_allow)
+
+    return middleware

@@ -31,6 +31,8 @@ REQUEST_BODIES: tuple[type[msgspec.Struct], ...] = (
     dto.Grant,
 )
 PUBLIC = ("/health", "/ready")
+#: Server-Sent Events feeds (a stream for a finished generation answers 204: nothing to follow).
+EVENT_STREAMS = {"/v1/events": False, "/v1/generations/{generation_id}/events": True}
 #: (method, path) -> {link name: (target operation's method and path, its parameters)}.
 LINKS: dict[tuple[str, str], dict[str, tuple[str, str, dict[str, str]]]] = {
     ("post", "/v1/generations"): {
@@ -108,6 +110,15 @@ def _links(doc: dict[str, Any], method: str, path: str) -> dict[str, Any]:
     return links
 
 
+def _event_stream(responses: dict[str, Any], *, finished: bool) -> None:
+    responses["200"] = {
+        "description": "Server-Sent Events (resume with Last-Event-ID)",
+        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+    }
+    if finished:
+        responses["204"] = {"description": "finished: its final event was sent before"}
+
+
 def refine(doc: dict[str, Any], app: Litestar) -> dict[str, Any]:
     """Refines Litestar's document in place (once: it is cached by the app)."""
     schemas = doc.setdefault("components", {}).setdefault("schemas", {})
@@ -121,6 +132,10 @@ def refine(doc: dict[str, Any], app: Litestar) -> dict[str, Any]:
     for path, operations in doc.get("paths", {}).items():
         for method, operation in operations.items():
             responses = operation.setdefault("responses", {})
+            if path in PUBLIC:
+                operation["security"] = []
+            if path in EVENT_STREAMS:
+                _event_stream(responses, finished=EVENT_STREAMS[path])
             is_limited = (method, path) in limited
             for status in sorted(_statuses(method, path, is_limited)):
                 responses[str(status)] = _problem_response(status)

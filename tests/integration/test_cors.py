@@ -72,10 +72,10 @@ def test_a_preflight_on_every_route_allows_the_front_end(client: TestClient[Any]
 
 
 def test_a_plain_options_on_every_route_answers_without_a_key(client: TestClient[Any]) -> None:
-    for path, _ in routes(client):
+    for path, method in routes(client):
         answer = client.options(path)
         assert answer.status_code == 204, (path, answer.text)
-        assert "OPTIONS" in answer.headers["allow"], path
+        assert method in answer.headers["allow"], path
 
 
 def test_other_origins_are_refused(client: TestClient[Any]) -> None:
