@@ -71,7 +71,8 @@ const within = (ms, what) => new Promise((_, no) => setTimeout(() => no(new Erro
   const generation = await made.json();
   const events = [];
   await Promise.race([new Promise(yes => {
-    const feed = new EventSource(api + '/v1/generations/' + generation.id + '/events?token=' + token);
+    const path = '/v1/generations/' + generation.id + '/events?token=' + token;
+    const feed = new EventSource(api + path);
     for (const type of ['status', 'progress', 'completed', 'failed'])
       feed.addEventListener(type, e => {
         events.push(type);

@@ -60,7 +60,11 @@ def fuzz(base: str, key: str, report: Path) -> subprocess.CompletedProcess[str]:
         str(report),
         "--no-color",
     ]
-    return subprocess.run(argv, capture_output=True, text=True, timeout=240, check=False)
+    # run in the report's directory: the CLI keeps a .schemathesis folder where it runs
+    report.mkdir(parents=True, exist_ok=True)
+    return subprocess.run(
+        argv, capture_output=True, text=True, timeout=240, check=False, cwd=report
+    )
 
 
 def test_schemathesis_finds_nothing_as_a_user_or_an_admin(

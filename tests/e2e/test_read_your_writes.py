@@ -89,3 +89,26 @@ def test_a_replay_answers_the_first_generation_after_its_hold_took_the_credits(
     assert client.post("/v1/generations", json=BODY, headers=headers).status_code == 402
     other = client.post("/v1/generations", json={**BODY, "prompt": "other"}, headers=keyed)
     assert other.status_code == 409, other.text
+
+
+def test_a_new_users_credits_and_a_grant_are_readable_at_once(
+    client: TestClient[Any], platform: Container
+) -> None:
+    user(client, platform, "1")  # the projection process is up and following (2 s is the wait)
+    admin = platform.users.create("root@example.com", admin=True).api_key
+    as_admin = {"Authorization": f"Bearer {admin}"}
+    for n in range(10):
+        made = client.post(
+            "/v1/admin/users", json={"email": f"u{n}@example.com", "credits": "5"}, headers=as_admin
+        )
+        assert made.status_code == 201, made.text
+        headers = {"Authorization": f"Bearer {made.json()['api_key']}"}
+        assert client.get("/v1/credits", headers=headers).json()["balance"] == "5.0000", n
+        grant = client.post(
+            "/v1/admin/credits/grants",
+            json={"user_id": made.json()["user_id"], "amount": "2", "reason": "welcome"},
+            headers=as_admin,
+        )
+        assert grant.status_code == 201, grant.text
+        ledger = client.get("/v1/credits/ledger", headers=headers).json()["items"]
+        assert grant.json()["id"] in [e["id"] for e in ledger], n
