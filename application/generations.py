@@ -96,6 +96,24 @@ def _digest(value: Any) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def _request_hash(request: GenerationRequest) -> str:
+    """What an ``Idempotency-Key`` is bound to: the request as the client sent it."""
+    return _digest(
+        [
+            request.model,
+            request.prompt,
+            request.negative_prompt,
+            request.params,
+            request.allow_fallback,
+            request.output_format,
+        ]
+    )
+
+
+def _key_id(user_id: UUID, idempotency_key: str) -> UUID:
+    return uuid5(_KEY_NAMESPACE, f"{user_id}:{idempotency_key}")
+
+
 def fingerprint(normalised: Normalised) -> str:
     """Identical normalised requests (any user) share a fingerprint: the cache key. An image
     input counts by its content (its hash), not by the reference that named it."""
@@ -166,20 +184,11 @@ class GenerationsApplication(PixevoApplication):
         ``cause`` what the generation is for (by default, itself).
         """
         normalised = normalised or self.quote(request, user_id)
-        request_hash = _digest(
-            [
-                request.model,
-                request.prompt,
-                request.negative_prompt,
-                request.params,
-                request.allow_fallback,
-                request.output_format,
-            ]
-        )
+        request_hash = _request_hash(request)
         claim: IdempotencyKey | None = None
         generation_id = uuid7()
         if idempotency_key is not None:
-            key_id = uuid5(_KEY_NAMESPACE, f"{user_id}:{idempotency_key}")
+            key_id = _key_id(user_id, idempotency_key)
             try:
                 existing = self.load(key_id, IdempotencyKey)
             except AggregateNotFoundError:
@@ -219,6 +228,24 @@ class GenerationsApplication(PixevoApplication):
         # both or neither (a racing duplicate conflicts on the key), batched with concurrent ones
         self.group_commit.save(generation, claim)
         return GenerationState.of(generation), True
+
+    def replay(
+        self, user_id: UUID, request: GenerationRequest, idempotency_key: str
+    ) -> GenerationState | None:
+        """The generation an earlier request with this ``Idempotency-Key`` made, if the key is
+        still live (``None``: there is none, the request is new). Looked up before anything is
+        checked against the credits: a replay answers the first generation even when its hold
+        has since taken them. The same key with another request: :class:`IdempotencyConflict`.
+        """
+        try:
+            existing = self.load(_key_id(user_id, idempotency_key), IdempotencyKey)
+        except AggregateNotFoundError:
+            return None
+        if existing.expired(datetime.now(UTC)):
+            return None
+        if existing.request_hash != _request_hash(request):
+            raise IdempotencyConflict("this Idempotency-Key was used with a different request")
+        return self.state(user_id, existing.generation_id)
 
     def sent_request(self, generation: Generation) -> Normalised:
         """What the generation's model now receives, and what it costs there: as recorded when

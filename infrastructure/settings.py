@@ -22,6 +22,9 @@ PIXEVO_CLASSIFIER_URL              the image classifier (default: the simulator'
 PIXEVO_DEFER_LIMIT_S      how long a deferred generation waits at most (default 3600)
 PIXEVO_DEADLINE_MARGIN_S  what any other status gets beyond its model's total timeout (60)
 PIXEVO_USER_CONCURRENCY   a user's generations at providers at once (default 8)
+PIXEVO_RATE_LIMIT_PER_S   work-creating requests a user may make per second (default 10)
+PIXEVO_RATE_LIMIT_BURST   how many of them at once, above that rate (default 20)
+PIXEVO_CORS_ORIGINS       comma-separated origins a browser may call the API from (default none)
 """
 
 from __future__ import annotations
@@ -70,6 +73,9 @@ class Settings:
     defer_limit_s: float = 3600.0
     deadline_margin_s: float = 60.0
     user_concurrency: int = 8
+    rate_limit_per_s: float = 10.0
+    rate_limit_burst: int = 20
+    cors_origins: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -116,6 +122,7 @@ class Settings:
         concurrency = env.get("PIXEVO_USER_CONCURRENCY", "8")
         if not concurrency.isdigit() or not 0 < int(concurrency) <= 10_000:
             raise SettingsError(f"PIXEVO_USER_CONCURRENCY must be 1..10000, not {concurrency!r}")
+        per_s, burst = _rate_limit(env)
         providers = {
             key[len("PIXEVO_PROVIDER_") : -len("_URL")].lower(): (
                 value,
@@ -146,6 +153,9 @@ class Settings:
             defer_limit_s=defer_limit,
             deadline_margin_s=margin,
             user_concurrency=int(concurrency),
+            rate_limit_per_s=per_s,
+            rate_limit_burst=burst,
+            cors_origins=_origins(env.get("PIXEVO_CORS_ORIGINS", "")),
         )
 
     def urls(self) -> tuple[str, str]:
@@ -202,6 +212,10 @@ class Settings:
         env["PIXEVO_DEFER_LIMIT_S"] = str(self.defer_limit_s)
         env["PIXEVO_DEADLINE_MARGIN_S"] = str(self.deadline_margin_s)
         env["PIXEVO_USER_CONCURRENCY"] = str(self.user_concurrency)
+        env["PIXEVO_RATE_LIMIT_PER_S"] = str(self.rate_limit_per_s)
+        env["PIXEVO_RATE_LIMIT_BURST"] = str(self.rate_limit_burst)
+        if self.cors_origins:
+            env["PIXEVO_CORS_ORIGINS"] = ",".join(self.cors_origins)
         if self.database_url:
             env["PIXEVO_DATABASE_URL"] = self.database_url
         if self.redis_url:
@@ -227,3 +241,29 @@ def _seconds(env: Mapping[str, str], name: str, default: str, low: float, high: 
     if not low <= seconds <= high:
         raise SettingsError(f"{name} must be {low:g}..{high:g} seconds, not {value!r}")
     return seconds
+
+
+def _rate_limit(env: Mapping[str, str]) -> tuple[float, int]:
+    rate = env.get("PIXEVO_RATE_LIMIT_PER_S", "10")
+    try:
+        per_s = float(rate)
+    except ValueError:
+        per_s = 0.0
+    if not 0 < per_s <= 1_000_000:
+        raise SettingsError(f"PIXEVO_RATE_LIMIT_PER_S must be above 0 (per second), not {rate!r}")
+    burst = env.get("PIXEVO_RATE_LIMIT_BURST", "20")
+    if not burst.isdigit() or not 0 < int(burst) <= 1_000_000:
+        raise SettingsError(f"PIXEVO_RATE_LIMIT_BURST must be 1..1000000, not {burst!r}")
+    return per_s, int(burst)
+
+
+def _origins(value: str) -> tuple[str, ...]:
+    """``https://app.example.com,http://localhost:3000`` as origins (scheme://host[:port])."""
+    origins = tuple(o.strip().rstrip("/") for o in value.split(",") if o.strip())
+    for origin in origins:
+        scheme, sep, rest = origin.partition("://")
+        if scheme not in ("http", "https") or not sep or not rest or "/" in rest:
+            raise SettingsError(
+                f"PIXEVO_CORS_ORIGINS takes origins like https://app.example.com, not {origin!r}"
+            )
+    return origins

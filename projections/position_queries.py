@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from uuid import UUID
 
 from psycopg.sql import SQL, Identifier
 from psycopg_pool import AsyncConnectionPool
@@ -76,3 +77,33 @@ async def wait_for_head(
     """Waits until ``view`` has processed everything its upstream log holds now."""
     head = await log_head(pool, view.upstream)
     return await wait_until_projected(pool, view, head, timeout_s=timeout_s, poll_s=poll_s)
+
+
+async def wait_for_aggregate(
+    pool: AsyncConnectionPool,
+    view: type[ProjectionView],
+    originator_id: UUID,
+    *,
+    timeout_s: float = WAIT_S,
+    poll_s: float = POLL_S,
+) -> bool:
+    """Waits until ``view`` has processed every event one aggregate has in its upstream log
+    (read-your-writes for one user's rows). One round trip when it has: the usual case."""
+    application = view.upstream
+    statement = SQL(
+        "SELECT (SELECT notification_id FROM {}.{} WHERE originator_id = %s"
+        " ORDER BY originator_version DESC LIMIT 1),"
+        " (SELECT max(notification_id) FROM {}.{} WHERE application_name = %s)"
+    ).format(
+        Identifier(application),
+        Identifier(f"{application}_events"),
+        Identifier(view.live_schema()),
+        Identifier(f"{view.projection_name}_tracking"),
+    )
+    async with pool.connection() as conn:
+        cur = await conn.execute(statement, [originator_id, application])
+        row = await cur.fetchone()
+    head, projected = row if row else (None, None)
+    if head is None or (projected is not None and projected >= head):
+        return True
+    return await wait_until_projected(pool, view, int(head), timeout_s=timeout_s, poll_s=poll_s)

@@ -15,13 +15,15 @@ from litestar.di import Provide
 from litestar.enums import ScopeType
 from litestar.middleware import DefineMiddleware
 from litestar.openapi.config import OpenAPIConfig
-from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.types import ASGIApp, Receive, Scope, Send
 
 from interfaces.bootstrap import Container
 from interfaces.http import feed_routes, generation_routes, problems, upload_routes
 from interfaces.http.auth import PUBLIC_PATHS, ApiKeyAuthentication
+from interfaces.http.cors import allow_header, cors_config, socket_origin_guard
+from interfaces.http.openapi import RefinedJson, RefinedSwagger
+from interfaces.http.ratelimit import RateLimiter, rate_limit
 from interfaces.http.routes import ROUTES
 
 MAX_BODY_BYTES = 1_000_000
@@ -101,6 +103,10 @@ def create_app(container: Container) -> Litestar:
         "feeds": _provide(lambda: api.feeds),
         "stream_tokens": _provide(lambda: api.stream_tokens),
     }
+    settings = container.settings
+    limiter = RateLimiter(
+        api.redis, settings.redis_namespace, settings.rate_limit_per_s, settings.rate_limit_burst
+    )
     return Litestar(
         route_handlers=[
             *ROUTES,
@@ -117,15 +123,19 @@ def create_app(container: Container) -> Litestar:
         dependencies=dependencies,
         middleware=[
             request_context,
+            allow_header,
             DefineMiddleware(ApiKeyAuthentication, exclude=PUBLIC_PATHS),
+            rate_limit(limiter),
         ],
+        cors_config=cors_config(settings.cors_origins),
+        guards=[socket_origin_guard(settings.cors_origins)],
         exception_handlers={Exception: problems.handle},
         request_max_body_size=MAX_BODY_BYTES,
         openapi_config=OpenAPIConfig(
             title="Pixevo API",
             version="1",
             path="/schema",
-            render_plugins=[SwaggerRenderPlugin()],
+            render_plugins=[RefinedJson(), RefinedSwagger()],
             components=Components(
                 security_schemes={
                     "BearerAuth": SecurityScheme(

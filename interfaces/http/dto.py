@@ -135,7 +135,12 @@ class ModelList(msgspec.Struct):
 
 
 class CreateGeneration(msgspec.Struct, forbid_unknown_fields=True):
-    model: Annotated[str, msgspec.Meta(min_length=1, max_length=100, pattern=r"^[a-z0-9.-]+$")]
+    model: Annotated[
+        str,
+        msgspec.Meta(
+            min_length=1, max_length=100, pattern=r"^[a-z0-9.-]+$", examples=["flux-schnell"]
+        ),
+    ]
     prompt: Prompt = ""
     negative_prompt: Prompt | None = None
     params: Annotated[

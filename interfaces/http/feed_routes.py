@@ -20,10 +20,15 @@ from interfaces.http.problems import ProblemError
 from interfaces.http.sse import socket_messages, sse_response
 from interfaces.http.streams import LiveFeeds
 
+#: An event's id is its position in the log: digits (empty: from now on).
+_POSITION = r"^[0-9]*$"
 LastEventId = Annotated[
-    str | None, HeaderParameter(name="Last-Event-ID", max_length=30, required=False)
+    str | None,
+    HeaderParameter(name="Last-Event-ID", max_length=30, pattern=_POSITION, required=False),
 ]
-LastEventIdQuery = Annotated[str | None, QueryParameter(name="last_event_id", max_length=30)]
+LastEventIdQuery = Annotated[
+    str | None, QueryParameter(name="last_event_id", max_length=30, pattern=_POSITION)
+]
 
 
 def _position(header: str | None, query: str | None) -> int | None:

@@ -26,6 +26,7 @@ from domain.credits import format_credits
 from interfaces.http import dto
 from interfaces.http.auth import STREAM_OPT, TokenQuery
 from interfaces.http.problems import ProblemError
+from interfaces.http.ratelimit import RATE_LIMITED
 from interfaces.http.views import asset_of, model_view, view_of, view_of_row
 from projections import generation_queries, ledger_queries
 from projections.model_timings import Timings
@@ -122,7 +123,7 @@ class Generations(Controller):
             warnings=list(normalised.warnings),
         )
 
-    @post("", status_code=202)
+    @post("", status_code=202, opt=RATE_LIMITED)
     async def create(
         self,
         request: Request[User, Any, Any],
@@ -131,6 +132,12 @@ class Generations(Controller):
         idempotency_key: IdempotencyKey = None,
     ) -> dto.GenerationView:
         asked = _request(data)
+        if idempotency_key is not None:  # a replay answers the first one, whatever the credits
+            replayed = await asyncio.to_thread(
+                services.generations.replay, request.user.id, asked, idempotency_key
+            )
+            if replayed is not None:
+                return view_of(replayed)
         normalised = await _quote(services, asked, request.user.id)
         available = await ledger_queries.available(services.pool, request.user.id)
         if available * 10_000 < normalised.cost_units:  # the fast pre-check
@@ -153,8 +160,11 @@ class Generations(Controller):
         services: Services,
     ) -> dto.GenerationView:
         row = await generation_queries.generation(services.pool, request.user.id, generation_id)
-        if row is None:
-            raise ProblemError(404, f"no generation {generation_id}")
+        if row is None:  # the read model may not have it yet: the write side answers (or 404s)
+            state = await asyncio.to_thread(
+                services.generations.state, request.user.id, generation_id
+            )
+            return view_of(state)
         view = view_of_row(row)
         if row["status"] == "running":  # it has been running since its last change
             guess = await services.timings.estimate(row["model_key"], row["updated_at"])

@@ -20,6 +20,7 @@ from application.users import User
 from infrastructure.signing import AssetSigner
 from interfaces.http import dto
 from interfaces.http.problems import ProblemError
+from interfaces.http.ratelimit import RATE_LIMITED
 
 _PRIVATE = {"Cache-Control": "private, max-age=3600"}
 log = structlog.get_logger(__name__)
@@ -57,7 +58,7 @@ def _view(upload: UploadState) -> dto.Upload:
 class UploadsController(Controller):
     path = "/v1/uploads"
 
-    @post("", status_code=201, request_max_body_size=MAX_UPLOAD_BYTES)
+    @post("", status_code=201, request_max_body_size=MAX_UPLOAD_BYTES, opt=RATE_LIMITED)
     async def upload(
         self, request: Request[User, Any, Any], upload_services: Services
     ) -> dto.Upload:

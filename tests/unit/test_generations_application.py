@@ -41,6 +41,17 @@ def test_idempotency_key_answers_the_first_generation_and_refuses_another_body(
     assert other_user.id != first.id
 
 
+def test_replay_finds_what_a_live_key_made_and_nothing_else(app: GenerationsApplication) -> None:
+    user = uuid4()
+    assert app.replay(user, ASK, "k") is None  # nothing yet: the request is new
+    first, _ = app.request(user, ASK, "k")
+    replayed = app.replay(user, ASK, "k")
+    assert replayed is not None and replayed.id == first.id
+    assert app.replay(uuid4(), ASK, "k") is None  # keys are per user
+    with pytest.raises(IdempotencyConflict):
+        app.replay(user, GenerationRequest(model="flux-schnell", prompt="other"), "k")
+
+
 def test_a_key_older_than_a_day_makes_a_new_generation(app: GenerationsApplication) -> None:
     user = uuid4()
     old = IdempotencyKey._create(
