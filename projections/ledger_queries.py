@@ -14,6 +14,8 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from application.errors import Invalid
+from domain.credits import account_id_for
+from projections import position_queries
 from projections.ledger import LedgerView
 
 SCHEMA = LedgerView.live_schema()
@@ -48,6 +50,12 @@ async def balance(pool: AsyncConnectionPool, user_id: UUID) -> Balance:
         )
         holds = await cur.fetchall()
     return Balance(row["balance"], row["held"], row["available"], list(holds))
+
+
+async def caught_up(pool: AsyncConnectionPool, user_id: UUID) -> None:
+    """Read-your-writes on one account: waits (bounded: a stalled projection answers stale)
+    until the read model has every event of the user's account, e.g. a grant just answered."""
+    await position_queries.wait_for_aggregate(pool, LedgerView, account_id_for(user_id))
 
 
 async def available(pool: AsyncConnectionPool, user_id: UUID) -> Decimal:

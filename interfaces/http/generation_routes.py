@@ -140,7 +140,10 @@ class Generations(Controller):
                 return view_of(replayed)
         normalised = await _quote(services, asked, request.user.id)
         available = await ledger_queries.available(services.pool, request.user.id)
-        if available * 10_000 < normalised.cost_units:  # the fast pre-check
+        if available * 10_000 < normalised.cost_units:  # the fast pre-check: before refusing,
+            await ledger_queries.caught_up(services.pool, request.user.id)  # a grant may lag
+            available = await ledger_queries.available(services.pool, request.user.id)
+        if available * 10_000 < normalised.cost_units:
             raise ProblemError(
                 402,
                 f"this costs {format_credits(normalised.cost_units)} "

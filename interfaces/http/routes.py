@@ -16,14 +16,13 @@ from psycopg_pool import AsyncConnectionPool
 
 from application.billing import BillingApplication
 from application.users import User, Users
-from domain.credits import Cause, account_id_for, format_credits, positive_units
+from domain.credits import Cause, format_credits, positive_units
 from domain.ledger import LedgerEntry as DomainEntry
 from infrastructure.tokens import StreamTokens
 from interfaces.http import dto
 from interfaces.http.auth import admin_only
 from interfaces.http.problems import ProblemError
-from projections import ledger_queries, position_queries
-from projections.ledger import LedgerView
+from projections import ledger_queries
 
 _IDEMPOTENCY_NS = UUID("8d6e7b0a-3c2f-4e59-a1d4-6b7c8d9e0f12")
 IdempotencyKey = Annotated[
@@ -46,12 +45,6 @@ def _entry(entry: DomainEntry) -> dto.LedgerEntry:
         cause=dto.Cause(entry.cause.type, entry.cause.id),
         note=entry.note,
     )
-
-
-async def _projected(pool: AsyncConnectionPool, user_id: UUID) -> None:
-    """Read-your-writes on the credits: a grant (or a new user's credits) just answered is in
-    the ledger read model before it is read (bounded: a stalled projection answers stale)."""
-    await position_queries.wait_for_aggregate(pool, LedgerView, account_id_for(user_id))
 
 
 class Health(Controller):
@@ -101,7 +94,7 @@ class Credits(Controller):
     async def balance(
         self, request: Request[User, Any, Any], pool: NamedDependency[AsyncConnectionPool]
     ) -> dto.CreditsView:
-        await _projected(pool, request.user.id)
+        await ledger_queries.caught_up(pool, request.user.id)
         found = await ledger_queries.balance(pool, request.user.id)
         return dto.CreditsView(
             balance=_credits(found.balance),
@@ -126,7 +119,7 @@ class Credits(Controller):
         limit: Annotated[int, Parameter(ge=1, le=200)] = 50,
         cursor: Annotated[str | None, Parameter(max_length=200)] = None,
     ) -> dto.LedgerPage:
-        await _projected(pool, request.user.id)
+        await ledger_queries.caught_up(pool, request.user.id)
         try:
             rows, next_cursor = await ledger_queries.ledger_page(
                 pool, request.user.id, limit, cursor

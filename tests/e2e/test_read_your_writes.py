@@ -112,3 +112,19 @@ def test_a_new_users_credits_and_a_grant_are_readable_at_once(
         assert grant.status_code == 201, grant.text
         ledger = client.get("/v1/credits/ledger", headers=headers).json()["items"]
         assert grant.json()["id"] in [e["id"] for e in ledger], n
+
+
+def test_a_new_users_first_create_is_not_refused_while_the_ledger_projection_lags(
+    client: TestClient[Any], platform: Container
+) -> None:
+    user(client, platform, "1")  # the projection process is up and following
+    admin = platform.users.create("ops@example.com", admin=True).api_key
+    as_admin = {"Authorization": f"Bearer {admin}"}
+    for n in range(10):
+        made = client.post(
+            "/v1/admin/users", json={"email": f"n{n}@example.com", "credits": "5"}, headers=as_admin
+        )
+        headers = {"Authorization": f"Bearer {made.json()['api_key']}"}
+        # at once: the 402 pre-check reads the projection, which may not have the credits yet
+        created = client.post("/v1/generations", json=BODY, headers=headers)
+        assert created.status_code == 202, (n, created.text)
