@@ -24,15 +24,25 @@ from interfaces.http import dto
 from interfaces.http.problems import TITLES, Problem
 from interfaces.http.ratelimit import RATE_LIMIT_OPT
 
+SIGNED = "/v1/files/{key}"
 #: The structs that decode request bodies: their schemas come from msgspec.
 REQUEST_BODIES: tuple[type[msgspec.Struct], ...] = (
     dto.CreateGeneration,
     dto.CreateUser,
     dto.Grant,
 )
-PUBLIC = ("/health", "/ready", "/v1/files/{key}")  # a signed link needs no key
+PUBLIC = ("/health", "/ready", SIGNED)  # a signed link needs no key
+_IMAGES = ("image/png", "image/jpeg", "image/webp")
+_RESULTS = (*_IMAGES, "image/avif", "video/mp4")
 #: Routes whose body is a file, not JSON: (method, path) -> the media types they take.
-FILE_BODIES = {("post", "/v1/uploads"): ("image/png", "image/jpeg", "image/webp")}
+FILE_BODIES = {("post", "/v1/uploads"): _IMAGES}
+#: Routes that answer a file, not JSON: (method, path) -> the media types they answer.
+FILE_RESPONSES = {
+    ("get", "/v1/uploads/{upload_id}/content"): _IMAGES,
+    ("get", SIGNED): _RESULTS,
+    ("get", "/v1/generations/{generation_id}/assets/{kind}"): _RESULTS,
+    ("get", "/v1/generations/{generation_id}/previews/{number}"): ("image/jpeg",),
+}
 #: Server-Sent Events feeds (a stream for a finished generation answers 204: nothing to follow).
 EVENT_STREAMS = {"/v1/events": False, "/v1/generations/{generation_id}/events": True}
 #: (method, path) -> {link name: (target operation's method and path, its parameters)}.
@@ -78,6 +88,8 @@ def _header(description: str) -> dict[str, Any]:
 
 def _statuses(method: str, path: str, limited: bool) -> set[int]:
     """The error statuses an operation can answer."""
+    if path == SIGNED:
+        return {400, 403, 404}
     if path in PUBLIC:
         return {503} if path == "/ready" else set()
     statuses = {400, 401, 404, 503}
@@ -142,11 +154,16 @@ def refine(doc: dict[str, Any], app: Litestar) -> dict[str, Any]:
                 operation["security"] = []
             if path in EVENT_STREAMS:
                 _event_stream(responses, finished=EVENT_STREAMS[path])
+            binary = {"schema": {"type": "string", "format": "binary"}}
             if (method, path) in FILE_BODIES:
-                binary = {"schema": {"type": "string", "format": "binary"}}
                 operation["requestBody"] = {
                     "required": True,
                     "content": dict.fromkeys(FILE_BODIES[method, path], binary),
+                }
+            if (method, path) in FILE_RESPONSES:
+                responses["200"] = {
+                    "description": "the file",
+                    "content": dict.fromkeys(FILE_RESPONSES[method, path], binary),
                 }
             is_limited = (method, path) in limited
             for status in sorted(_statuses(method, path, is_limited)):

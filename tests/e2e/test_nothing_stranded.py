@@ -264,7 +264,17 @@ def test_one_users_burst_cannot_starve_another(
         views = [client.get(f"/v1/generations/{g}", headers=burst).json() for g in burst_ids[-3:]]
         return all(v["status"] == "queued" and v["waiting"] for v in views)
 
-    assert wait_for(all_waiting_or_running, timeout=120)
+    def where_they_are() -> str:
+        with platform.pool.connection() as conn:
+            parked = conn.execute(
+                "SELECT reason, count(*) FROM reactions.parked GROUP BY reason"
+            ).fetchall()
+        mine = client.get("/v1/generations?limit=200", headers=burst).json()["items"]
+        statuses = sorted(g["status"] for g in mine)
+        return f"statuses {statuses}, parked {parked}, at providers {at_providers()}"
+
+    # 100 holds on one account and 100 parkings take a while on a loaded machine
+    assert wait_for(all_waiting_or_running, timeout=240), where_they_are()
     theirs = client.post("/v1/generations", json=body, headers=patient).json()["id"]
 
     def started() -> bool:

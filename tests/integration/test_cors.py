@@ -38,7 +38,7 @@ def client(browsers: Container) -> Iterator[TestClient[Any]]:
 
 def concrete(path: str) -> str:
     """A path of the route with its parameters filled in."""
-    values = {"uuid": "0190a5a0-0000-7000-8000-000000000000", "int": "1", "str": "x"}
+    values = {"uuid": "0190a5a0-0000-7000-8000-000000000000", "int": "1", "str": "x", "path": "x/y"}
     return re.sub(r"{\w+:(\w+)}", lambda m: values[m.group(1)], path)
 
 
