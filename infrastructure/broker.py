@@ -57,10 +57,17 @@ class LogContext(Middleware):
     after_skip_message = after_process_message
 
 
+def broker_namespace(namespace: str) -> str:
+    """The prefix of the broker's Redis keys for the platform's ``namespace``: Dramatiq keeps a
+    queue's message ids in the list ``<prefix>:<queue>`` and its messages in the hash
+    ``<prefix>:<queue>.msgs``."""
+    return f"{namespace}-dramatiq"
+
+
 def make_broker(redis_url: str, namespace: str) -> RedisBroker:
     broker = RedisBroker(
         url=redis_url,
-        namespace=f"{namespace}-dramatiq",
+        namespace=broker_namespace(namespace),
         heartbeat_timeout=HEARTBEAT_TIMEOUT_MS,
         maintenance_chance=MAINTENANCE_CHANCE,
     )

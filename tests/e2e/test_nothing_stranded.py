@@ -1,7 +1,8 @@
 """Nothing stranded, end to end (API in process; worker, dispatcher with its scheduler, and
 projections as processes; the simulator over HTTP): transient failures while polling, a
-provider that hangs, a cancel the provider cannot hear yet, a deferral that outlives every
-worker and Redis itself, the per-user cap, and a generation's story in its JSON log lines."""
+provider that hangs, a message lost after funding, an image step that keeps raising, a cancel
+the provider cannot hear yet, a deferral that outlives every worker and Redis itself, the
+per-user cap, and a generation's story in its JSON log lines."""
 
 from __future__ import annotations
 
@@ -10,23 +11,34 @@ import os
 import signal
 import subprocess
 from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from uuid import UUID
 
+import dramatiq
 import httpx
 import pytest
 import redis
 from litestar.testing import TestClient
 
 from application.normalise import GenerationRequest
+from infrastructure.actors import REACTIONS_QUEUE
+from infrastructure.broker import broker_namespace
 from infrastructure.settings import Settings
 from interfaces.bootstrap import Container, build
 from interfaces.http.app import create_app
 from tests.e2e.test_generations import finished, user, wait_funded_projection, wait_running
 from tests.support.platform import platform_processes, with_simulator
-from tests.support.processes import child_env, dramatiq_worker, free_port, running, wait_for
+from tests.support.processes import (
+    child_env,
+    dramatiq_worker,
+    free_port,
+    launcher,
+    running,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -44,16 +56,25 @@ def processes() -> dict[str, subprocess.Popen[bytes]]:
 
 
 @pytest.fixture
-def platform(
-    tuned: Settings, tmp_path: Path, processes: dict[str, subprocess.Popen[bytes]]
-) -> Iterator[Container]:
+def stores(tuned: Settings) -> Iterator[Container]:
+    """The platform's stores and read models' tables, without any of its processes."""
     container = build(tuned)
     for name in ("ledger", "generations"):
         container.projection(name).start()
+    yield container
+    container.close()
+
+
+@pytest.fixture
+def platform(
+    stores: Container,
+    tuned: Settings,
+    tmp_path: Path,
+    processes: dict[str, subprocess.Popen[bytes]],
+) -> Iterator[Container]:
     with platform_processes(tuned, tmp_path) as started:
         processes.update(started)
-        yield container
-    container.close()
+        yield stores
 
 
 @pytest.fixture
@@ -73,6 +94,48 @@ def ledger_kinds(client: TestClient[Any], headers: dict[str, str]) -> list[str]:
 
 def log_lines(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.startswith("{")]
+
+
+def status_of(client: TestClient[Any], headers: dict[str, str], generation_id: str) -> str:
+    return str(client.get(f"/v1/generations/{generation_id}", headers=headers).json()["status"])
+
+
+def credits_settled(client: TestClient[Any], headers: dict[str, str]) -> bool:
+    """The hold released, nothing captured: every credit available again, no hold left."""
+    kinds = ledger_kinds(client, headers)
+    credits = client.get("/v1/credits", headers=headers).json()
+    return (kinds[:2], credits["available"], credits["holds"]) == (
+        ["release", "hold"],
+        "10.0000",
+        [],
+    ) and "capture" not in kinds
+
+
+class BrokerQueue:
+    """One of the broker's queues in Redis (in the test's own namespace), read and emptied
+    from outside the platform."""
+
+    def __init__(self, settings: Settings, queue: str = REACTIONS_QUEUE) -> None:
+        assert settings.redis_url is not None
+        self.key = f"{broker_namespace(settings.redis_namespace)}:{queue}"
+        self.redis = redis.Redis.from_url(settings.redis_url)
+
+    def waiting(self) -> list[tuple[str, str]]:
+        """``(reaction, generation id)`` of each message waiting to be taken, in order."""
+        ids = self.redis.lrange(self.key, 0, -1)
+        found = self.redis.hmget(f"{self.key}.msgs", ids) if ids else []
+        messages = [dramatiq.Message.decode(cast("bytes", data)) for data in found if data]
+        return [
+            (m.kwargs["reaction"], m.options.get("log_context", {}).get("generation_id", ""))
+            for m in messages
+        ]
+
+    def lose(self) -> None:
+        """Every waiting message gone, as if Redis had lost them."""
+        self.redis.delete(self.key, f"{self.key}.msgs")
+
+    def close(self) -> None:
+        self.redis.close()
 
 
 def test_a_503_burst_while_polling_retries_the_same_job_and_the_log_tells_its_story(
@@ -119,6 +182,87 @@ def test_a_provider_that_hangs_is_failed_at_the_deadline_and_the_hold_released(
     assert generation["error"]["code"] == "deadline_exceeded"
     assert wait_for(lambda: ledger_kinds(client, headers)[:2] == ["release", "hold"], timeout=30)
     assert client.get("/v1/credits", headers=headers).json()["available"] == "10.0000"
+
+
+# Time enough to stop the worker and start a dispatcher before the queued one's deadline.
+@pytest.mark.parametrize("tuned", [{"deadline_margin_s": 10.0}], indirect=True)
+def test_a_message_lost_after_funding_is_failed_at_the_deadline_and_the_hold_released(
+    stores: Container, tuned: Settings, tmp_path: Path
+) -> None:
+    """A worker funds the generation while no dispatcher runs; a dispatcher then sends its
+    ``generate`` message while no worker runs, and Redis loses it: nothing will ever run it."""
+    platform = launcher(tuned, PIXEVO_LOG_LEVEL="INFO")
+    queue = BrokerQueue(tuned)
+    funding, sweeping = tmp_path / "funding", tmp_path / "sweeping"
+    funding.mkdir()
+    sweeping.mkdir()
+    with ExitStack() as stack:
+        stack.callback(queue.close)
+        stack.enter_context(platform.running(["projections"], tmp_path))
+        client = stack.enter_context(TestClient(create_app(stores)))
+        headers = user(stores)
+        wait_funded_projection(client, headers)
+        body = {"model": "sim-instant", "prompt": "lost", "params": {"seed": 24}}
+        generation_id = client.post("/v1/generations", json=body, headers=headers).json()["id"]
+        with platform.running(["dispatcher"], funding):
+            assert wait_for(
+                lambda: ("fund_generation", generation_id) in queue.waiting(), timeout=60
+            )
+        with platform.running(["worker"], funding):
+            assert wait_for(
+                lambda: status_of(client, headers, generation_id) == "queued", timeout=60
+            )
+        assert wait_for(
+            lambda: len(client.get("/v1/credits", headers=headers).json()["holds"]) == 1
+        )
+
+        stack.enter_context(platform.running(["dispatcher"], sweeping))
+        assert wait_for(lambda: ("generate", generation_id) in queue.waiting(), timeout=60)
+        queue.lose()
+        assert queue.waiting() == []
+        assert status_of(client, headers, generation_id) == "queued"  # funded, and now lost
+        stack.enter_context(platform.running(["worker"], sweeping))
+
+        generation = finished(client, headers, generation_id, timeout=90)
+        assert generation["status"] == "failed", generation
+        assert generation["error"]["code"] == "deadline_exceeded"
+        assert "still queued" in generation["error"]["message"]
+        assert wait_for(lambda: credits_settled(client, headers), timeout=30)
+
+
+@pytest.mark.parametrize("tuned", [{"deadline_margin_s": 2.0}], indirect=True)
+def test_an_image_step_that_keeps_raising_is_failed_at_the_deadline_and_never_served(
+    client: TestClient[Any], platform: Container, simulator: str
+) -> None:
+    headers = user(platform)
+    wait_funded_projection(client, headers)
+    httpx.post(f"{simulator}/_sim/faults/moderation", json={"outage": True})  # 503, every try
+    body = {"model": "sim-instant", "prompt": "unjudged", "params": {"seed": 25}}
+    generation_id = client.post("/v1/generations", json=body, headers=headers).json()["id"]
+
+    def parked() -> int:
+        with platform.pool.connection() as conn:
+            row = conn.execute(
+                "SELECT count(*) FROM reactions.parked WHERE reaction = 'process_result'"
+            ).fetchone()
+        return int(row[0]) if row else 0
+
+    assert wait_for(  # the step raised, and waits to be tried again
+        lambda: parked() == 1 and status_of(client, headers, generation_id) == "processing",
+        timeout=30,
+    )
+    generation = finished(client, headers, generation_id, timeout=90)
+    assert generation["status"] == "failed", generation
+    assert generation["error"]["code"] == "deadline_exceeded"
+    assert "still processing" in generation["error"]["message"]
+    assert generation["result"] is None
+    original = client.get(f"/v1/generations/{generation_id}/assets/original", headers=headers)
+    assert original.status_code == 404
+    assert wait_for(lambda: credits_settled(client, headers), timeout=30)
+    # tried again with the classifier still down, the step finds it ended and stops
+    assert wait_for(lambda: parked() == 0, timeout=60)
+    assert status_of(client, headers, generation_id) == "failed"
+    assert credits_settled(client, headers)
 
 
 def test_a_cancel_the_provider_cannot_hear_shows_cancelling_until_it_confirms(
