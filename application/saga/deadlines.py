@@ -73,8 +73,11 @@ class Deadlines:
     def expire(self, generation_id: UUID) -> bool:
         """``True`` when it was past its deadline and has now ended."""
         ended: list[Generation] = []
+        produced = False  # past the provider (processing): no job left to cancel
 
         def expire(generation: Generation) -> None:
+            nonlocal produced
+            produced = generation.result is not None
             if generation.expire(self.now(), self.allowance(generation.model)):
                 ended.append(generation)
 
@@ -91,7 +94,7 @@ class Deadlines:
                 "error": generation.error,
             },
         )
-        if generation.job_id:
+        if generation.job_id and not produced:
             spec = self.generations.catalogue.get(generation.model)
             with contextlib.suppress(ProviderFailure):  # best effort: it bills us, not the user
                 self.providers.for_model(spec).cancel(spec, generation.job_id)

@@ -307,9 +307,11 @@ def test_a_result_stuck_in_processing_fails_at_its_deadline_and_is_not_charged(
     generation.produced("k", 64, 64, "image/png", 3, 10)
     saga.generations.save(generation)
     clock.at = saga.generation(gid).since + timedelta(hours=1)
-    providers = FakeProviders(replicate=FakeAdapter())
+    adapter = FakeAdapter()
+    providers = FakeProviders(replicate=adapter)
     assert Deadlines(saga.generations, providers, Patience(), clock).expire(gid) is True
     assert (saga.generation(gid).error or {}).get("code") == "deadline_exceeded"
+    assert adapter.cancelled == []  # the provider had finished its job: nothing to cancel
     SettleGeneration(saga.generations, saga.billing).handle(
         saga.last(gid, Generation.Failed), saga.tracking("settle")
     )
