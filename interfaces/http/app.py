@@ -21,7 +21,7 @@ from litestar.types import ASGIApp, Receive, Scope, Send
 from interfaces.bootstrap import Container
 from interfaces.http import feed_routes, generation_routes, problems, upload_routes
 from interfaces.http.auth import PUBLIC_PATHS, ApiKeyAuthentication
-from interfaces.http.cors import allow_header, cors_config, socket_origin_guard
+from interfaces.http.cors import ORIGINS_STATE, allow_header, cors_config
 from interfaces.http.openapi import RefinedJson, RefinedSwagger
 from interfaces.http.ratelimit import RateLimiter, rate_limit
 from interfaces.http.routes import ROUTES
@@ -118,7 +118,12 @@ def create_app(container: Container) -> Litestar:
         plugins=[api.channels],
         # what the authentication middleware reads (it has no dependency injection)
         state=State(
-            {"pool": api.pool, "key_cache": api.key_cache, "stream_tokens": api.stream_tokens}
+            {
+                "pool": api.pool,
+                "key_cache": api.key_cache,
+                "stream_tokens": api.stream_tokens,
+                ORIGINS_STATE: frozenset(settings.cors_origins),
+            }
         ),
         dependencies=dependencies,
         middleware=[
@@ -128,7 +133,6 @@ def create_app(container: Container) -> Litestar:
             rate_limit(limiter),
         ],
         cors_config=cors_config(settings.cors_origins),
-        guards=[socket_origin_guard(settings.cors_origins)],
         exception_handlers={Exception: problems.handle},
         request_max_body_size=MAX_BODY_BYTES,
         openapi_config=OpenAPIConfig(

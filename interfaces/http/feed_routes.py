@@ -16,6 +16,7 @@ from litestar.types import ControllerRouterHandler
 
 from application.users import User
 from interfaces.http.auth import STREAM_OPT, TokenQuery
+from interfaces.http.cors import socket_origin_guard
 from interfaces.http.problems import ProblemError
 from interfaces.http.sse import socket_messages, sse_response
 from interfaces.http.streams import LiveFeeds
@@ -70,7 +71,7 @@ async def user_events(
     return sse_response(await feeds.open_user(request.user.id, last))
 
 
-@websocket_stream("/v1/ws", opt=STREAM_OPT)
+@websocket_stream("/v1/ws", opt=STREAM_OPT, guards=[socket_origin_guard])
 async def user_socket(
     socket: WebSocket[User, Any, Any],
     feeds: NamedDependency[LiveFeeds],

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import replace
 from typing import Any
+from uuid import uuid4
 
 import pytest
+import redis.asyncio as aioredis
 from litestar.testing import TestClient
 
 from infrastructure.settings import Settings
 from interfaces.bootstrap import Container, build
 from interfaces.http.app import create_app
+from interfaces.http.ratelimit import Decision, RateLimiter
 
 pytestmark = pytest.mark.integration
 
@@ -94,3 +98,45 @@ def test_without_redis_the_limit_fails_open(limited: Container) -> None:
         container.close()
     assert [a.status_code for a in answers] == [202] * (BURST + 2), answers[-1].text
     assert "ratelimit-limit" not in answers[0].headers
+
+
+class Counting:
+    """The limiter's Redis script, counted."""
+
+    def __init__(self, script: Any) -> None:
+        self.script, self.calls = script, 0
+
+    async def __call__(self, **kwargs: Any) -> Any:
+        self.calls += 1
+        return await self.script(**kwargs)
+
+
+@pytest.mark.parametrize(("per_s", "burst", "most_calls"), [(1000.0, 100, 40), (0.001, 100, 101)])
+def test_leases_spare_redis_round_trips_and_never_let_more_through_than_the_bucket(
+    settings: Settings, per_s: float, burst: int, most_calls: int
+) -> None:
+    """A process spends small leases of the bucket locally: far fewer round trips while the
+    bucket is full, exact near its end; at a slow refill no lease outgrows the refill."""
+    clock = [0.0]
+
+    async def run() -> tuple[list[Decision | None], int]:
+        client = aioredis.Redis.from_url(settings.redis_url or "")
+        try:
+            limiter = RateLimiter(client, f"test-{uuid4().hex}", per_s, burst, lambda: clock[0])
+            counting = Counting(limiter._script)
+            limiter._script = counting  # type: ignore[assignment]
+            decisions = [await limiter.take("ada") for _ in range(burst + 1)]
+        finally:
+            await client.aclose()
+        return decisions, counting.calls
+
+    decisions, calls = asyncio.run(run())
+    assert all(d is not None for d in decisions)
+    allowed = [d for d in decisions if d is not None and d.allowed]
+    # at a fast refill, a few tokens come back while the test runs: at least the burst passes
+    assert len(allowed) >= burst if per_s > 1 else len(allowed) == burst
+    if per_s < 1:
+        assert decisions[-1] is not None and not decisions[-1].allowed
+        remaining = [d.remaining for d in allowed]
+        assert remaining == list(range(burst - 1, -1, -1))  # the headers count down by one
+    assert calls <= most_calls
