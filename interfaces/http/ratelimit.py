@@ -150,8 +150,14 @@ class RateLimiter:
             )
         if len(self._leases) > 10_000:  # forget spent and stale leases now and then
             self._leases = {u: v for u, v in self._leases.items() if v.left and now < v.until}
-        lease = _Lease(leased - 1, max(0, remaining), now + LEASE_S, now + reset_ms / 1000)
-        self._leases[user_id] = lease
+        lease = self._leases.get(user_id)
+        if lease is not None and now < lease.until:  # concurrent requests leased too: pool them
+            lease.left += leased - 1
+            lease.remaining, lease.until = max(0, remaining), now + LEASE_S
+            lease.full_at = now + reset_ms / 1000
+        else:
+            lease = _Lease(leased - 1, max(0, remaining), now + LEASE_S, now + reset_ms / 1000)
+            self._leases[user_id] = lease
         return self._allowed(lease, now)
 
     def _allowed(self, lease: _Lease, now: float) -> Decision:

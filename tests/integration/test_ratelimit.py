@@ -140,3 +140,24 @@ def test_leases_spare_redis_round_trips_and_never_let_more_through_than_the_buck
         remaining = [d.remaining for d in allowed]
         assert remaining == list(range(burst - 1, -1, -1))  # the headers count down by one
     assert calls <= most_calls
+
+
+def test_concurrent_requests_pool_their_leases(settings: Settings) -> None:
+    """32 requests at once each find no lease and ask Redis; what they lease is pooled, so the
+    next ones are served locally instead of asking again."""
+
+    async def run() -> int:
+        client = aioredis.Redis.from_url(settings.redis_url or "")
+        try:
+            limiter = RateLimiter(client, f"test-{uuid4().hex}", 1_000_000, 1_000_000)
+            counting = Counting(limiter._script)
+            limiter._script = counting  # type: ignore[assignment]
+            await asyncio.gather(*(limiter.take("ada") for _ in range(32)))
+            before = counting.calls
+            for _ in range(32 * 6):  # the pooled leases cover these
+                await limiter.take("ada")
+            return counting.calls - before
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(run()) == 0
