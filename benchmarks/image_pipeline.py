@@ -24,8 +24,9 @@ What it measures
     ``speed`` = 9 - AVIF_EFFORT with ``autotiling=False``: libvips passes libheif ``speed = 9 -
     effort``, which its aom plugin uses as ``cpu-used``, and libavif uses ``speed`` as ``cpu-
     used``; both then encode with libaom's all-intra mode, tune SSIM, 4:2:0, the same cq-level
-    for Q, one thread per core, one tile; the social card JPEG at JPEG_Q, optimised and
-    progressive, cropped by libvips ``attention`` and by Pillow ``ImageOps.fit`` at the centre
+    for Q, one thread per core, one tile; the social card (at most 1200x630, never enlarged)
+    JPEG at JPEG_Q, optimised, cropped by libvips ``attention`` and by Pillow ``ImageOps.fit``
+    at the centre
     (Pillow has no saliency crop: it is spared that work); PNG level PNG_COMPRESSION (libvips
     with PNG_FILTER "all", Pillow's default adaptive filter per row); the same ``blurhash``
     package on a 32 px copy; the same quality formula (``pipeline.QualityParts``; Pillow without
@@ -201,9 +202,12 @@ def pil_quality(image: Image.Image) -> float:
     ).score
 
 
-def pil_social(source: Image.Image) -> bytes:
-    card = ImageOps.fit(source, pipeline.SOCIAL_SIZE, LANCZOS)
-    return pil_encode(card, "jpeg", SHIPPED)
+def pil_social(source: Image.Image) -> tuple[int, int, bytes]:
+    size = pipeline.social_size(*source.size)
+    card = ImageOps.fit(source, size, LANCZOS)
+    out = io.BytesIO()  # baseline, as the pipeline's card
+    card.save(out, "JPEG", quality=pipeline.JPEG_Q, optimize=True)
+    return (*size, out.getvalue())
 
 
 def pil_process(data: bytes, enc: Encoders, pool: Executor | None = None) -> Outputs:
@@ -223,7 +227,7 @@ def pil_process(data: bytes, enc: Encoders, pool: Executor | None = None) -> Out
             *source.size,
             futures[kind].result() if pool else pil_encode(source, fmt, enc),
         )
-    made["social"] = (*pipeline.SOCIAL_SIZE, social.result() if social else pil_social(source))
+    made["social"] = social.result() if social else pil_social(source)
     return made, hash_, score
 
 
@@ -307,7 +311,7 @@ def breakdown(data: bytes, runs: int, warmup: int) -> dict[str, dict[str, dict[s
         ),
         "social card: resize, crop + JPEG": (
             lambda: pipeline.social_card(vs).data,
-            lambda: pil_social(ps),
+            lambda: pil_social(ps)[2],
         ),
         "blurhash (32 px copy)": (lambda: pipeline.blurhash_of(vt), lambda: pil_blurhash(pt)),
         "quality (512 copy)": (lambda: pipeline.quality_of(vp), lambda: pil_quality(pp)),

@@ -3,7 +3,7 @@
     thumb    256 px (longest side) WebP        preview  512 px WebP
     full     full-size WebP                    modern   full-size AVIF (JPEG where AVIF is not
     original the requested format                       available in this libvips)
-    social   1200x630 JPEG, cropped            blurhash a string, from a 32 px copy
+    social   1200x630 JPEG, cropped (at most)  blurhash a string, from a 32 px copy
     quality  sharpness, exposure and entropy in [0, 1]
 
 ``social`` is the card a link preview shows (Open Graph ``og:image``, X/Twitter
@@ -106,7 +106,9 @@ def _opaque(image: pyvips.Image) -> pyvips.Image:
     return image.flatten(background=[255, 255, 255]) if image.hasalpha() else image
 
 
-def encode(image: pyvips.Image, fmt: str) -> bytes:
+def encode(image: pyvips.Image, fmt: str, *, progressive: bool = True) -> bytes:
+    """``progressive`` JPEG shows a blurred whole image early in a browser, at twice the
+    encoding time; a card that crawlers fetch whole is baseline."""
     if fmt == "webp":
         data = image.webpsave_buffer(Q=WEBP_Q, effort=WEBP_EFFORT, keep=KEEP_NONE)
     elif fmt == "avif":
@@ -115,7 +117,7 @@ def encode(image: pyvips.Image, fmt: str) -> bytes:
         )
     elif fmt == "jpeg":
         data = _opaque(image).jpegsave_buffer(
-            Q=JPEG_Q, optimize_coding=True, interlace=True, keep=KEEP_NONE
+            Q=JPEG_Q, optimize_coding=True, interlace=progressive, keep=KEEP_NONE
         )
     elif fmt == "png":
         data = image.pngsave_buffer(compression=PNG_COMPRESSION, filter=PNG_FILTER, keep=KEEP_NONE)
@@ -124,8 +126,8 @@ def encode(image: pyvips.Image, fmt: str) -> bytes:
     return bytes(data)
 
 
-def _artefact(kind: str, image: pyvips.Image, fmt: str) -> Artefact:
-    data = encode(image, fmt)
+def _artefact(kind: str, image: pyvips.Image, fmt: str, *, progressive: bool = True) -> Artefact:
+    data = encode(image, fmt, progressive=progressive)
     return Artefact(kind, data, image.width, image.height, fmt, MEDIA_TYPES[fmt])
 
 
@@ -173,13 +175,22 @@ def quality_of(image: pyvips.Image) -> QualityParts:
     return QualityParts(round(sharpness, 4), round(exposure, 4), round(entropy, 4))
 
 
+def social_size(width: int, height: int) -> tuple[int, int]:
+    """The card's size for a source of ``width`` x ``height``: SOCIAL_SIZE, or as much of it as
+    the source fills without being enlarged (an enlarged card shows no more, costs several
+    times the encoding, and crawlers take any card from 600x315 up at the same proportion)."""
+    card_width, card_height = SOCIAL_SIZE
+    factor = min(1.0, width / card_width, height / card_height)
+    return max(1, round(card_width * factor)), max(1, round(card_height * factor))
+
+
 def social_card(source: pyvips.Image) -> Artefact:
-    """The link-preview card: exactly SOCIAL_SIZE, filled and cropped (``attention``: the
-    region with the most edges, skin tones and saturation), from the decoded source in memory."""
-    width, height = SOCIAL_SIZE
-    return _artefact(
-        "social", source.thumbnail_image(width, height=height, crop="attention"), "jpeg"
-    )
+    """The link-preview card at 1.91:1 (see :func:`social_size`), filled and cropped
+    (``attention``: the region with the most edges, skin tones and saturation), from the
+    decoded source in memory; baseline JPEG, since crawlers fetch it whole."""
+    width, height = social_size(source.width, source.height)
+    card = source.thumbnail_image(width, height=height, crop="attention", size="down")
+    return _artefact("social", card, "jpeg", progressive=False)
 
 
 def process(data: bytes, output_format: str) -> ProcessedImage:

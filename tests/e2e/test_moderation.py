@@ -19,6 +19,7 @@ import pytest
 import pyvips
 from litestar.testing import TestClient
 
+from infrastructure.imaging.pipeline import social_size
 from infrastructure.settings import Settings
 from interfaces.bootstrap import Container, build
 from interfaces.http.app import create_app
@@ -96,7 +97,8 @@ def test_a_completed_image_carries_its_artefacts_blurhash_and_scores(
     assert sorted(made) == sorted(KINDS)  # six image artefacts, the original among them
     assert (made["thumb"]["width"], made["thumb"]["height"]) == (256, 144)
     assert (made["preview"]["width"], made["preview"]["height"]) == (512, 288)
-    assert (made["social"]["width"], made["social"]["height"]) == (1200, 630)
+    size = social_size(result["width"], result["height"])
+    assert (made["social"]["width"], made["social"]["height"]) == size
     for kind in ("full", "modern", "original"):
         assert (made[kind]["width"], made[kind]["height"]) == (640, 360), kind
     formats = {"social": "jpeg", "original": "png", "modern": made["modern"]["format"]}

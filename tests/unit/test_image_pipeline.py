@@ -85,7 +85,8 @@ def test_each_artefact_has_its_promised_size_and_format(width: int, height: int)
         assert a.data[8:12] == b"WEBP"
     for kind in ("full", "modern", "original"):
         assert (made[kind].width, made[kind].height) == (width, height)
-    assert (made["social"].width, made["social"].height) == pipeline.SOCIAL_SIZE
+    card = (made["social"].width, made["social"].height)
+    assert card == pipeline.social_size(width, height)
     assert (made["social"].format, made["social"].data[:2]) == ("jpeg", b"\xff\xd8")
     assert made["full"].data[8:12] == b"WEBP"
     if pipeline.avif_available():
@@ -130,15 +131,26 @@ def test_quality_prefers_sharp_well_exposed_images() -> None:
 
 
 def test_the_social_card_fills_1200x630_with_the_interesting_part() -> None:
-    """A card crawlers show at 1.91:1: exactly that size from any shape, small sources scaled
-    up, and the crop follows the subject (here a bright disc near the top of a tall image)."""
-    for width, height in ((2000, 500), (600, 900), (256, 256)):
+    """A card crawlers show at 1.91:1: 1200x630 from any source that fills it, as much of it as
+    a smaller source fills (never enlarged), and the crop follows the subject (here a bright
+    disc near the top of a tall image)."""
+    for (width, height), size in {
+        (2000, 500): (952, 500),  # the height limits it
+        (600, 900): (600, 315),
+        (256, 256): (256, 134),
+        (1376, 768): (1200, 630),
+    }.items():
         card = pipeline.social_card(pyvips.Image.new_from_buffer(photo(width, height), ""))
         decoded = pyvips.Image.new_from_buffer(card.data, "")
-        assert (card.width, card.height) == (decoded.width, decoded.height) == (1200, 630)
+        assert (card.width, card.height) == (decoded.width, decoded.height)
+        assert (card.width, card.height) == pipeline.social_size(width, height)
+        assert (card.width, card.height) == size
+        assert card.width <= width and card.height <= height  # never enlarged
+        assert card.width / card.height == pytest.approx(1200 / 630, rel=0.01)
         assert (card.kind, card.format, card.media_type) == ("social", "jpeg", "image/jpeg")
     xy = pyvips.Image.xyz(600, 1200)
     disc = ((xy[0] - 300) ** 2 + (xy[1] - 200) ** 2 < 120**2).ifthenelse([255, 40, 40], [60] * 3)
     card = pipeline.social_card(disc.cast("uchar").copy(interpretation="srgb"))
     decoded = pyvips.Image.new_from_buffer(card.data, "")
-    assert decoded.extract_area(500, 215, 200, 200).avg() > 100  # the disc is in the middle
+    assert (decoded.width, decoded.height) == (600, 315)
+    assert decoded.extract_area(250, 107, 100, 100).avg() > 100  # the disc is in the middle

@@ -81,7 +81,7 @@ def test_an_image_lists_six_artefacts_the_original_among_them() -> None:
         result.format,
     )
     assert (original.width, original.height, original.format) == (640, 360, "jpeg")
-    assert (listed["social"].width, listed["social"].height) == (1200, 630)
+    assert (listed["social"].width, listed["social"].height) == (640, 336)  # never enlarged
     for derivative in result.derivatives:
         assert derivative.url == assets.asset_url(generation_id, derivative.kind)
         assert len(served(app, blobs, generation_id, derivative.kind)) == derivative.bytes
