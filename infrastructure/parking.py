@@ -158,13 +158,16 @@ class ProviderSlots:
         return max(0, self._cap - taken)
 
     def release(self, generation_id: UUID) -> None:
+        """Gives the slot back, and wakes the scheduler only when the user has generations
+        waiting for one (one round trip; most releases wake nobody)."""
         with self.pool.connection() as conn:
-            row = conn.execute(
-                "DELETE FROM reactions.provider_slots WHERE generation_id = %s RETURNING user_id",
-                [generation_id],
-            ).fetchone()
-            if row is not None:
-                conn.execute("SELECT pg_notify(%s, '')", [WAKE_CHANNEL])
+            conn.execute(
+                "WITH freed AS (DELETE FROM reactions.provider_slots WHERE generation_id = %s "
+                "RETURNING user_id) SELECT pg_notify(%s, '') FROM freed WHERE EXISTS "
+                "(SELECT 1 FROM reactions.parked p WHERE p.kind = 'capped' "
+                "AND p.user_id = freed.user_id)",
+                [generation_id, WAKE_CHANNEL],
+            )
 
     def held(self) -> list[UUID]:
         """The generations holding a slot."""
