@@ -13,7 +13,6 @@ time (a session advisory lock); others wait as hot standbys.
 from __future__ import annotations
 
 import threading
-import time
 import zlib
 from collections.abc import Callable, Mapping
 
@@ -24,6 +23,7 @@ from eventsourcing.persistence import ApplicationRecorder
 from redis.exceptions import RedisError
 
 from application.logs import read_after
+from infrastructure.postgres import become_leader
 
 Enqueue = Callable[[str, str, int], None]
 log = structlog.get_logger(__name__)
@@ -118,11 +118,7 @@ class Dispatcher:
 
     def _become_leader(self, conn: psycopg.Connection[tuple[int]]) -> None:
         key = zlib.crc32(f"dispatcher:{self.application_name}".encode())
-        while not self.stopping.is_set():
-            row = conn.execute("SELECT pg_try_advisory_lock(%s)", [key]).fetchone()
-            if row and row[0]:
-                return
-            time.sleep(1.0)
+        become_leader(conn, key, self.stopping)
 
     def stop(self) -> None:
         self.stopping.set()

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from typing import Any
 
+import psycopg
 from eventsourcing.persistence import Notification
 from eventsourcing.postgres import PostgresDatastore, PostgresProcessRecorder
 from psycopg.conninfo import conninfo_to_dict
@@ -100,3 +102,15 @@ class EventStoreRecorder(PostgresProcessRecorder):
         self, position: int, limit: int, topics: Sequence[str] = ()
     ) -> tuple[list[Notification], int]:
         return read_after(self, position, limit, topics)
+
+
+def become_leader(conn: psycopg.Connection[Any], key: int, stopping: threading.Event) -> bool:
+    """Waits until this session holds the advisory lock ``key`` (one leader among hot standbys:
+    the lock goes with the session, so a leader that dies hands over at once); ``False`` if
+    asked to stop first."""
+    while not stopping.is_set():
+        row = conn.execute("SELECT pg_try_advisory_lock(%s)", [key]).fetchone()
+        if row and row[0]:
+            return True
+        stopping.wait(1.0)
+    return False

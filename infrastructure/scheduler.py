@@ -27,6 +27,7 @@ from dramatiq.errors import BrokerError
 from redis.exceptions import RedisError
 
 from infrastructure.parking import WAKE_CHANNEL, Parked, Parking, ProviderSlots, user_lock
+from infrastructure.postgres import become_leader
 
 Enqueue = Callable[[str, str, int], None]
 #: Ends overdue generations and frees finished ones' slots; answers how many it changed.
@@ -115,11 +116,7 @@ class Scheduler:
                         pass
 
     def _become_leader(self, conn: psycopg.Connection[Any]) -> None:
-        while not self.stopping.is_set():
-            row = conn.execute("SELECT pg_try_advisory_lock(%s)", [LEADER_LOCK]).fetchone()
-            if row and row[0]:
-                return
-            time.sleep(1.0)
+        become_leader(conn, LEADER_LOCK, self.stopping)
 
     def stop(self) -> None:
         self.stopping.set()
