@@ -85,24 +85,12 @@ class Settings:
             raise SettingsError(
                 f"PIXEVO_LOG_FORMAT must be one of {LOG_FORMATS}, not {log_format!r}"
             )
-        port = env.get("PIXEVO_HTTP_PORT", "8000")
-        if not port.isdigit() or not 0 < int(port) < 65536:
-            raise SettingsError(f"PIXEVO_HTTP_PORT must be a TCP port, not {port!r}")
-        batch = env.get("PIXEVO_PROJECTION_BATCH", "2000")
-        if not batch.isdigit() or not 0 < int(batch) <= 100_000:
-            raise SettingsError(f"PIXEVO_PROJECTION_BATCH must be 1..100000, not {batch!r}")
-        sim_port = env.get("PIXEVO_SIMULATOR_PORT", "8001")
-        if not sim_port.isdigit() or not 0 < int(sim_port) < 65536:
-            raise SettingsError(f"PIXEVO_SIMULATOR_PORT must be a TCP port, not {sim_port!r}")
-        threshold = env.get("PIXEVO_MODERATION_NSFW_THRESHOLD", "0.8")
-        try:
-            nsfw_threshold = float(threshold)
-        except ValueError:
-            nsfw_threshold = -1.0
-        if not 0 <= nsfw_threshold <= 1:
-            raise SettingsError(
-                f"PIXEVO_MODERATION_NSFW_THRESHOLD must be between 0 and 1, not {threshold!r}"
-            )
+        port = _count(env, "PIXEVO_HTTP_PORT", "8000", 65535, "a TCP port")
+        batch = _count(env, "PIXEVO_PROJECTION_BATCH", "2000", 100_000)
+        sim_port = _count(env, "PIXEVO_SIMULATOR_PORT", "8001", 65535, "a TCP port")
+        nsfw_threshold = _number(
+            env, "PIXEVO_MODERATION_NSFW_THRESHOLD", "0.8", 0, 1, "between 0 and 1"
+        )
         billing = env.get("PIXEVO_MODERATION_BLOCKED_BILLING", "waive").lower()
         if billing not in BLOCKED_BILLING:
             raise SettingsError(
@@ -110,19 +98,14 @@ class Settings:
                 f"not {billing!r}"
             )
         rules = env.get("PIXEVO_MODERATION_RULES")
-        beat = env.get("PIXEVO_SSE_HEARTBEAT_S", "15")
-        try:
-            heartbeat = float(beat)
-        except ValueError:
-            heartbeat = 0.0
-        if not 0.1 <= heartbeat <= 300:
-            raise SettingsError(f"PIXEVO_SSE_HEARTBEAT_S must be 0.1..300 seconds, not {beat!r}")
+        heartbeat = _seconds(env, "PIXEVO_SSE_HEARTBEAT_S", "15", 0.1, 300)
         defer_limit = _seconds(env, "PIXEVO_DEFER_LIMIT_S", "3600", 1, 7 * 86400)
         margin = _seconds(env, "PIXEVO_DEADLINE_MARGIN_S", "60", 0, 86400)
-        concurrency = env.get("PIXEVO_USER_CONCURRENCY", "8")
-        if not concurrency.isdigit() or not 0 < int(concurrency) <= 10_000:
-            raise SettingsError(f"PIXEVO_USER_CONCURRENCY must be 1..10000, not {concurrency!r}")
-        per_s, burst = _rate_limit(env)
+        concurrency = _count(env, "PIXEVO_USER_CONCURRENCY", "8", 10_000)
+        per_s = _number(
+            env, "PIXEVO_RATE_LIMIT_PER_S", "10", 1e-9, 1_000_000, "above 0 (per second)"
+        )
+        burst = _count(env, "PIXEVO_RATE_LIMIT_BURST", "20", 1_000_000)
         providers = {
             key[len("PIXEVO_PROVIDER_") : -len("_URL")].lower(): (
                 value,
@@ -136,13 +119,13 @@ class Settings:
             redis_url=env.get("PIXEVO_REDIS_URL") or None,
             data_dir=Path(env.get("PIXEVO_DATA_DIR") or ".pixevo").absolute(),
             http_host=env.get("PIXEVO_HTTP_HOST", "127.0.0.1"),
-            http_port=int(port),
+            http_port=port,
             public_url=_public_url(env.get("PIXEVO_PUBLIC_URL")),
             log_format=log_format,
             log_level=env.get("PIXEVO_LOG_LEVEL", "INFO").upper(),
             redis_namespace=env.get("PIXEVO_REDIS_NAMESPACE", "pixevo"),
-            projection_batch=int(batch),
-            simulator_port=int(sim_port),
+            projection_batch=batch,
+            simulator_port=sim_port,
             stream_secret=env.get("PIXEVO_STREAM_SECRET") or None,
             sse_heartbeat_s=heartbeat,
             nsfw_threshold=nsfw_threshold,
@@ -152,7 +135,7 @@ class Settings:
             providers=providers,
             defer_limit_s=defer_limit,
             deadline_margin_s=margin,
-            user_concurrency=int(concurrency),
+            user_concurrency=concurrency,
             rate_limit_per_s=per_s,
             rate_limit_burst=burst,
             cors_origins=_origins(env.get("PIXEVO_CORS_ORIGINS", "")),
@@ -232,29 +215,30 @@ class Settings:
         os.environ.update(self.as_env())
 
 
-def _seconds(env: Mapping[str, str], name: str, default: str, low: float, high: float) -> float:
+def _number(
+    env: Mapping[str, str], name: str, default: str, low: float, high: float, what: str
+) -> float:
+    """The variable as a number in ``low..high``, or an error naming it and ``what`` it takes."""
     value = env.get(name, default)
     try:
-        seconds = float(value)
+        number = float(value)
     except ValueError:
-        seconds = -1.0
-    if not low <= seconds <= high:
-        raise SettingsError(f"{name} must be {low:g}..{high:g} seconds, not {value!r}")
-    return seconds
+        number = float("nan")  # fails the range check below
+    if not low <= number <= high:
+        raise SettingsError(f"{name} must be {what}, not {value!r}")
+    return number
 
 
-def _rate_limit(env: Mapping[str, str]) -> tuple[float, int]:
-    rate = env.get("PIXEVO_RATE_LIMIT_PER_S", "10")
-    try:
-        per_s = float(rate)
-    except ValueError:
-        per_s = 0.0
-    if not 0 < per_s <= 1_000_000:
-        raise SettingsError(f"PIXEVO_RATE_LIMIT_PER_S must be above 0 (per second), not {rate!r}")
-    burst = env.get("PIXEVO_RATE_LIMIT_BURST", "20")
-    if not burst.isdigit() or not 0 < int(burst) <= 1_000_000:
-        raise SettingsError(f"PIXEVO_RATE_LIMIT_BURST must be 1..1000000, not {burst!r}")
-    return per_s, int(burst)
+def _seconds(env: Mapping[str, str], name: str, default: str, low: float, high: float) -> float:
+    return _number(env, name, default, low, high, f"{low:g}..{high:g} seconds")
+
+
+def _count(env: Mapping[str, str], name: str, default: str, high: int, what: str = "") -> int:
+    """The variable as a whole number in ``1..high``."""
+    value = env.get(name, default)
+    if not value.isdigit() or not 0 < int(value) <= high:
+        raise SettingsError(f"{name} must be {what or f'1..{high}'}, not {value!r}")
+    return int(value)
 
 
 def _origins(value: str) -> tuple[str, ...]:
