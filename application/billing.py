@@ -7,7 +7,7 @@ events are saved with a tracking record so a redelivery records nothing new.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from datetime import datetime
 from typing import ClassVar
 from uuid import UUID
@@ -98,6 +98,23 @@ class BillingApplication(PixevoApplication):
         """A reaction: places the hold and records ``tracking`` in the same transaction."""
         account = self.load_account(user_id)
         account.place_hold(amount, cause)
+        return self.save_tracked(tracking, account)
+
+    @command
+    def settle_parts(
+        self, tracking: Tracking, user_id: UUID, hold_id: UUID, parts: Mapping[Cause, int]
+    ) -> bool:
+        """A reaction: spends each part of a shared hold on its own cause (a ledger entry
+        each), then releases the rest; recorded with ``tracking``, once. A hold never placed
+        (nothing was held) records the tracking only."""
+        if self.already_processed(tracking):
+            return False
+        account = self.load_account(user_id)
+        if str(hold_id) in account.holds:
+            for cause, amount in parts.items():
+                if amount > 0:
+                    account.draw(hold_id, amount, cause)
+            account.release(hold_id)
         return self.save_tracked(tracking, account)
 
     # -- queries over the event store (audit, replay) ---------------------------------------

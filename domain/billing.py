@@ -86,6 +86,20 @@ class CreditAccount(Aggregate):
             account.balance -= self.amount
             account.closed_holds[str(self.hold_id)] = "captured"
 
+    class HoldDrawn(Aggregate.Event):
+        """Part of an open hold is spent on ``cause`` (one node of a workflow run); the hold
+        stays open with the rest."""
+
+        hold_id: UUID
+        amount: int
+        cause_type: str
+        cause_id: str
+
+        def apply(self, aggregate: Any) -> None:
+            account: CreditAccount = aggregate
+            account.holds[str(self.hold_id)]["amount"] -= self.amount
+            account.balance -= self.amount
+
     class HoldReleased(Aggregate.Event):
         hold_id: UUID
         amount: int
@@ -173,6 +187,22 @@ class CreditAccount(Aggregate):
             note=note,
         )
         return True
+
+    def draw(self, hold_id: UUID, amount: int, cause: Cause) -> None:
+        """Spends ``amount`` of an open hold on ``cause`` (a part of what the hold is for)."""
+        check_movement(amount)
+        hold = self.holds.get(str(hold_id))
+        if hold is None:
+            raise UnknownHold(f"no open hold {hold_id} on this account")
+        if amount > hold["amount"]:
+            raise InvalidAmount(f"a draw may not exceed what is held ({hold['amount']} units)")
+        self.trigger_event(
+            self.HoldDrawn,
+            hold_id=hold_id,
+            amount=amount,
+            cause_type=cause.type,
+            cause_id=cause.id,
+        )
 
     def release(self, hold_id: UUID, note: str | None = None) -> bool:
         """Gives the whole hold back; a repeated release is a no-op."""

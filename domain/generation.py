@@ -17,6 +17,7 @@ has been in its status longer than its model allows (:meth:`Generation.expire`).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any, ClassVar, Literal, get_args
 from uuid import UUID
@@ -313,7 +314,10 @@ class Generation(Aggregate):
         request_hash: str,
         cause: Cause | None = None,
         inputs: dict[str, dict[str, Any]] | None = None,
+        part: Mapping[str, str] | None = None,
     ) -> Generation:
+        """``part``: where in its cause it belongs (``{"node", "hold"}`` for a workflow node),
+        recorded beside the cause's type and id."""
         return cls._create(
             cls.Requested,
             id=generation_id,
@@ -328,7 +332,7 @@ class Generation(Aggregate):
             allow_fallback=allow_fallback,
             fingerprint=fingerprint,
             request_hash=request_hash,
-            cause={"type": cause.type, "id": cause.id} if cause else None,
+            cause={"type": cause.type, "id": cause.id, **(part or {})} if cause else None,
             inputs=inputs,
         )
 
@@ -338,6 +342,18 @@ class Generation(Aggregate):
         if self._cause is None:
             return Cause("generation", str(self.id))
         return Cause(self._cause["type"], self._cause["id"])
+
+    @property
+    def shared_hold(self) -> UUID | None:
+        """The hold of a cause that funds many generations (a workflow run's round): placed
+        and settled by its cause, drawn on by this generation. ``None``: it holds its own."""
+        hold = (self._cause or {}).get("hold")
+        return UUID(hold) if hold else None
+
+    @property
+    def cause_part(self) -> dict[str, str]:
+        """What the cause records beside its type and id (a workflow node's ``node``)."""
+        return {k: v for k, v in (self._cause or {}).items() if k not in ("type", "id")}
 
     @property
     def finished(self) -> bool:

@@ -93,6 +93,12 @@ def apply(position: AccountPosition, event: object) -> tuple[AccountPosition, li
         moves.append(("capture", event.amount, cause, event.hold_id, event.note))
         if event.released:
             moves.append(("release", event.released, cause, event.hold_id, event.note))
+    elif isinstance(event, CreditAccount.HoldDrawn):
+        hold = holds[event.hold_id]
+        holds[event.hold_id] = replace(hold, amount=hold.amount - event.amount)
+        balance -= event.amount
+        cause = Cause(event.cause_type, event.cause_id)
+        moves.append(("capture", event.amount, cause, event.hold_id, f"from {hold.cause}"))
     elif isinstance(event, CreditAccount.HoldReleased):
         cause = holds.pop(event.hold_id).cause
         moves.append(("release", event.amount, cause, event.hold_id, event.note))

@@ -33,6 +33,7 @@ class LedgerView(ProjectionView):
             CreditAccount.Deposited,
             CreditAccount.HoldPlaced,
             CreditAccount.HoldCaptured,
+            CreditAccount.HoldDrawn,
             CreditAccount.HoldReleased,
         )
     )

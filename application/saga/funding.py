@@ -38,7 +38,10 @@ class FundGeneration(Reaction):
         if self.generations.already_processed(tracking):
             return False
         generation = self.generations.generation(None, generation_id)
-        if generation.status == "requested":
+        if generation.status == "requested" and generation.shared_hold is not None:
+            generation.fund(generation.shared_hold)  # its cause was funded before it was made
+            self._serve_or_queue(generation)
+        elif generation.status == "requested":
             try:
                 hold_id = self.billing.place_hold(
                     generation.user_id, generation.quote, generation.cause
@@ -48,7 +51,7 @@ class FundGeneration(Reaction):
             else:
                 generation.fund(hold_id)
                 self._serve_or_queue(generation)
-        elif generation.finished and generation.hold_id is None:
+        elif generation.finished and generation.hold_id is None and not generation.shared_hold:
             # cancelled while its hold was being placed: give the credits back
             self.billing.release_cause(generation.user_id, generation.cause)
         return self.generations.save_tracked(tracking, generation)

@@ -39,6 +39,8 @@ class SettleGeneration(Reaction):
         if self.billing.already_processed(tracking):
             return False
         generation = self.generations.generation(None, event.originator_id)
+        if generation.shared_hold is not None:  # its cause settles its hold
+            return self.billing.save_tracked(tracking)
         account = self.billing.load_account(generation.user_id)
         hold = hold_id_for(generation.cause)
         if str(hold) in account.holds:
