@@ -23,6 +23,7 @@ Our exception hierarchy (where a class is defined, if not here, in brackets)::
     │   └── HoldClosed              a hold already captured or released [domain.errors]
     ├── Invalid                                                           HTTP 422
     │   ├── InvalidRequest          not something the model can do, naming the field
+    │   │   └── LocalOpError        a local workflow op that cannot run as asked [workflow_ops]
     │   ├── NotAnImage              an upload that does not decode as an image [uploads]
     │   ├── ContentPolicyViolation  a prompt the moderation rules refuse
     │   ├── InvalidEmail            not an email address
