@@ -148,15 +148,22 @@ class GenerationsApplication(PixevoApplication):
         self.group_commit = GroupCommit(self.save)
         self.inputs = inputs or StoredInputs(self.repository.get, blobs)
 
-    def quote(self, request: GenerationRequest, user_id: UUID | None = None) -> Normalised:
+    def quote(
+        self,
+        request: GenerationRequest,
+        user_id: UUID | None = None,
+        inputs: Mapping[str, ImageInput] | None = None,
+    ) -> Normalised:
         """The normalised request and its price; refuses a prompt the moderation rules refuse.
-        Image references are resolved as ``user_id``'s."""
+        Image references are resolved as ``user_id``'s (or given, already resolved, as
+        ``inputs``: a workflow node's upstream outputs)."""
         try:
             spec = self.catalogue.get(request.model)
         except UnknownModel as unknown:
             raise InvalidRequest("model", str(unknown)) from None
         self.moderation.rules.screen(request.prompt, request.negative_prompt)
-        return normalise(spec, request, self._resolve(user_id, request))
+        resolved = dict(inputs) if inputs is not None else self._resolve(user_id, request)
+        return normalise(spec, request, resolved)
 
     def _resolve(self, user_id: UUID | None, request: GenerationRequest) -> dict[str, ImageInput]:
         found = references(request.params)
@@ -208,8 +215,22 @@ class GenerationsApplication(PixevoApplication):
                     )
                 else:
                     return self.state(user_id, existing.generation_id), False
+        generation = self._new(generation_id, user_id, request, normalised, cause)
+        # both or neither (a racing duplicate conflicts on the key), batched with concurrent ones
+        self.group_commit.save(generation, claim)
+        return GenerationState.of(generation), True
+
+    def _new(
+        self,
+        generation_id: UUID,
+        user_id: UUID,
+        request: GenerationRequest,
+        normalised: Normalised,
+        cause: Cause | None,
+        part: Mapping[str, str] | None = None,
+    ) -> Generation:
         spec = self.catalogue.get(normalised.model)
-        generation = Generation.request(
+        return Generation.request(
             generation_id=generation_id,
             user_id=user_id,
             model=spec.key,
@@ -221,13 +242,28 @@ class GenerationsApplication(PixevoApplication):
             quote=normalised.cost_units,
             allow_fallback=request.allow_fallback,
             fingerprint=fingerprint(normalised),
-            request_hash=request_hash,
+            request_hash=_request_hash(request),
             cause=cause,
             inputs=records(normalised.inputs),
+            part=part,
         )
-        # both or neither (a racing duplicate conflicts on the key), batched with concurrent ones
-        self.group_commit.save(generation, claim)
-        return GenerationState.of(generation), True
+
+    def request_part(
+        self,
+        tracking: Tracking,
+        generation_id: UUID,
+        user_id: UUID,
+        request: GenerationRequest,
+        normalised: Normalised,
+        cause: Cause,
+        part: Mapping[str, str],
+    ) -> bool:
+        """A reaction: the generation one part of ``cause`` makes (a workflow node's attempt),
+        with its id given and recorded with ``tracking``, once."""
+        if self.already_processed(tracking):
+            return False
+        generation = self._new(generation_id, user_id, request, normalised, cause, part)
+        return self.save_tracked(tracking, generation)
 
     def replay(
         self, user_id: UUID, request: GenerationRequest, idempotency_key: str

@@ -278,6 +278,8 @@ class WorkflowExecution(Aggregate):
         cached: bool
         charged: int
         fallback_from: str | None
+        #: When the work began, where no ``NodeStarted`` said so (a local op).
+        started_at: datetime | None = None
 
         def apply(self, aggregate: Any) -> None:
             state = aggregate.nodes[self.node]
@@ -292,7 +294,7 @@ class WorkflowExecution(Aggregate):
                 completed_at=self.timestamp,
             )
             if state["started_at"] is None:
-                state["started_at"] = self.timestamp
+                state["started_at"] = self.started_at or self.timestamp
 
     class NodeFailed(Aggregate.Event):
         node: str
@@ -354,6 +356,8 @@ class WorkflowExecution(Aggregate):
     class Ended(Aggregate.Event):
         status: str
         outputs: dict[str, Any] | None
+        #: The funding round that ends with it (what its settlement charges and releases).
+        funding_round: int = 1
 
         def apply(self, aggregate: Any) -> None:
             aggregate.status = self.status
@@ -494,6 +498,7 @@ class WorkflowExecution(Aggregate):
         cached: bool = False,
         charged: int = 0,
         fallback_from: str | None = None,
+        started_at: datetime | None = None,
     ) -> bool:
         """Records the node's output; queues what it unblocks. ``charged`` is capped at the
         node's quote (a fallback never costs the run more than it was quoted)."""
@@ -507,6 +512,7 @@ class WorkflowExecution(Aggregate):
             cached=cached,
             charged=min(charged, self.quotes.get(node, 0)),
             fallback_from=fallback_from,
+            started_at=started_at,
         )
         self.advance(deadline)
         return True
@@ -543,7 +549,10 @@ class WorkflowExecution(Aggregate):
         if idle:
             self.trigger_event(self.NodesCancelled, nodes=idle)
         running = self._running_provider_nodes()
-        self.advance(None)
+        if self.status == "queued":  # not funded yet: nothing runs
+            self._end("cancelled")
+        else:
+            self.advance(None)
         return running
 
     def _running_provider_nodes(self) -> list[str]:
@@ -648,7 +657,7 @@ class WorkflowExecution(Aggregate):
                 name: self.nodes[binding_source(binding)[1]]["output"]
                 for name, binding in self.graph.get("outputs", {}).items()
             }
-        self.trigger_event(self.Ended, status=status, outputs=outputs)
+        self.trigger_event(self.Ended, status=status, outputs=outputs, funding_round=self.round)
 
 
 _REQUESTED_FIELDS = (

@@ -21,6 +21,7 @@ import psycopg
 import psycopg_pool
 import redis.asyncio as aioredis
 import structlog
+from infrastructure.imaging.local_ops import run_local_op
 from litestar.channels import ChannelsPlugin
 from litestar.channels.backends.redis import RedisChannelsPubSubBackend
 from psycopg import sql
@@ -37,6 +38,15 @@ from application.saga import CancelAtProvider, FundGeneration, Generate, SettleG
 from application.saga.deadlines import Deadlines, Patience
 from application.uploads import Uploads
 from application.users import Users
+from application.workflow_reactions import (
+    CancelRunNodes,
+    FollowNodeGeneration,
+    FundRun,
+    RunLocalNode,
+    SettleRun,
+    StartProviderNode,
+)
+from application.workflows import WorkflowsApplication
 from infrastructure import embedded
 from infrastructure.actors import REACTIONS_QUEUE, declare_react_actor
 from infrastructure.breakers import RedisCircuitBreakers
@@ -76,7 +86,7 @@ POOL_SIZE = 8
 ReactionFactory = Callable[["Container"], Reaction]
 
 
-def _no_extras(_: Container) -> Mapping[str, Any]:
+def _no_extras(_: Container, __: Mapping[str, PixevoApplication]) -> Mapping[str, Any]:
     return {}
 
 
@@ -98,14 +108,16 @@ class BoundedContext:
     """Everything the platform runs for one bounded context.
 
     ``name`` is its schema and table prefix; ``extras`` the application's constructor
-    arguments beyond its environment.
+    arguments beyond its environment (given the applications of the contexts before it).
     """
 
     name: str
     application: type[PixevoApplication]
     reactions: tuple[ReactionFactory, ...] = ()
     projections: tuple[Projection, ...] = ()
-    extras: Callable[[Container], Mapping[str, Any]] = _no_extras
+    extras: Callable[[Container, Mapping[str, PixevoApplication]], Mapping[str, Any]] = _no_extras
+    #: The name its aggregates' ids are bound under in the logs of the reactions to its events.
+    log_key: str | None = None
 
 
 CONTEXTS: tuple[BoundedContext, ...] = (
@@ -143,7 +155,25 @@ CONTEXTS: tuple[BoundedContext, ...] = (
             ),
             Projection(ModelTimingsView),
         ),
-        extras=lambda c: {"moderation": c.moderation, "blobs": c.blobs},
+        extras=lambda c, _: {"moderation": c.moderation, "blobs": c.blobs},
+        log_key="generation_id",
+    ),
+    BoundedContext(
+        "workflows",
+        WorkflowsApplication,
+        reactions=(
+            lambda c: FundRun(c.workflows, c.billing),
+            lambda c: StartProviderNode(c.workflows, c.generations),
+            lambda c: RunLocalNode(c.workflows, c.blobs, run_local_op),
+            lambda c: FollowNodeGeneration(c.workflows, c.generations, c.blobs),
+            lambda c: CancelRunNodes(c.workflows, c.generations),
+            lambda c: SettleRun(c.workflows, c.billing),
+        ),
+        extras=lambda c, built: {
+            "generations": built["generations"],
+            "provider_allowance": c.patience.defer_limit + 2 * c.patience.margin,
+        },
+        log_key="workflow_run_id",
     ),
 )
 
@@ -214,13 +244,13 @@ class Container:
                     conn.execute(
                         sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(name))
                     )
-                return {
-                    name: context.application(
+                built: dict[str, PixevoApplication] = {}
+                for name, context in self.contexts.items():  # in order: later ones use earlier
+                    built[name] = context.application(
                         env=eventstore_env(self.database_url, schema=name),
-                        **context.extras(self),
+                        **context.extras(self, built),
                     )
-                    for name, context in self.contexts.items()
-                }
+                return built
             finally:
                 conn.execute("SELECT pg_advisory_unlock(%s)", [DDL_LOCK])
 
@@ -238,6 +268,10 @@ class Container:
     @property
     def generations(self) -> GenerationsApplication:
         return cast("GenerationsApplication", self.applications["generations"])
+
+    @property
+    def workflows(self) -> WorkflowsApplication:
+        return cast("WorkflowsApplication", self.applications["workflows"])
 
     @cached_property
     def catalogue(self) -> Catalogue:
@@ -393,7 +427,7 @@ class Container:
                 app.recorder,
                 self.reactor.subscriptions(name),
                 self.enqueue_reaction,
-                log_key="generation_id" if name == "generations" else None,
+                log_key=self.contexts[name].log_key,
             )
             for name, app in self.applications.items()
         ]

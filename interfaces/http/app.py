@@ -19,7 +19,13 @@ from litestar.openapi.spec import Components, SecurityScheme
 from litestar.types import ASGIApp, Receive, Scope, Send
 
 from interfaces.bootstrap import Container
-from interfaces.http import feed_routes, generation_routes, problems, upload_routes
+from interfaces.http import (
+    feed_routes,
+    generation_routes,
+    problems,
+    upload_routes,
+    workflow_routes,
+)
 from interfaces.http.auth import PUBLIC_PATHS, ApiKeyAuthentication
 from interfaces.http.cors import ORIGINS_STATE, allow_header, cors_config
 from interfaces.http.openapi import RefinedJson, RefinedSwagger
@@ -90,11 +96,15 @@ def create_app(container: Container) -> Litestar:
     uploads = upload_routes.UploadServices(
         lambda: container.uploads, container.blobs, container.asset_signer
     )
+    workflows = workflow_routes.WorkflowServices(
+        lambda: container.workflows, api.pool, container.blobs
+    )
     # what the controllers take by name; built on first use (the API reads only the read side
     # until a route needs the write side)
     dependencies = {
         "services": _provide(lambda: services),
         "upload_services": _provide(lambda: uploads),
+        "workflow_services": _provide(lambda: workflows),
         "billing": _provide(lambda: container.billing),
         "users": _provide(lambda: container.users),
         "catalogue": _provide(lambda: container.catalogue),
@@ -113,6 +123,7 @@ def create_app(container: Container) -> Litestar:
             *generation_routes.ROUTES,
             *feed_routes.ROUTES,
             *upload_routes.ROUTES,
+            *workflow_routes.ROUTES,
         ],
         lifespan=[resources],
         plugins=[api.channels],

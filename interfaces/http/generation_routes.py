@@ -105,6 +105,20 @@ async def _quote(services: GenerationServices, asked: GenerationRequest, user: U
     return await asyncio.to_thread(services.generations.quote, asked, user)
 
 
+async def require_credits(pool: AsyncConnectionPool, user_id: UUID, units: int) -> None:
+    """The fast pre-check: 402 at once when the balance read model plainly cannot pay
+    ``units`` (the hold decides for certain). Before refusing, it waits for the ledger
+    projection to catch up: a grant just made may not be there yet."""
+    available = await ledger_queries.available(pool, user_id)
+    if available * 10_000 < units:
+        await ledger_queries.caught_up(pool, user_id)
+        available = await ledger_queries.available(pool, user_id)
+    if available * 10_000 < units:
+        raise ProblemError(
+            402, f"this costs {format_credits(units)} credits; {available:.4f} are available"
+        )
+
+
 class Generations(Controller):
     path = "/v1/generations"
 
@@ -139,16 +153,7 @@ class Generations(Controller):
             if replayed is not None:
                 return view_of(replayed)
         normalised = await _quote(services, asked, request.user.id)
-        available = await ledger_queries.available(services.pool, request.user.id)
-        if available * 10_000 < normalised.cost_units:  # the fast pre-check: before refusing,
-            await ledger_queries.caught_up(services.pool, request.user.id)  # a grant may lag
-            available = await ledger_queries.available(services.pool, request.user.id)
-        if available * 10_000 < normalised.cost_units:
-            raise ProblemError(
-                402,
-                f"this costs {format_credits(normalised.cost_units)} "
-                f"credits; {available:.4f} are available",
-            )
+        await require_credits(services.pool, request.user.id, normalised.cost_units)
         generation, _ = await asyncio.to_thread(
             services.generations.request, request.user.id, asked, idempotency_key, normalised
         )
