@@ -19,7 +19,7 @@ from application.errors import UnknownModel as UnknownModel
 
 CATALOGUE_FILE = Path(__file__).with_name("models.toml")
 
-Kind = Literal["image", "video", "upscale", "edit"]
+Kind = Literal["image", "video", "upscale", "edit", "remove_background"]
 Wire = Literal["predictions", "queue", "images"]
 Positive = Annotated[int, msgspec.Meta(gt=0)]
 

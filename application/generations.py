@@ -23,6 +23,7 @@ from application.catalogue import Catalogue, ModelSpec, UnknownModel, default_ca
 from application.errors import Conflict, NotFound
 from application.group_commit import GroupCommit
 from application.inputs import (
+    SIZED_BY_INPUT,
     ImageInput,
     InputResolver,
     StoredInputs,
@@ -306,7 +307,7 @@ class GenerationsApplication(PixevoApplication):
         params: dict[str, Any] = dict(generation.params)
         if spec.capabilities.sizes:  # it takes pixels: the ratio only said how they were chosen
             params.pop("aspect_ratio", None)
-        if spec.capabilities.aspect_ratios is not None or spec.kind == "upscale":
+        if spec.capabilities.aspect_ratios is not None or spec.kind in SIZED_BY_INPUT:
             params.pop("width", None)  # it takes a ratio, or its input's size: pixels conflict
             params.pop("height", None)
         request = GenerationRequest(

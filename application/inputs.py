@@ -5,10 +5,13 @@ completed, unblocked image generation of the caller's). It is resolved once, whe
 is normalised, into an :class:`ImageInput` (blob key, size, content hash) that the
 ``Requested`` event records: nothing resolves it again, a fallback included.
 
-    upscale   needs params.image; output = input x params.scale, within the model's limits
-    edit      needs params.image; params.mask (optional) is the image's size; the output
-              size follows the input's unless asked otherwise
-    image     takes neither (nor does video)
+    upscale            needs params.image; output = input x params.scale, within the model's
+                       limits
+    edit               needs params.image; params.mask (optional) is the image's size; the
+                       output size follows the input's unless asked otherwise
+    remove_background  needs params.image; output = input (with transparency), within the
+                       model's limits
+    image              takes neither (nor does video)
 """
 
 from __future__ import annotations
@@ -32,7 +35,10 @@ from domain.upload import Upload
 #: The parameters that take an image reference, in the order they are resolved.
 IMAGE_FIELDS = ("image", "mask")
 #: The model kinds that need ``params.image``.
-INPUT_KINDS = frozenset({"upscale", "edit"})
+INPUT_KINDS = frozenset({"upscale", "edit", "remove_background"})
+#: The model kinds whose output size is their input's (times ``params.scale`` for an upscale):
+#: they take no ``width``, ``height`` or ``aspect_ratio``.
+SIZED_BY_INPUT = frozenset({"upscale", "remove_background"})
 _HOW = 'an image reference: "upload:<id>" or "generation:<id>"'
 
 
@@ -225,15 +231,25 @@ def require_image(spec: ModelSpec, source: ImageInput | None) -> ImageInput | No
 
 def upscaled_size(spec: ModelSpec, source: ImageInput, scale: int) -> tuple[int, int]:
     """The output of upscaling ``source`` by ``scale``, if the model can make it."""
+    return _within_limits(spec, source, scale)
+
+
+def input_size(spec: ModelSpec, source: ImageInput) -> tuple[int, int]:
+    """The output of a model that makes its input's size (a background removal), if it can."""
+    return _within_limits(spec, source, 1)
+
+
+def _within_limits(spec: ModelSpec, source: ImageInput, scale: int) -> tuple[int, int]:
     sizes, limit = spec.capabilities.sizes, spec.capabilities.max_pixels
     width, height = source.width * scale, source.height * scale
     if sizes is not None and min(source.width, source.height) < sizes.min:
         raise InvalidRequest("params.image", f"{spec.key} takes images of {sizes.min} px a side")
     too_wide = sizes is not None and max(width, height) > sizes.max
     if width * height > limit or too_wide:
+        made = f" upscaled {scale}x is {width}x{height}," if scale != 1 else " is"
         raise InvalidRequest(
             "params.image",
-            f"{source.width}x{source.height} upscaled {scale}x is {width}x{height}, beyond "
+            f"{source.width}x{source.height}{made} beyond "
             f"{spec.key}'s {limit:,} pixels"
             + (f" or {sizes.max} px a side" if sizes is not None else ""),
         )

@@ -22,6 +22,7 @@ from application.errors import InvalidRequest as InvalidRequest
 from application.inputs import (
     ImageInput,
     input_ratio,
+    input_size,
     require_image,
     take_inputs,
     upscaled_size,
@@ -32,6 +33,9 @@ OUTPUT_FORMATS = ("png", "jpeg", "webp", "avif")
 MAX_PROMPT = 4000
 MAX_SEED = 2**32 - 1
 _DEFAULT_PIXELS = 1024 * 1024
+#: The model kinds a prompt is optional for (an upscaler may take one; a background remover
+#: takes none: it is dropped with a warning).
+PROMPT_OPTIONAL = frozenset({"upscale", "remove_background"})
 #: One normalised parameter as a provider receives it: a number (width, height, seed, steps,
 #: guidance, duration_s, scale), a ratio's text (aspect_ratio) or an image reference (image,
 #: mask: the adapter sends the resolved input in its place).
@@ -67,7 +71,10 @@ def normalise(
     """``inputs``: the request's image references, resolved (see :mod:`application.inputs`)."""
     warnings: list[str] = []
     prompt = request.prompt.strip()
-    if spec.kind != "upscale" and not prompt:
+    if spec.kind == "remove_background" and prompt:
+        warnings.append(f"{spec.key} takes no prompt: it was dropped")
+        prompt = ""
+    if spec.kind not in PROMPT_OPTIONAL and not prompt:
         raise InvalidRequest("prompt", "must not be empty")
     if len(prompt) > MAX_PROMPT:
         raise InvalidRequest("prompt", f"at most {MAX_PROMPT} characters")
@@ -79,6 +86,8 @@ def normalise(
     params: dict[str, ParamValue] = {name: item.reference for name, item in inputs.items()}
     if spec.kind == "upscale":
         width, height = _upscaled(spec, raw, params, source)
+    elif spec.kind == "remove_background":
+        width, height = _cut_out(spec, raw, source)
     else:
         width, height = _dimensions(spec, raw, params, warnings, source)
         require_image(spec, source)
@@ -150,6 +159,20 @@ def _upscaled(
     if source is None or scale is None:  # pragma: no cover - both required just above
         raise CatalogueError(f"{spec.key} is an upscaler without scales")
     return upscaled_size(spec, source, scale)
+
+
+def _cut_out(spec: ModelSpec, raw: dict[str, Any], source: ImageInput | None) -> tuple[int, int]:
+    """A background removal's output: its input's size (never asked for); nothing to tune."""
+    for name in ("width", "height", "aspect_ratio"):
+        if raw.get(name) is not None:
+            raise InvalidRequest(f"params.{name}", "a background removal is its input's size")
+    for name in ("steps", "guidance"):
+        if raw.get(name) is not None:
+            raise InvalidRequest(f"params.{name}", f"{spec.key} takes no {name}")
+    source = require_image(spec, source)
+    if source is None:  # pragma: no cover - required just above
+        raise CatalogueError(f"{spec.key} needs an input image")
+    return input_size(spec, source)
 
 
 def _dimensions(

@@ -11,7 +11,9 @@ image inputs                        fetched at submission, as real providers tak
                                     input.image / input.mask (predictions) or image_url /
                                     mask_url (queue); base64 in the body (images). Upscalers
                                     resize the image by the scale; edit models blend the
-                                    prompt's picture into it (inside the mask, if given).
+                                    prompt's picture into it (inside the mask, if given);
+                                    background removers make what is near the colour of the
+                                    image's border transparent.
 files                               GET /files/{id}.{ext}, GET /files/{id}/preview/{n}
 moderation                          POST /moderation/v1/classify (image bytes -> nsfw score);
                                     faults under the provider name "moderation"
@@ -288,6 +290,8 @@ def _render(job: Job) -> bytes:
         return render.upscale(job.source, int(job.input.get("scale") or 2))
     if job.model.kind == "edit" and job.source is not None:
         return render.edit(job.source, job.mask, prompt, job.seed, job.width, job.height)
+    if job.model.kind == "remove_background" and job.source is not None:
+        return render.remove_background(job.source)
     return render.render(prompt, job.seed, job.width, job.height)
 
 

@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 
 from application.catalogue import ModelSpec
+from application.inputs import INPUT_KINDS
 
 
 class InputRefused(Exception):
@@ -19,9 +20,9 @@ class InputRefused(Exception):
 async def fetch_inputs(
     model: ModelSpec, image: Any, mask: Any
 ) -> tuple[bytes | None, bytes | None]:
-    """The image's and the mask's bytes; an upscaler or an edit model without an image is
-    refused, as a provider would."""
-    if model.kind in ("upscale", "edit") and not image:
+    """The image's and the mask's bytes; a model that needs an image (an upscaler, an edit
+    model, a background remover) is refused without one, as a provider would."""
+    if model.kind in INPUT_KINDS and not image:
         raise InputRefused(f"{model.key} needs an input image")
     return await _input(image), await _input(mask)
 

@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import io
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import av
 import httpx
 import pytest
+import pyvips
 
 from application.catalogue import default_catalogue
+from application.inputs import ImageInput
 from application.normalise import GenerationRequest, normalise
 from application.providers import Progress, ProviderFailure
 from infrastructure.providers import Providers
+from infrastructure.providers.inputs import ProviderInputs
 from infrastructure.simulator.render import render
 
 pytestmark = pytest.mark.integration
@@ -36,10 +42,38 @@ def submissions(simulator: str, provider: str) -> int:
     return int(stats.get(provider, {}).get("submissions", 0))
 
 
-def run(providers: Providers, model: str, prompt: str = "a red fox", **params: Any) -> Any:
+class DataInputs(ProviderInputs):
+    """Image inputs from memory, linked as ``data:`` URIs (the simulator takes those as it
+    takes links: no API needs to serve them)."""
+
+    def __init__(self, blobs: Mapping[str, bytes]) -> None:
+        self.stored = dict(blobs)
+
+    def url(self, item: ImageInput) -> str:
+        return "data:image/png;base64," + self.base64(item)
+
+    def base64(self, item: ImageInput) -> str:
+        return base64.b64encode(self.stored[item.storage_key]).decode()
+
+
+def stored(key: str, data: bytes) -> ImageInput:
+    image = pyvips.Image.new_from_buffer(data, "")
+    sha = hashlib.sha256(data).hexdigest()
+    return ImageInput("upload:x", key, image.width, image.height, "image/png", sha)
+
+
+def run(
+    providers: Providers,
+    model: str,
+    prompt: str = "a red fox",
+    inputs: Mapping[str, ImageInput] | None = None,
+    **params: Any,
+) -> Any:
     spec = CATALOGUE.get(model)
     request = normalise(
-        spec, GenerationRequest(model=model, prompt=prompt, params={"seed": 7, **params})
+        spec,
+        GenerationRequest(model=model, prompt=prompt, params={"seed": 7, **params}),
+        inputs,
     )
     adapter = providers.for_model(spec)
     progress: list[Progress] = []
@@ -56,6 +90,33 @@ def test_each_wire_style_produces_the_deterministic_picture(
     assert (output.width, output.height) == (256, 256)
     seed = 0 if model == "imagen-3" else 7  # imagen takes no seed: the adapter never sends one
     assert data == render("a red fox", seed, 256, 256)
+
+
+@pytest.mark.parametrize("model", ["bria-rmbg", "rembg"])  # queue, predictions
+def test_background_removers_make_the_plain_background_transparent(
+    simulator: str, model: str
+) -> None:
+    backdrop = pyvips.Image.black(96, 72).new_from_image([30, 140, 60])
+    square = pyvips.Image.black(32, 32).new_from_image([220, 40, 90])
+    data = bytes(
+        backdrop.insert(square, 32, 20).copy(interpretation="srgb").write_to_buffer(".png")
+    )
+    source = stored("uploads/u/plain.png", data)
+    providers = Providers(
+        CATALOGUE,
+        lambda name: (f"{simulator}/{name}", f"key-{name}"),
+        poll_interval_s=0.02,
+        inputs=DataInputs({source.storage_key: data}),
+    )
+    result, output, _ = run(providers, model, "", {"image": source}, image=source.reference)
+    assert (output.width, output.height, output.content_type) == (96, 72, "image/png")
+    cut = pyvips.Image.new_from_buffer(result, "")
+    assert (cut.width, cut.height, cut.bands) == (96, 72, 4)
+    alpha = cut[3]
+    for x, y in ((0, 0), (95, 71), (10, 36), (80, 5)):  # the border and the backdrop
+        assert alpha(x, y) == [0.0]
+    assert alpha.crop(36, 24, 24, 24).min() == 255  # the square, inside its soft edge
+    assert cut(48, 36)[:3] == [220, 40, 90]  # its colours are kept
 
 
 def test_the_queue_streams_progress_with_previews(providers: Providers, simulator: str) -> None:

@@ -25,7 +25,7 @@ def ask(model: str, prompt: str = "a red fox", **params: object) -> GenerationRe
 def test_catalogue_covers_kinds_and_wire_styles() -> None:
     models = list(CATALOGUE)
     assert len(models) == len(tomllib.loads(CATALOGUE_FILE.read_text())["model"])  # every one
-    assert {m.kind for m in models} == {"image", "video", "upscale", "edit"}
+    assert {m.kind for m in models} == {"image", "video", "upscale", "edit", "remove_background"}
     assert {m.wire for m in models} == {"predictions", "queue", "images"}
     with pytest.raises(UnknownModel):
         CATALOGUE.get("nope")

@@ -19,6 +19,7 @@ from application.uploads import (
     UploadNotFound,
     Uploads,
 )
+from domain.credits import to_units
 from domain.generation import Generation
 from tests.support.fakes import MemoryBlobs
 
@@ -100,6 +101,24 @@ def test_an_upscale_is_its_input_times_the_scale_priced_per_input_megapixel() ->
             "params.mask",
         ),
         ("flux-kontext", {"image": 7}, {}, "params.image"),
+        ("bria-rmbg", {}, {}, "params.image"),  # a background remover needs its image
+        ("rembg", {"image": "upload:x"}, {"image": (32, 32)}, "params.image"),  # too small
+        ("rembg", {"image": "upload:x"}, {"image": (5000, 3000)}, "params.image"),  # too big
+        ("bria-rmbg", {"image": "upload:x", "width": 512}, {"image": (256, 256)}, "params.width"),
+        (
+            "rembg",
+            {"image": "upload:x", "aspect_ratio": "1:1"},
+            {"image": (256, 256)},
+            "params.aspect_ratio",
+        ),
+        ("bria-rmbg", {"image": "upload:x", "scale": 2}, {"image": (256, 256)}, "params.scale"),
+        ("bria-rmbg", {"image": "upload:x", "steps": 8}, {"image": (256, 256)}, "params.steps"),
+        (
+            "rembg",
+            {"image": "upload:x", "mask": "upload:m"},
+            {"image": (512, 512), "mask": (512, 512)},
+            "params.mask",
+        ),
     ],
 )
 def test_inputs_a_model_cannot_take_are_refused_naming_the_field(
@@ -109,6 +128,25 @@ def test_inputs_a_model_cannot_take_are_refused_naming_the_field(
     with pytest.raises(InvalidRequest) as refused:
         normalise(CATALOGUE.get(model), ask(model, "make it blue", **params), resolved)
     assert refused.value.field == field
+
+
+@pytest.mark.parametrize(("model", "credits"), [("bria-rmbg", "0.02"), ("rembg", "0.03")])
+def test_a_background_removal_is_its_inputs_size_priced_per_image(model: str, credits: str) -> None:
+    spec = CATALOGUE.get(model)
+    done = normalise(spec, ask(model, image="upload:x"), {"image": given(1200, 800)})
+    assert (done.params["width"], done.params["height"]) == (1200, 800)
+    assert done.params["image"] == "upload:x"
+    assert done.cost_units == to_units(credits)
+    assert done.warnings == ()
+    # it takes no prompt and no seed: both dropped with a warning, as unsupported options are
+    worded = normalise(
+        spec, ask(model, "the cat", image="upload:x", seed=3), {"image": given(640, 480)}
+    )
+    assert (worded.prompt, "seed" in worded.params) == ("", False)
+    assert worded.warnings == (
+        f"{model} takes no prompt: it was dropped",
+        f"{model} takes no seed: it was dropped",
+    )
 
 
 def test_an_edit_takes_its_inputs_size_unless_asked_otherwise() -> None:
@@ -172,6 +210,21 @@ def test_a_request_records_its_resolved_inputs_and_sends_them(
     # a fallback takes the same input, normalised for the other upscaler
     fallback = app.normalised_for(generation, CATALOGUE.get("clarity-upscaler"))
     assert (fallback.params["width"], fallback.inputs["image"]) == (2048, sent.inputs["image"])
+
+
+def test_a_background_removal_falls_back_to_the_other_remover_at_the_same_size(
+    app: GenerationsApplication, uploads: Uploads, ingest: FakeIngest
+) -> None:
+    owner = uuid4()
+    ingest.size = (800, 600)
+    upload = uploads.upload(owner, b"a picture")
+    state, _ = app.request(owner, ask("bria-rmbg", image=f"upload:{upload.id}"))
+    generation = app.generation(owner, state.id)
+    assert (generation.params["width"], generation.params["height"]) == (800, 600)
+    fallback = app.normalised_for(generation, CATALOGUE.get("rembg"))
+    assert (fallback.params["width"], fallback.params["height"]) == (800, 600)
+    assert fallback.cost_units == to_units("0.03")
+    assert fallback.inputs["image"].storage_key == upload.storage_key
 
 
 @pytest.mark.parametrize(
