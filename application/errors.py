@@ -14,14 +14,19 @@ Our exception hierarchy (where a class is defined, if not here, in brackets)::
     │   ├── UnknownModel            no model of that key                [catalogue]
     │   ├── GenerationNotFound      no such generation of the caller's  [generations]
     │   ├── UploadNotFound          no such upload of the caller's      [uploads]
+    │   ├── WorkflowNotFound        no such workflow of the caller's    [workflows]
+    │   ├── RunNotFound             no such workflow run of the caller's [workflows]
     │   └── UnknownHold             a hold the account never placed     [domain.errors]
     ├── Conflict                                                          HTTP 409
     │   ├── EmailTaken              a user with that email exists
     │   ├── IdempotencyConflict     an Idempotency-Key reused, new body [generations]
     │   ├── ConcurrencyConflict     the aggregate kept changing under the command
     │   ├── GenerationFinished      a change to an ended generation     [domain.generation]
+    │   ├── RunFinished             a change to an ended run or node    [domain.workflow]
+    │   ├── IdempotencyConflict     an Idempotency-Key reused for a run [workflows]
     │   └── HoldClosed              a hold already captured or released [domain.errors]
     ├── Invalid                                                           HTTP 422
+    │   ├── InvalidGraph            a workflow graph or run's inputs: every problem [workflow_graph]
     │   ├── InvalidRequest          not something the model can do, naming the field
     │   │   └── LocalOpError        a local workflow op that cannot run as asked [workflow_ops]
     │   ├── NotAnImage              an upload that does not decode as an image [uploads]

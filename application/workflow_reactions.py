@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import time
 from collections.abc import Mapping
 from dataclasses import replace
@@ -25,7 +26,6 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 from uuid import UUID
 
-import structlog
 from eventsourcing.domain import DomainEventProtocol
 from eventsourcing.persistence import Tracking
 
@@ -51,7 +51,7 @@ from domain.workflow import (
     run_cause,
 )
 
-log = structlog.get_logger(__name__)
+log = logging.getLogger(__name__)
 
 #: Local operations' outputs, by the hash of what made them (op, params, input bytes).
 CACHE_PREFIX = "workflow-cache/"
@@ -162,7 +162,6 @@ class StartProviderNode(Reaction):
             return False
         if event.generation_id is None:  # pragma: no cover - provider nodes always have one
             raise ValueError(f"node {event.node} queued without a generation id")
-        structlog.contextvars.bind_contextvars(generation_id=str(event.generation_id))
         try:
             plan = plan_node(
                 run.spec(event.node),
@@ -273,7 +272,7 @@ class RunLocalNode(Reaction):
         }
         # the description last: a cache entry is only found once its bytes are there
         self.blobs.put(meta_key, json.dumps(output).encode(), "application/json")
-        log.debug("local op", op=spec["op"], ms=round((time.perf_counter() - begun) * 1000, 1))
+        log.debug("local op %s took %.1f ms", spec["op"], (time.perf_counter() - begun) * 1000)
         return output, False
 
     def _record(
@@ -421,7 +420,7 @@ class CancelRunNodes(Reaction):
                 # not made yet (its start sees the cancel), or already ended: nothing to do
                 with contextlib.suppress(GenerationNotFound, GenerationFinished):
                     self.generations.cancel(run.user_id, generation_id)
-                log.info("node cancel asked", run_id=str(run.id), node=node)
+                log.info("cancel asked of node %s of run %s", node, run.id)
         return True
 
 

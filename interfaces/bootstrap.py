@@ -21,7 +21,6 @@ import psycopg
 import psycopg_pool
 import redis.asyncio as aioredis
 import structlog
-from infrastructure.imaging.local_ops import run_local_op
 from litestar.channels import ChannelsPlugin
 from litestar.channels.backends.redis import RedisChannelsPubSubBackend
 from psycopg import sql
@@ -55,6 +54,7 @@ from infrastructure.dispatcher import Dispatcher
 from infrastructure.identity import PostgresUserStore
 from infrastructure.imaging.classifier import HttpClassifier
 from infrastructure.imaging.ingest import PyvipsIngest
+from infrastructure.imaging.local_ops import run_local_op
 from infrastructure.imaging.pipeline import PyvipsPipeline
 from infrastructure.live import RedisLivePublisher
 from infrastructure.logging import configure_logging

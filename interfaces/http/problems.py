@@ -28,6 +28,7 @@ from application.errors import (
     TooLarge,
     Unavailable,
 )
+from application.workflow_graph import InvalidGraph
 
 log = structlog.get_logger(__name__)
 MEDIA_TYPE = "application/problem+json"
@@ -151,6 +152,9 @@ def handle(request: Request[Any, Any, Any], exc: Exception) -> Response[Problem]
         return problem_response(400, "the JSON body is nested too deeply")
     if isinstance(exc, ProblemError):
         return problem_response(exc.status, exc.detail, errors=exc.errors, headers=exc.headers)
+    if isinstance(exc, InvalidGraph):
+        fields = [FieldError(field, message) for field, message in exc.problems]
+        return problem_response(422, str(exc), errors=fields)
     if isinstance(exc, InvalidRequest):
         return problem_response(422, exc.message, errors=[FieldError(exc.field, exc.message)])
     if isinstance(exc, ContentPolicyViolation):

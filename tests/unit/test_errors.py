@@ -33,8 +33,13 @@ from application.ports import CircuitOpen
 from application.retry import ConcurrencyConflict
 from application.uploads import ImageTooLarge, NotAnImage, UploadNotFound
 from application.users import EmailTaken, InvalidEmail
+from application.workflow_graph import InvalidGraph
+from application.workflow_ops import LocalOpError
+from application.workflows import IdempotencyConflict as RunKeyConflict
+from application.workflows import RunNotFound, WorkflowNotFound
 from domain.errors import DomainError, HoldClosed, InsufficientCredits, InvalidAmount, UnknownHold
 from domain.generation import GenerationFinished
+from domain.workflow import RunFinished
 from infrastructure.tokens import InvalidStreamToken
 from interfaces.http import problems
 from projections.ledger_queries import BadCursor
@@ -47,11 +52,15 @@ EXPECTED: dict[type[Exception], int] = {
     UnknownModel: 404,
     GenerationNotFound: 404,
     UploadNotFound: 404,
+    WorkflowNotFound: 404,
+    RunNotFound: 404,
     UnknownHold: 404,
     EmailTaken: 409,
     IdempotencyConflict: 409,
     ConcurrencyConflict: 409,
     GenerationFinished: 409,
+    RunFinished: 409,
+    RunKeyConflict: 409,
     HoldClosed: 409,
     InvalidRequest: 422,
     ContentPolicyViolation: 422,
@@ -59,6 +68,8 @@ EXPECTED: dict[type[Exception], int] = {
     InvalidAmount: 422,
     BadCursor: 422,
     NotAnImage: 422,
+    InvalidGraph: 422,
+    LocalOpError: 422,
     ImageTooLarge: 413,
     InsufficientCredits: 402,
     CircuitOpen: 503,
@@ -80,8 +91,10 @@ REQUEST: Any = SimpleNamespace(url=SimpleNamespace(path="/v1/test"))
 def make(cls: type[Exception]) -> Exception:
     if cls is InsufficientCredits:
         return InsufficientCredits(requested=5, available=2)
-    if cls is InvalidRequest:
-        return InvalidRequest("params.seed", "an integer")
+    if cls in (InvalidRequest, LocalOpError):
+        return cls("params.seed", "an integer")
+    if cls is InvalidGraph:
+        return InvalidGraph([("nodes.a.op", "unknown"), ("nodes.b.inputs.image", "required")])
     if cls is ContentPolicyViolation:
         return ContentPolicyViolation("r1", "not allowed", "v3")
     return cls(f"a {cls.__name__}")
@@ -106,6 +119,12 @@ def every_subclass(cls: type[Exception]) -> set[type[Exception]]:
 )
 def test_each_error_answers_its_categorys_status(cls: type[Exception], status: int) -> None:
     assert answer(make(cls))[0] == status
+
+
+def test_an_invalid_graph_names_every_problem() -> None:
+    status, body = answer(make(InvalidGraph))
+    assert status == 422
+    assert [e["field"] for e in body["errors"]] == ["nodes.a.op", "nodes.b.inputs.image"]
 
 
 @pytest.mark.parametrize("cls", LIBRARY, ids=lambda cls: cls.__module__ + "." + cls.__name__)

@@ -1,0 +1,192 @@
+"""Workflow runs end to end, every process real: the API, the worker, the dispatcher, the
+projections and the simulator. A provider node is an ordinary generation at the simulator; a
+local node is pyvips on the images queue."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+import pytest
+import pyvips
+
+from domain.workflow import RUN_TERMINAL
+from tests.e2e.test_image_inputs import Platform, platform
+from tests.support.processes import wait_for
+
+__all__ = ["platform"]
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+DIAMOND: dict[str, Any] = {
+    "inputs": {"prompt": {"type": "text", "default": "a lighthouse at dusk"}},
+    "nodes": [
+        {
+            "id": "gen",
+            "op": "generate",
+            "params": {"model": "sim-instant", "seed": 7, "width": 256, "height": 256},
+            "inputs": {"prompt": "$inputs.prompt"},
+        },
+        {
+            "id": "up",
+            "op": "upscale",
+            "params": {"model": "real-esrgan", "scale": 2},
+            "inputs": {"image": "$nodes.gen"},
+        },
+        {"id": "gray", "op": "grayscale", "inputs": {"image": "$nodes.gen"}},
+        {
+            "id": "small",
+            "op": "resize",
+            "params": {"width": 512},
+            "inputs": {"image": "$nodes.gray"},
+        },
+        {
+            "id": "comp",
+            "op": "composite",
+            "params": {"x": 0, "y": 0, "opacity": 0.5},
+            "inputs": {"base": "$nodes.up", "overlay": "$nodes.gray"},
+        },
+    ],
+    "outputs": {"final": "$nodes.comp", "gray": "$nodes.small"},
+}
+
+
+def workflow(platform: Platform, headers: dict[str, str], graph: dict[str, Any]) -> str:
+    made = platform.http.post("/v1/workflows", json={"name": "diamond"}, headers=headers)
+    assert made.status_code == 201, made.text
+    workflow_id = str(made.json()["id"])
+    version = platform.http.post(
+        f"/v1/workflows/{workflow_id}/versions", json={"graph": graph}, headers=headers
+    )
+    assert version.status_code == 201, version.text
+    assert version.json()["version"] == 1
+    return workflow_id
+
+
+def finished(
+    platform: Platform, headers: dict[str, str], run_id: str, timeout: float = 90
+) -> dict[str, Any]:
+    seen: dict[str, Any] = {}
+
+    def done() -> bool:
+        from uuid import UUID
+
+        from application.workflow_views import run_document
+
+        platform.container.workflows.repository.cache = (
+            None if False else platform.container.workflows.repository.cache
+        )
+        seen.clear()
+        seen.update(run_document(platform.container.workflows.run(None, UUID(run_id))))
+        return seen.get("status") in RUN_TERMINAL
+
+    assert wait_for(done, timeout=timeout, interval=0.1), seen
+    return seen
+
+
+def nodes(run: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {node["id"]: node for node in run["nodes"]}
+
+
+def test_a_diamond_runs_its_branches_at_once_and_charges_what_its_nodes_cost(
+    platform: Platform,
+) -> None:
+    headers = platform.user("diamond@example.com")
+    workflow_id = workflow(platform, headers, DIAMOND)
+    quote = platform.http.post(
+        f"/v1/workflows/{workflow_id}/quote", json={"inputs": {}}, headers=headers
+    )
+    assert quote.status_code == 200, quote.text
+    quoted = {n["id"]: Decimal(n["cost_credits"]) for n in quote.json()["nodes"]}
+    assert quoted["gray"] == 0 and quoted["gen"] > 0 and quoted["up"] > 0
+    started = platform.http.post(
+        f"/v1/workflows/{workflow_id}/runs", json={"inputs": {}}, headers=headers
+    )
+    assert started.status_code == 202, started.text
+    run = finished(platform, headers, started.json()["id"])
+    assert run["status"] == "completed", run
+    by_id = nodes(run)
+    assert all(n["status"] == "completed" for n in by_id.values()), by_id
+    # the two middle branches overlapped: grayscale finished while the upscale was running
+    up, gray = by_id["up"], by_id["gray"]
+    assert up["started_at"] <= gray["completed_at"] <= up["completed_at"], (up, gray)
+    assert by_id["comp"]["started_at"] >= up["completed_at"]
+    # outputs are fetchable images of the right size
+    final = platform.http.get(run["outputs"]["final"]["url"], headers=headers)
+    assert final.status_code == 200
+    image = pyvips.Image.new_from_buffer(final.content, "")
+    assert (image.width, image.height) == (512, 512)
+    # charged = the sum of the nodes' costs, never above the quote
+    charged = sum(Decimal(n["charged_credits"]) for n in by_id.values())
+    assert Decimal(run["charged_credits"]) == charged <= Decimal(quote.json()["cost_credits"])
+
+    def settled() -> bool:
+        entries = platform.http.get("/v1/credits/ledger", headers=headers).json()["items"]
+        return any(e["cause"]["type"] == "workflow_node" for e in entries)
+
+    assert wait_for(settled, timeout=20)
+    entries = platform.http.get("/v1/credits/ledger", headers=headers).json()["items"]
+    spent = {
+        e["cause"]["id"].split("/")[1]: Decimal(e["amount"])
+        for e in entries
+        if e["cause"]["type"] == "workflow_node"
+    }
+    assert spent == {
+        n: c for n, c in ((i, Decimal(v["charged_credits"])) for i, v in by_id.items()) if c
+    }
+    balance = platform.http.get("/v1/credits", headers=headers).json()
+    assert Decimal(balance["balance"]) == Decimal(20) - charged
+    assert Decimal(balance["held"]) == 0
+
+
+def test_invalid_graphs_name_each_problem(platform: Platform) -> None:
+    headers = platform.user("invalid@example.com")
+    made = platform.http.post("/v1/workflows", json={"name": "broken"}, headers=headers)
+    workflow_id = made.json()["id"]
+    graph = {
+        "inputs": {"n": {"type": "integer"}},
+        "nodes": [
+            {"id": "a", "op": "grayscale", "inputs": {"image": "$nodes.b"}},
+            {"id": "b", "op": "grayscale", "inputs": {"image": "$nodes.a"}},
+            {"id": "c", "op": "sharpen"},
+            {
+                "id": "d",
+                "op": "upscale",
+                "params": {"model": "flux-schnell"},
+                "inputs": {"image": "$nodes.e"},
+            },
+            {"id": "e", "op": "resize", "params": {"width": 10}},
+            {"id": "f", "op": "composite", "inputs": {"base": "$inputs.n", "overlay": "$nodes.e"}},
+        ],
+        "outputs": {"out": "$nodes.d"},
+    }
+    answer = platform.http.post(
+        f"/v1/workflows/{workflow_id}/versions", json={"graph": graph}, headers=headers
+    )
+    assert answer.status_code == 422, answer.text
+    fields = {e["field"] for e in answer.json()["errors"]}
+    assert {"nodes.c.op", "nodes.e.inputs.image", "nodes.f.inputs.base"} <= fields, fields
+    cyclic = {"nodes": graph["nodes"][:2], "outputs": {"out": "$nodes.a"}}
+    answer = platform.http.post(
+        f"/v1/workflows/{workflow_id}/versions", json={"graph": cyclic}, headers=headers
+    )
+    assert answer.status_code == 422
+    assert {e["field"] for e in answer.json()["errors"]} == {"nodes.a.inputs", "nodes.b.inputs"}
+    wrong_kind = {
+        "nodes": [
+            {"id": "g", "op": "generate", "params": {"model": "sim-instant", "prompt": "x"}},
+            {
+                "id": "d",
+                "op": "upscale",
+                "params": {"model": "flux-schnell"},
+                "inputs": {"image": "$nodes.g"},
+            },
+        ]
+    }
+    answer = platform.http.post(
+        f"/v1/workflows/{workflow_id}/versions", json={"graph": wrong_kind}, headers=headers
+    )
+    assert answer.status_code == 422
+    assert [e["field"] for e in answer.json()["errors"]] == ["nodes.d.params.model"]
+    other = platform.user("other@example.com")
+    assert platform.http.get(f"/v1/workflows/{workflow_id}", headers=other).status_code == 404
