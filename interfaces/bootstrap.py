@@ -37,6 +37,7 @@ from application.saga import CancelAtProvider, FundGeneration, Generate, SettleG
 from application.saga.deadlines import Deadlines, Patience
 from application.uploads import Uploads
 from application.users import Users
+from application.workflows import WorkflowsApplication
 from infrastructure import embedded
 from infrastructure.actors import REACTIONS_QUEUE, declare_react_actor
 from infrastructure.breakers import RedisCircuitBreakers
@@ -67,6 +68,7 @@ from projections.ledger import LedgerView
 from projections.model_timings import ModelTimingsView, Timings
 from projections.result_cache import ProjectedResultCache
 from projections.runner import ProjectionRunner
+from projections.workflows import WorkflowsView
 
 #: Connections of an API process's async pool (the API only reads, one statement at a time).
 API_POOL_SIZE = 16
@@ -144,6 +146,14 @@ CONTEXTS: tuple[BoundedContext, ...] = (
             Projection(ModelTimingsView),
         ),
         extras=lambda c: {"moderation": c.moderation, "blobs": c.blobs},
+    ),
+    BoundedContext(
+        "workflows",
+        WorkflowsApplication,
+        # the runs' live feed is published by the live tables' runner only
+        projections=(
+            Projection(WorkflowsView, lambda c, live: {"publisher": c.live if live else None}),
+        ),
     ),
 )
 
@@ -238,6 +248,10 @@ class Container:
     @property
     def generations(self) -> GenerationsApplication:
         return cast("GenerationsApplication", self.applications["generations"])
+
+    @property
+    def workflows(self) -> WorkflowsApplication:
+        return cast("WorkflowsApplication", self.applications["workflows"])
 
     @cached_property
     def catalogue(self) -> Catalogue:
