@@ -19,7 +19,13 @@ from litestar.openapi.spec import Components, SecurityScheme
 from litestar.types import ASGIApp, Receive, Scope, Send
 
 from interfaces.bootstrap import Container
-from interfaces.http import feed_routes, generation_routes, problems, upload_routes
+from interfaces.http import (
+    feed_routes,
+    generation_routes,
+    problems,
+    upload_routes,
+    workflow_reads,
+)
 from interfaces.http.auth import PUBLIC_PATHS, ApiKeyAuthentication
 from interfaces.http.cors import ORIGINS_STATE, allow_header, cors_config
 from interfaces.http.openapi import RefinedJson, RefinedSwagger
@@ -102,6 +108,8 @@ def create_app(container: Container) -> Litestar:
         "redis": _provide(lambda: api.redis),
         "feeds": _provide(lambda: api.feeds),
         "stream_tokens": _provide(lambda: api.stream_tokens),
+        # a run not projected yet, from its aggregate (raises a NotFound: 404)
+        "run_from_write_side": _provide(lambda: container.workflows.run_document),
     }
     settings = container.settings
     limiter = RateLimiter(
@@ -113,6 +121,7 @@ def create_app(container: Container) -> Litestar:
             *generation_routes.ROUTES,
             *feed_routes.ROUTES,
             *upload_routes.ROUTES,
+            *workflow_reads.ROUTES,
         ],
         lifespan=[resources],
         plugins=[api.channels],
