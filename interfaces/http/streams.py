@@ -344,10 +344,13 @@ class LiveFeeds:
             )
         generations, runs = _Seen(last.generations), _Seen(last.runs)
 
-        def out(taken: Out) -> Out:
-            return Out(
-                taken.type, str(UserPosition(generations.position, runs.position)), taken.data
+        def out(taken: Out, *, run: bool = False) -> Out:
+            """``taken`` (of one log) with the id of both logs where it stands."""
+            at = int(taken.id)
+            both = (
+                UserPosition(generations.position, at) if run else UserPosition(at, runs.position)
             )
+            return Out(taken.type, str(both), taken.data)
 
         async def catch_up() -> AsyncGenerator[Out, None]:
             rows = await self.user_feed(user_id, generations.read_to)
@@ -355,7 +358,7 @@ class LiveFeeds:
                 yield out(taken)
             run_rows = await self.user_run_feed(user_id, runs.read_to)
             for taken in runs.caught_up(run_rows, complete=len(run_rows) < CATCH_UP_LIMIT):
-                yield out(taken)
+                yield out(taken, run=True)
 
         if last.resumed:
             async for missed in catch_up():
@@ -373,9 +376,9 @@ class LiveFeeds:
                         yield missed
                 continue
             message = decode(raw)
-            seen = runs if message.run_id is not None else generations
-            if (live := seen.take(message)) is not None:
-                yield out(live)
+            run = message.run_id is not None
+            if (live := (runs if run else generations).take(message)) is not None:
+                yield out(live, run=run)
 
     async def user_runs_head(self, user_id: UUID) -> int:
         since = datetime.now(UTC) - RESUME_WINDOW
