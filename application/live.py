@@ -34,12 +34,16 @@ SLOW_NOTICE = "taking longer than usual"
 
 
 class LiveMessage(msgspec.Struct, frozen=True, kw_only=True):
+    """A change to a generation (``generation_id``) or to a workflow run (``run_id``)."""
+
     type: str
-    generation_id: UUID
     user_id: UUID
     data: dict[str, Any]
-    #: Position in the generations log; ``None`` for progress, which is not stored.
+    generation_id: UUID | None = None
+    #: Position in the generations log (the workflows log for a run's message); ``None`` for
+    #: progress, which is not stored.
     position: int | None = None
+    run_id: UUID | None = None
 
 
 _encoder = msgspec.json.Encoder()
@@ -56,6 +60,19 @@ def decode(data: bytes) -> LiveMessage:
 
 def generation_channel(namespace: str, generation_id: UUID) -> str:
     return f"{namespace}:live:generation:{generation_id}"
+
+
+def run_channel(namespace: str, run_id: UUID) -> str:
+    return f"{namespace}:live:workflow-run:{run_id}"
+
+
+def channel_of(namespace: str, message: LiveMessage) -> str:
+    """The channel of the generation or the run ``message`` is about."""
+    if message.run_id is not None:
+        return run_channel(namespace, message.run_id)
+    if message.generation_id is None:
+        raise ValueError("a live message is about a generation or a run")
+    return generation_channel(namespace, message.generation_id)
 
 
 def user_channel(namespace: str, user_id: UUID) -> str:

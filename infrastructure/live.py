@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import redis
 import structlog
 
-from application.live import LiveMessage, encode, generation_channel, user_channel
+from application.live import LiveMessage, channel_of, encode, user_channel
 
 log = structlog.get_logger(__name__)
 
@@ -23,7 +23,7 @@ class RedisLivePublisher:
         self._redis = redis.Redis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=2)
 
     def publish(self, messages: Sequence[LiveMessage]) -> None:
-        """Sends each message to its generation's and its user's channel, in order.
+        """Sends each message to its generation's (or run's) and its user's channel, in order.
 
         Best effort: subscribers that miss a message (Redis down, a process restarting) find
         it in the feed table when they resume or at their next catch-up.
@@ -31,7 +31,7 @@ class RedisLivePublisher:
         pipe = self._redis.pipeline(transaction=False)
         for message in messages:
             data = encode(message)
-            pipe.publish(generation_channel(self.namespace, message.generation_id), data)
+            pipe.publish(channel_of(self.namespace, message), data)
             pipe.publish(user_channel(self.namespace, message.user_id), data)
         try:
             pipe.execute()

@@ -77,6 +77,7 @@ from projections.ledger import LedgerView
 from projections.model_timings import ModelTimingsView, Timings
 from projections.result_cache import ProjectedResultCache
 from projections.runner import ProjectionRunner
+from projections.workflows import WorkflowsView
 
 #: Connections of an API process's async pool (the API only reads, one statement at a time).
 API_POOL_SIZE = 16
@@ -173,6 +174,10 @@ CONTEXTS: tuple[BoundedContext, ...] = (
             "generations": built["generations"],
             "provider_allowance": c.patience.defer_limit + 2 * c.patience.margin,
         },
+        # the runs' live feed is published by the live tables' runner only
+        projections=(
+            Projection(WorkflowsView, lambda c, live: {"publisher": c.live if live else None}),
+        ),
         log_key="workflow_run_id",
     ),
 )

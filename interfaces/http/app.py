@@ -24,6 +24,7 @@ from interfaces.http import (
     generation_routes,
     problems,
     upload_routes,
+    workflow_reads,
     workflow_routes,
 )
 from interfaces.http.auth import PUBLIC_PATHS, ApiKeyAuthentication
@@ -112,6 +113,9 @@ def create_app(container: Container) -> Litestar:
         "redis": _provide(lambda: api.redis),
         "feeds": _provide(lambda: api.feeds),
         "stream_tokens": _provide(lambda: api.stream_tokens),
+        # a run not projected yet, from its aggregate (raises a NotFound: 404)
+        "run_from_write_side": _provide(lambda: container.workflows.run_document),
+        "run_at_event": _provide(lambda: container.workflows.run_at),
     }
     settings = container.settings
     limiter = RateLimiter(
@@ -124,6 +128,7 @@ def create_app(container: Container) -> Litestar:
             *feed_routes.ROUTES,
             *upload_routes.ROUTES,
             *workflow_routes.ROUTES,
+            *workflow_reads.ROUTES,
         ],
         lifespan=[resources],
         plugins=[api.channels],

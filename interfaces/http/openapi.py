@@ -44,7 +44,11 @@ FILE_RESPONSES = {
     ("get", "/v1/generations/{generation_id}/previews/{number}"): ("image/jpeg",),
 }
 #: Server-Sent Events feeds (a stream for a finished generation answers 204: nothing to follow).
-EVENT_STREAMS = {"/v1/events": False, "/v1/generations/{generation_id}/events": True}
+EVENT_STREAMS = {
+    "/v1/events": False,
+    "/v1/generations/{generation_id}/events": True,
+    "/v1/workflow-runs/{run_id}/events": True,
+}
 #: (method, path) -> {link name: (target operation's method and path, its parameters)}.
 LINKS: dict[tuple[str, str], dict[str, tuple[str, str, dict[str, str]]]] = {
     ("post", "/v1/generations"): {

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -37,7 +37,7 @@ from application.live import (
 )
 from interfaces.http.problems import ProblemError
 from interfaces.http.views import view_of_row
-from projections import feed_queries, generation_queries, position_queries
+from projections import feed_queries, generation_queries, position_queries, workflow_queries
 from projections.generations import GenerationsView, row_from_json
 from projections.model_timings import Timings
 
@@ -56,7 +56,8 @@ class Out:
     """One message for the client; ``id`` is the position to resume after."""
 
     type: str
-    id: int
+    #: A position; on the user feed, ``"<generations position>.<workflows position>"``.
+    id: int | str
     data: dict[str, Any]
 
 
@@ -98,9 +99,17 @@ class Beat:
 class Subscription:
     """A subscriber's Redis channel, drained into a queue the stream reads with a timeout."""
 
-    def __init__(self, channels: ChannelsPlugin, channel: str) -> None:
+    def __init__(
+        self,
+        channels: ChannelsPlugin,
+        channel: str,
+        sink: Callable[[bytes], Awaitable[None]] | None = None,
+    ) -> None:
+        """``sink``: where messages go (several subscriptions may feed one stream); by
+        default :attr:`queue`."""
         self.channels, self.channel = channels, channel
         self.queue: asyncio.Queue[bytes] = asyncio.Queue()
+        self.sink = sink or self.queue.put
         self._stack = AsyncExitStack()
         self._subscriber: Subscriber | None = None
 
@@ -115,7 +124,7 @@ class Subscription:
             except TimeoutError:
                 raise ProblemError(503, "live updates are unavailable; try again shortly") from None
         await self._stack.enter_async_context(
-            self._subscriber.run_in_background(self.queue.put, join=False)
+            self._subscriber.run_in_background(self.sink, join=False)
         )
         return self
 
@@ -272,7 +281,9 @@ class LiveFeeds:
             raise ProblemError(404, f"no generation {generation_id}")
         return stored
 
-    async def open_user(self, user_id: UUID, last: int | None) -> AsyncGenerator[Out, None]:
+    async def open_user(
+        self, user_id: UUID, last: UserPosition | None
+    ) -> AsyncGenerator[Out, None]:
         subscription = await Subscription(
             self.channels, user_channel(self.namespace, user_id)
         ).open(self.subscribe_lock)
@@ -323,30 +334,85 @@ class LiveFeeds:
                 yield live
 
     async def user_stream(
-        self, user_id: UUID, last: int | None, queue: asyncio.Queue[bytes]
+        self, user_id: UUID, last: UserPosition | None, queue: asyncio.Queue[bytes]
     ) -> AsyncGenerator[Out, None]:
-        """Every change to the user's generations: missed ones (with a Last-Event-ID), then
-        live."""
-        seen = _Seen(last if last is not None else await self.user_head(user_id))
-        if last is not None:
-            rows = await self.user_feed(user_id, seen.read_to)
-            for out in seen.caught_up(rows, complete=len(rows) < CATCH_UP_LIMIT):
-                yield out
+        """Every change to the user's generations and workflow runs: missed ones (with a
+        Last-Event-ID), then live. Ids are :class:`UserPosition` s."""
+        if last is None:
+            last = UserPosition(
+                await self.user_head(user_id), await self.user_runs_head(user_id), resumed=False
+            )
+        generations, runs = _Seen(last.generations), _Seen(last.runs)
+
+        def out(taken: Out, *, run: bool = False) -> Out:
+            """``taken`` (of one log) with the id of both logs where it stands."""
+            at = int(taken.id)
+            both = (
+                UserPosition(generations.position, at) if run else UserPosition(at, runs.position)
+            )
+            return Out(taken.type, str(both), taken.data)
+
+        async def catch_up() -> AsyncGenerator[Out, None]:
+            rows = await self.user_feed(user_id, generations.read_to)
+            for taken in generations.caught_up(rows, complete=len(rows) < CATCH_UP_LIMIT):
+                yield out(taken)
+            run_rows = await self.user_run_feed(user_id, runs.read_to)
+            for taken in runs.caught_up(run_rows, complete=len(run_rows) < CATCH_UP_LIMIT):
+                yield out(taken, run=True)
+
+        if last.resumed:
+            async for missed in catch_up():
+                yield missed
         beat = Beat(self.heartbeat_s)
         while True:
             try:
                 raw = await asyncio.wait_for(queue.get(), timeout=beat.wait())
             except TimeoutError:
-                heartbeat, catch_up = beat.due()
+                heartbeat, catch_up_now = beat.due()
                 if heartbeat:
                     yield HEARTBEAT
-                if catch_up:
-                    rows = await self.user_feed(user_id, seen.read_to)
-                    for out in seen.caught_up(rows, complete=len(rows) < CATCH_UP_LIMIT):
-                        yield out
+                if catch_up_now:
+                    async for missed in catch_up():
+                        yield missed
                 continue
-            if (live := seen.take(decode(raw))) is not None:
-                yield live
+            message = decode(raw)
+            run = message.run_id is not None
+            if (live := (runs if run else generations).take(message)) is not None:
+                yield out(live, run=run)
+
+    async def user_runs_head(self, user_id: UUID) -> int:
+        since = datetime.now(UTC) - RESUME_WINDOW
+        async with self.reads:
+            return await workflow_queries.user_head(self.pool, user_id, since)
+
+    async def user_run_feed(self, user_id: UUID, after: int) -> list[LiveMessage]:
+        since = datetime.now(UTC) - RESUME_WINDOW
+        async with self.reads:
+            return await workflow_queries.user_feed(
+                self.pool, user_id, after, since, CATCH_UP_LIMIT
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class UserPosition:
+    """Where a user feed stands: ``"<g>.<w>"``, its positions in the generations log and in
+    the workflows log. ``"<g>"`` alone is ``"<g>.0"`` (what a feed sent before its user had a
+    run message, and every id a generation-only client ever saw), so those ids still resume."""
+
+    generations: int
+    runs: int
+    resumed: bool = True
+
+    def __str__(self) -> str:
+        return f"{self.generations}.{self.runs}" if self.runs else str(self.generations)
+
+    @classmethod
+    def parse(cls, value: str) -> UserPosition:
+        head, _, tail = value.partition(".")
+        parts = (head, tail or "0")
+        if not all(p.isascii() and p.isdecimal() for p in parts):
+            raise ValueError(value)
+        return cls(int(parts[0]), int(parts[1]))
 
 
 async def _estimate(timings: Timings, seen: _Seen, generation_id: UUID) -> Out:

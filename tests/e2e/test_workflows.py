@@ -69,15 +69,10 @@ def finished(
     seen: dict[str, Any] = {}
 
     def done() -> bool:
-        from uuid import UUID
-
-        from application.workflow_views import run_document
-
-        platform.container.workflows.repository.cache = (
-            None if False else platform.container.workflows.repository.cache
-        )
-        seen.clear()
-        seen.update(run_document(platform.container.workflows.run(None, UUID(run_id))))
+        response = platform.http.get(f"/v1/workflow-runs/{run_id}", headers=headers)
+        if response.status_code == 200:
+            seen.clear()
+            seen.update(response.json())
         return seen.get("status") in RUN_TERMINAL
 
     assert wait_for(done, timeout=timeout, interval=0.1), seen

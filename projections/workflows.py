@@ -1,0 +1,341 @@
+"""The workflows projection: templates, versions and one row per run (monthly partitions).
+
+A run's row keeps its state as :func:`domain.workflow.fold` has it (encoded so it decodes to
+the same values), so each batch folds the new events into the stored state: the read model
+tells the run's story with the aggregate's own ``apply`` methods, and the document the API
+serves is :func:`application.workflow_views.run_document` of it.
+
+Each change to a run is also a live message (``workflow_run.status``, or at the end
+``workflow_run.<status>`` carrying the whole run), stored in the ``feed`` table with the rows
+and published to the run's and its user's Redis channels after commit, like generations'.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from types import SimpleNamespace
+from typing import Any
+from uuid import UUID
+
+import msgspec
+from psycopg import Cursor
+from psycopg.rows import DictRow
+from psycopg.types.json import Jsonb
+
+from application.live import LiveMessage, LivePublisher
+from application.logs import topic_of
+from application.workflow_views import node_view, run_document
+from domain.workflow import NODE_ACTIVE, RUN_TERMINAL, WorkflowExecution, WorkflowTemplate, fold
+from projections.base import NotifiedEvent, ProjectionView
+
+#: Live message types: a change, and (ending the run's stream) one per terminal status.
+STATUS_TYPE = "workflow_run.status"
+FINAL_TYPES: frozenset[str] = frozenset(f"workflow_run.{s}" for s in RUN_TERMINAL)
+NODE_PROGRESS_TYPE = "node_progress"
+
+RUN_COLUMNS = (
+    "id",
+    "created_at",
+    "user_id",
+    "workflow_id",
+    "version",
+    "status",
+    "state",
+    "doc",
+    "deadline",
+    "updated_at",
+    "event_version",
+    "position",
+)
+
+_RUN_EVENTS = (
+    WorkflowExecution.Requested,
+    WorkflowExecution.Funded,
+    WorkflowExecution.FundingRefused,
+    WorkflowExecution.NodeQueued,
+    WorkflowExecution.NodeStarted,
+    WorkflowExecution.NodeCompleted,
+    WorkflowExecution.NodeFailed,
+    WorkflowExecution.NodesSkipped,
+    WorkflowExecution.NodesCancelled,
+    WorkflowExecution.CancelRequested,
+    WorkflowExecution.Retried,
+    WorkflowExecution.Ended,
+)
+
+
+# -- the run's state, as JSON that decodes to the same values ---------------------------------
+
+
+def encode_value(value: Any) -> Any:
+    """``value`` as JSON, datetimes and UUIDs tagged (``{"$dt": ...}``, ``{"$uuid": ...}``)."""
+    if isinstance(value, datetime):
+        return {"$dt": value.isoformat()}
+    if isinstance(value, UUID):
+        return {"$uuid": str(value)}
+    if isinstance(value, dict):
+        return {str(k): encode_value(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [encode_value(v) for v in value]
+    return value
+
+
+def decode_value(value: Any) -> Any:
+    if isinstance(value, dict):
+        if len(value) == 1 and "$dt" in value:
+            return datetime.fromisoformat(value["$dt"])
+        if len(value) == 1 and "$uuid" in value:
+            return UUID(value["$uuid"])
+        return {k: decode_value(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [decode_value(v) for v in value]
+    return value
+
+
+def encode_state(state: SimpleNamespace) -> dict[str, Any]:
+    encoded: dict[str, Any] = encode_value(vars(state))
+    return encoded
+
+
+def decode_state(data: dict[str, Any]) -> SimpleNamespace:
+    return SimpleNamespace(**decode_value(data))
+
+
+def deadline_of(state: Any) -> datetime | None:
+    """The earliest deadline among the run's queued and running nodes (``None``: none)."""
+    deadlines = [
+        s["deadline"]
+        for s in state.nodes.values()
+        if s["status"] in NODE_ACTIVE and s["deadline"] is not None
+    ]
+    return min(deadlines) if deadlines else None
+
+
+def changed_nodes(state: Any, event: Any) -> list[str]:
+    """The nodes ``event`` changed (every node for the run's first event)."""
+    if isinstance(event, WorkflowExecution.Requested):
+        return list(state.nodes)
+    node = getattr(event, "node", None)
+    if isinstance(event, WorkflowExecution.Retried):
+        return list(event.nodes)
+    if node is not None:
+        return [node]
+    return list(getattr(event, "nodes", ()))
+
+
+def feed_entry(state: Any, doc: dict[str, Any], event: Any) -> tuple[str, dict[str, Any]]:
+    """(type, data) of the live message for ``event``, given the run after it."""
+    if isinstance(event, WorkflowExecution.Ended):
+        return f"workflow_run.{state.status}", doc
+    return STATUS_TYPE, {
+        "run_id": str(state.id),
+        "status": state.status,
+        "progress": doc["progress"],
+        "nodes": [node_view(state, node) for node in changed_nodes(state, event)],
+        "at": event.timestamp.isoformat(),
+    }
+
+
+def _json(value: Any) -> Jsonb:
+    return Jsonb(msgspec.to_builtins(value))
+
+
+class WorkflowsView(ProjectionView):
+    projection_name = "workflows"
+    upstream = "workflows"
+    topics = tuple(
+        topic_of(cls)
+        for cls in (WorkflowTemplate.Created, WorkflowTemplate.VersionAdded, *_RUN_EVENTS)
+    )
+    partitioned_tables = ("workflow_runs", "feed")
+
+    def __init__(self, *args: Any, publisher: LivePublisher | None = None, **kwargs: Any) -> None:
+        """``publisher``: where committed feed messages go (none while rebuilding)."""
+        super().__init__(*args, **kwargs)
+        self.publisher = publisher
+        self._unpublished: list[LiveMessage] = []
+        self._published_to: int | None = None  # recorded in the next batch's transaction
+
+    def project(self, curs: Cursor[DictRow], batch: Sequence[NotifiedEvent]) -> None:
+        self._templates(curs, batch)
+        runs = [item for item in batch if isinstance(item.event, _RUN_EVENTS)]
+        ids = list({item.event.originator_id for item in runs})
+        rows: dict[UUID, dict[str, Any]] = {}
+        if ids:
+            curs.execute(
+                f"SELECT id, created_at, state, event_version FROM {self.schema}.workflow_runs "
+                "WHERE id = ANY(%s)",
+                [ids],
+            )
+            for row in curs:
+                rows[row["id"]] = {
+                    "state": decode_state(row["state"]),
+                    "event_version": row["event_version"],
+                }
+        feed: list[tuple[datetime, LiveMessage]] = []
+        touched: dict[UUID, dict[str, Any]] = {}
+        for item in runs:
+            event: Any = item.event
+            key = event.originator_id
+            known = rows.get(key)
+            if known is None and not isinstance(event, WorkflowExecution.Requested):
+                continue  # an event of a run not seen: nothing to fold it into
+            if known is not None and event.originator_version <= known["event_version"]:
+                continue
+            state = fold(known["state"] if known else None, event)
+            doc = msgspec.to_builtins(run_document(state))
+            rows[key] = touched[key] = {
+                "state": state,
+                "event_version": event.originator_version,
+                "doc": doc,
+                "position": item.notification_id,
+                "updated_at": event.timestamp,
+            }
+            kind, data = feed_entry(state, doc, event)
+            feed.append(
+                (
+                    event.timestamp,
+                    LiveMessage(
+                        type=kind,
+                        run_id=key,
+                        user_id=state.user_id,
+                        data=data,
+                        position=item.notification_id,
+                    ),
+                )
+            )
+        months = {("workflow_runs", _month(r["state"].created_on)) for r in touched.values()}
+        months |= {("feed", _month(at)) for at, _ in feed}
+        for table, month in sorted(months):
+            curs.execute(
+                "SELECT public.pixevo_ensure_partition(%s::regclass, %s)",
+                [f"{self.schema}.{table}", month],
+            )
+        if touched:
+            self._upsert(curs, list(touched.values()))
+        self._write_feed(curs, feed)
+
+    def _templates(self, curs: Cursor[DictRow], batch: Sequence[NotifiedEvent]) -> None:
+        for item in batch:
+            event: Any = item.event
+            if isinstance(event, WorkflowTemplate.Created):
+                curs.execute(
+                    f"INSERT INTO {self.schema}.workflow_templates (id, owner_id, name, "
+                    "description, latest_version, source, created_at, updated_at) "
+                    "VALUES (%s, %s, %s, %s, NULL, %s, %s, %s) ON CONFLICT (id) DO NOTHING",
+                    [
+                        event.originator_id,
+                        event.owner_id,
+                        event.name,
+                        event.description,
+                        _json(event.source) if event.source is not None else None,
+                        event.timestamp,
+                        event.timestamp,
+                    ],
+                )
+            elif isinstance(event, WorkflowTemplate.VersionAdded):
+                curs.execute(
+                    f"INSERT INTO {self.schema}.workflow_versions (workflow_id, version, graph, "
+                    "created_at) VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                    [event.originator_id, event.version, _json(event.graph), event.timestamp],
+                )
+                curs.execute(
+                    f"UPDATE {self.schema}.workflow_templates SET "
+                    "latest_version = greatest(coalesce(latest_version, 0), %s), "
+                    "updated_at = %s WHERE id = %s",
+                    [event.version, event.timestamp, event.originator_id],
+                )
+
+    def _upsert(self, curs: Cursor[DictRow], rows: list[dict[str, Any]]) -> None:
+        names = ", ".join(RUN_COLUMNS)
+        placeholders = ", ".join(["%s"] * len(RUN_COLUMNS))
+        updates = ", ".join(
+            f"{c} = excluded.{c}" for c in RUN_COLUMNS if c not in ("id", "created_at")
+        )
+        values = []
+        for row in rows:
+            state = row["state"]
+            values.append(
+                [
+                    state.id,
+                    state.created_on,
+                    state.user_id,
+                    state.workflow_id,
+                    state.workflow_version,
+                    state.status,
+                    Jsonb(encode_state(state)),
+                    Jsonb(row["doc"]),
+                    deadline_of(state),
+                    row["updated_at"],
+                    row["event_version"],
+                    row["position"],
+                ]
+            )
+        curs.executemany(
+            f"INSERT INTO {self.schema}.workflow_runs AS r ({names}) VALUES ({placeholders}) "
+            f"ON CONFLICT (id, created_at) DO UPDATE SET {updates} "
+            "WHERE r.event_version < excluded.event_version",
+            values,
+        )
+
+    # -- the live feed (as the generations projection's) ------------------------------------
+
+    def _write_feed(self, curs: Cursor[DictRow], feed: list[tuple[datetime, LiveMessage]]) -> None:
+        if feed:
+            curs.executemany(
+                f"INSERT INTO {self.schema}.feed (position, created_at, user_id, run_id, type, "
+                "data) VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                [[m.position, at, m.user_id, m.run_id, m.type, Jsonb(m.data)] for at, m in feed],
+            )
+        if self._published_to is not None:
+            curs.execute(
+                f"UPDATE {self.schema}.feed_published SET position = greatest(position, %s)",
+                [self._published_to],
+            )
+        self._unpublished = [message for _, message in feed]
+
+    def after_commit(self) -> None:
+        if self._unpublished:
+            if self.publisher is not None:  # a rebuild publishes nothing: it is all history
+                self.publisher.publish(self._unpublished)
+            self._published_to = self._unpublished[-1].position
+        self._unpublished = []
+
+    def on_start(self, curs: Cursor[DictRow]) -> None:
+        """Makes partitions, and publishes what a previous runner committed but did not send."""
+        super().on_start(curs)
+        tracked = self._max_tracking_id(self.upstream, curs) or 0
+        curs.execute(f"SELECT position FROM {self.schema}.feed_published")
+        found = curs.fetchone()
+        if found is None:
+            curs.execute(
+                f"INSERT INTO {self.schema}.feed_published (position) VALUES (%s)", [tracked]
+            )
+            return
+        if self.publisher is None or found["position"] >= tracked:
+            return
+        curs.execute(
+            f"SELECT * FROM {self.schema}.feed WHERE position > %s AND position <= %s "
+            "AND created_at > now() - interval '1 day' ORDER BY position",
+            [found["position"], tracked],
+        )
+        missed = [message_of(row) for row in curs]
+        if missed:
+            self.publisher.publish(missed)
+        curs.execute(f"UPDATE {self.schema}.feed_published SET position = %s", [tracked])
+
+
+def message_of(row: dict[str, Any]) -> LiveMessage:
+    """A stored feed row as the live message it was published as."""
+    return LiveMessage(
+        type=row["type"],
+        run_id=row["run_id"],
+        user_id=row["user_id"],
+        data=row["data"],
+        position=row["position"],
+    )
+
+
+def _month(at: datetime) -> datetime:
+    return at.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
