@@ -24,7 +24,6 @@ from interfaces.http import (
     generation_routes,
     problems,
     upload_routes,
-    workflow_reads,
     workflow_routes,
 )
 from interfaces.http.auth import PUBLIC_PATHS, ApiKeyAuthentication
@@ -127,8 +126,7 @@ def create_app(container: Container) -> Litestar:
             *generation_routes.ROUTES,
             *feed_routes.ROUTES,
             *upload_routes.ROUTES,
-            *workflow_routes.ROUTES,
-            *workflow_reads.ROUTES,
+            *workflow_routes.ROUTES,  # the reads included
         ],
         lifespan=[resources],
         plugins=[api.channels],

@@ -1,6 +1,7 @@
 """Workflows and their runs, the write side: thin controllers over the workflows use cases.
 
-Reads of the read model (lists, a run, its live events) are in ``workflow_reads``; here are
+Reads of the read model (lists, a run, its live events) are in ``workflow_reads``, whose
+controllers these extend (Litestar takes one controller per path); here are
 the commands, and the reads that only the event store can answer (a run as it stood after its
 N-th event, its history) or that serve a stored output.
 """
@@ -13,7 +14,7 @@ from typing import Annotated, Any
 from uuid import UUID
 
 import msgspec
-from litestar import Controller, Request, Response, get, post
+from litestar import Request, Response, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody
 from litestar.types import ControllerRouterHandler
@@ -23,6 +24,7 @@ from application.ports import BlobStore
 from application.users import User
 from application.workflows import RunNotFound, WorkflowsApplication
 from domain.credits import format_credits
+from interfaces.http import workflow_reads
 from interfaces.http.generation_routes import IdempotencyKey, require_credits
 from interfaces.http.problems import ProblemError
 from interfaces.http.ratelimit import RATE_LIMITED
@@ -89,8 +91,8 @@ class WorkflowServices:
 Services = NamedDependency[WorkflowServices]
 
 
-class Workflows(Controller):
-    path = "/v1/workflows"
+class Workflows(workflow_reads.Workflows):
+    """The commands on workflows, beside the reads it inherits (one controller a path)."""
 
     @post("", status_code=201, opt=RATE_LIMITED)
     async def create(
@@ -165,8 +167,8 @@ class Workflows(Controller):
         return run
 
 
-class WorkflowRuns(Controller):
-    path = "/v1/workflow-runs"
+class WorkflowRuns(workflow_reads.WorkflowRuns):
+    """The commands on runs, beside the reads it inherits (one controller a path)."""
 
     @post("/{run_id:uuid}/cancel", status_code=202)
     async def cancel(
@@ -235,4 +237,5 @@ class WorkflowRuns(Controller):
         )
 
 
+#: Every workflow route, the reads included.
 ROUTES: list[ControllerRouterHandler] = [Workflows, WorkflowRuns]
