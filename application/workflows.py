@@ -291,6 +291,23 @@ class WorkflowsApplication(PixevoApplication):
         self.save(run)
         return run_document(run)
 
+    @command
+    def expire(self, run_id: UUID, now: datetime) -> tuple[UUID, list[UUID]]:
+        """Fails every node of the run past its deadline (``timeout``); returns the run's user
+        and the generations of those nodes, to be cancelled at their providers."""
+        run = self.run(None, run_id)
+        abandoned: list[UUID] = []
+        for node in run.overdue(now):
+            state = run.nodes[node]
+            message = f"{state['op']} did not finish by {state['deadline']:%Y-%m-%dT%H:%M:%SZ}"
+            if (
+                run.fail_node(node, state["attempts"], "timeout", message)
+                and state["generation_id"]
+            ):
+                abandoned.append(state["generation_id"])
+        self.save(run)
+        return run.user_id, abandoned
+
     def deadline_for(self, run: WorkflowExecution) -> Deadline:
         """Each node's deadline if queued now: a local op's fixed limit; a provider node's
         model's total time plus the allowance its generation may wait."""

@@ -10,6 +10,7 @@ Adding a context is adding one record.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -28,7 +29,7 @@ from psycopg import sql
 from application.base import DDL_LOCK, PixevoApplication
 from application.billing import BillingApplication
 from application.catalogue import Catalogue, UnknownModel, default_catalogue
-from application.generations import GenerationsApplication
+from application.generations import GenerationNotFound, GenerationsApplication
 from application.moderation import RULES_FILE, BlockedBilling, ModerationPolicy, PromptRules
 from application.ports import Deferral
 from application.post_processing import ProcessResult
@@ -46,6 +47,7 @@ from application.workflow_reactions import (
     StartProviderNode,
 )
 from application.workflows import WorkflowsApplication
+from domain.generation import GenerationFinished
 from infrastructure import embedded
 from infrastructure.actors import REACTIONS_QUEUE, declare_react_actor
 from infrastructure.breakers import RedisCircuitBreakers
@@ -70,7 +72,7 @@ from infrastructure.storage import LocalBlobStore
 from infrastructure.tokens import StreamTokens, stream_secret
 from interfaces.http.auth import KeyCache
 from interfaces.http.streams import LiveFeeds
-from projections import generation_queries
+from projections import generation_queries, workflow_queries
 from projections.base import ProjectionView
 from projections.generations import GenerationsView
 from projections.ledger import LedgerView
@@ -452,6 +454,20 @@ class Container:
                 ended += deadlines.expire(generation_id)
         for generation_id in generation_queries.finished_among(self.pool, self.slots.held()):
             self.slots.release(generation_id)
+        return ended + self._expire_workflow_nodes()
+
+    def _expire_workflow_nodes(self) -> int:
+        """Workflow nodes past their deadline fail (their run moves on); a provider node's
+        generation is asked to cancel."""
+        ended = 0
+        now = datetime.now(UTC)
+        for run_id in workflow_queries.overdue_runs(self.pool, now):
+            with structlog.contextvars.bound_contextvars(workflow_run_id=str(run_id)):
+                user_id, abandoned = self.workflows.expire(run_id, now)
+                for generation_id in abandoned:
+                    with contextlib.suppress(GenerationNotFound, GenerationFinished):
+                        self.generations.cancel(user_id, generation_id)
+                ended += 1
         return ended
 
     # -- read side -------------------------------------------------------------------------

@@ -7,6 +7,7 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
+import httpx
 import pytest
 import pyvips
 
@@ -185,3 +186,142 @@ def test_invalid_graphs_name_each_problem(platform: Platform) -> None:
     assert [e["field"] for e in answer.json()["errors"]] == ["nodes.d.params.model"]
     other = platform.user("other@example.com")
     assert platform.http.get(f"/v1/workflows/{workflow_id}", headers=other).status_code == 404
+
+
+OUTAGE: dict[str, Any] = {
+    "nodes": [
+        {
+            "id": "gen",
+            "op": "generate",
+            "params": {
+                "model": "sim-instant",
+                "prompt": "a red barn",
+                "seed": 3,
+                "width": 256,
+                "height": 256,
+            },
+        },
+        {
+            "id": "up",
+            "op": "upscale",
+            "params": {"model": "clarity-upscaler", "scale": 2, "prompt": "weathered wood"},
+            "inputs": {"image": "$nodes.gen"},
+        },
+        {"id": "big", "op": "resize", "params": {"width": 128}, "inputs": {"image": "$nodes.up"}},
+        {"id": "gray", "op": "grayscale", "inputs": {"image": "$nodes.gen"}},
+    ],
+    "outputs": {"small": "$nodes.big", "gray": "$nodes.gray"},
+}
+
+
+def test_a_failed_node_skips_its_downstream_and_a_retry_reruns_only_it(
+    platform: Platform,
+) -> None:
+    headers = platform.user("outage@example.com")
+    workflow_id = workflow(platform, headers, OUTAGE)
+    httpx.post(f"{platform.simulator}/_sim/faults/fal", json={"reject_content": "weathered"})
+    started = platform.http.post(
+        f"/v1/workflows/{workflow_id}/runs",
+        json={"inputs": {}, "allow_fallback": False},
+        headers=headers,
+    )
+    run_id = started.json()["id"]
+    run = finished(platform, headers, run_id)
+    by_id = nodes(run)
+    assert run["status"] == "failed", run
+    assert by_id["up"]["status"] == "failed" and by_id["big"]["status"] == "skipped"
+    assert by_id["gray"]["status"] == "completed"  # the independent branch finished
+    assert Decimal(run["charged_credits"]) == Decimal(by_id["gen"]["charged_credits"]) > 0
+    generation = by_id["gen"]["generation_id"]
+    # a skipped node is not retryable on its own terms: it is, with what it waits on
+    refused = platform.http.post(f"/v1/workflow-runs/{run_id}/nodes/gen/retry", headers=headers)
+    assert refused.status_code == 409
+    httpx.delete(f"{platform.simulator}/_sim/faults")
+    retried = platform.http.post(f"/v1/workflow-runs/{run_id}/nodes/up/retry", headers=headers)
+    assert retried.status_code == 202, retried.text
+
+    def reran() -> bool:
+        return (
+            nodes(platform.http.get(f"/v1/workflow-runs/{run_id}", headers=headers).json())["up"][
+                "attempts"
+            ]
+            == 2
+        )
+
+    assert wait_for(reran, timeout=20)
+    run = finished(platform, headers, run_id)
+    assert run["status"] == "completed", run
+    by_id = nodes(run)
+    assert by_id["gen"]["generation_id"] == generation  # reused, not re-run
+    assert by_id["up"]["attempts"] == 2 and by_id["gen"]["attempts"] == 1
+    # history and time travel: the run as it stood when it failed
+    history = platform.http.get(f"/v1/workflow-runs/{run_id}/history", headers=headers).json()
+    ended = [e["position"] for e in history["items"] if e["type"] == "Ended"]
+    assert len(ended) == 2
+    then = platform.http.get(f"/v1/workflow-runs/{run_id}?at={ended[0]}", headers=headers)
+    assert then.status_code == 200 and then.json()["status"] == "failed"
+    # fork from the upscale with other params: the generation upstream is reused
+    forked = platform.http.post(
+        f"/v1/workflow-runs/{run_id}/fork",
+        json={"from_node": "big", "params": {"big": {"width": 64}}},
+        headers=headers,
+    )
+    assert forked.status_code == 202, forked.text
+    fork = finished(platform, headers, forked.json()["id"])
+    assert fork["status"] == "completed" and fork["forked_from"]["run_id"] == run_id
+    fork_nodes = nodes(fork)
+    assert fork_nodes["up"]["generation_id"] == by_id["up"]["generation_id"]
+    assert fork_nodes["big"]["output"]["width"] == 64
+    assert Decimal(fork["charged_credits"]) == 0  # only a local node ran
+    # the local-op cache: the same input bytes, op and params reuse the stored output
+    again = platform.http.post(
+        f"/v1/workflow-runs/{run_id}/fork", json={"from_node": "gray"}, headers=headers
+    )
+    assert nodes(finished(platform, headers, again.json()["id"]))["gray"]["cached"] is True
+    other = platform.user("stranger@example.com")
+    assert platform.http.get(f"/v1/workflow-runs/{run_id}", headers=other).status_code == 404
+    assert (
+        platform.http.post(f"/v1/workflow-runs/{run_id}/cancel", headers=other).status_code == 404
+    )
+
+
+def test_a_run_that_cannot_be_paid_is_refused_and_a_cancel_stops_what_has_not_run(
+    platform: Platform,
+) -> None:
+    poor = platform.user("poor@example.com", credits="0.01")
+    workflow_id = workflow(platform, poor, DIAMOND)
+    refused = platform.http.post(
+        f"/v1/workflows/{workflow_id}/runs", json={"inputs": {}}, headers=poor
+    )
+    assert refused.status_code == 402, refused.text
+    headers = platform.user("canceller@example.com")
+    workflow_id = workflow(platform, headers, DIAMOND)
+    httpx.post(f"{platform.simulator}/_sim/faults/replicate", json={"latency_scale": 5})
+    started = platform.http.post(
+        f"/v1/workflows/{workflow_id}/runs", json={"inputs": {}}, headers=headers
+    )
+    run_id = started.json()["id"]
+
+    def upscaling() -> bool:
+        run = platform.http.get(f"/v1/workflow-runs/{run_id}", headers=headers).json()
+        return nodes(run)["up"]["status"] == "running"
+
+    assert wait_for(upscaling, timeout=30)
+    cancelled = platform.http.post(f"/v1/workflow-runs/{run_id}/cancel", headers=headers)
+    assert cancelled.status_code == 202, cancelled.text
+    run = finished(platform, headers, run_id)
+    by_id = nodes(run)
+    assert run["status"] == "cancelled", run
+    assert by_id["comp"]["status"] == "cancelled" and by_id["comp"]["started_at"] is None
+    assert by_id["up"]["status"] == "cancelled"
+    assert (
+        platform.http.post(f"/v1/workflow-runs/{run_id}/cancel", headers=headers).status_code == 409
+    )
+
+    def released() -> bool:
+        balance = platform.http.get("/v1/credits", headers=headers).json()
+        return Decimal(balance["held"]) == 0
+
+    assert wait_for(released, timeout=20)
+    balance = platform.http.get("/v1/credits", headers=headers).json()
+    assert Decimal(balance["balance"]) == Decimal(20) - Decimal(run["charged_credits"])
