@@ -10,12 +10,12 @@ What it measures
     with a distinct prompt (no generation or local-op cache hit across runs). Every graph's root
     is a ``generate`` node of ``sim-instant`` at 64x64, bound to the run's prompt input.
 
-    Shapes (``--width`` nodes, default 50):
-      chain-local      root -> N ``colour_correct`` nodes one after the other (each with its own
-                       brightness, so no node is a cache hit of another)
+    Shapes (``--width`` N, default 50; a graph is at most 50 nodes deep):
+      chain-local      root -> N - 1 ``colour_correct`` nodes one after the other (a chain of N
+                       nodes; each has its own brightness, so no node is a cache hit of another)
       fan-out-local    root -> N parallel ``colour_correct`` nodes -> a tree of ``composite``
                        nodes joining them two by two (N - 1 joins)
-      chain-provider   root -> N ``remove_background`` nodes (``bria-rmbg``, instant) in a chain
+      chain-provider   root -> N - 1 ``remove_background`` nodes (``bria-rmbg``, instant), a chain
       fan-out-provider root -> N parallel ``remove_background`` nodes (the run's outputs)
 
     A hop is measured on the run's own events (``container.workflows.events``, the write side):
@@ -117,7 +117,7 @@ def graph(shape: str, width: int) -> dict[str, Any]:
     nodes = [_root()]
     if shape.startswith("chain"):
         previous = ROOT
-        for i in range(width):
+        for i in range(width - 1):  # the root is the chain's first node
             nodes.append(_step(shape, f"n{i}", previous, i))
             previous = f"n{i}"
         outputs = {"last": f"$nodes.{previous}"}
@@ -292,7 +292,9 @@ def p50_p95(values: Sequence[float]) -> tuple[float, float]:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argument_parser(NAME, __doc__)
-    parser.add_argument("--width", type=int, default=50, help="nodes in the chain / fan-out")
+    parser.add_argument(
+        "--width", type=int, default=50, help="nodes in the chain (root included) / the fan-out"
+    )
     parser.add_argument("--repeats", type=int, default=3, help="runs of each shape")
     parser.add_argument("--shapes", default=",".join(SHAPES), help="comma-separated subset")
     parser.add_argument("--worker-processes", type=int, default=2)
