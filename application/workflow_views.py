@@ -112,7 +112,8 @@ def run_document(run: Any) -> dict[str, Any]:
         "cost_credits": format_credits(sum(run.quotes.values())),
         "charged_credits": format_credits(charged),
         "progress": progress(run),
-        "nodes": [node_view(run, node) for node in run.nodes],
+        # in the graph's order (a stored state's keys may come back in another)
+        "nodes": [node_view(run, node["id"]) for node in run.graph["nodes"]],
         "outputs": outputs,
         "error": run.error,
         "forked_from": run.forked_from,
