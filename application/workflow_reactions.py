@@ -4,7 +4,7 @@ cancel them, settle the run.
     Requested/Retried ─▶ FundRun ─▶ hold on the user (cause: the run's round) ─▶ Funded
     NodeQueued ─▶ StartProviderNode ─▶ Generation (cause: the run, its node; id from run, node,
                                          attempt) ─ ─ ─▶ FollowNodeGeneration ─▶ NodeCompleted…
-               └▶ RunLocalNode (images queue) ─▶ pyvips, content-addressed ─▶ NodeCompleted…
+    LocalNodeQueued ─▶ RunLocalNode (images queue) ─▶ pyvips, content-addressed ─▶ NodeCompleted…
     CancelRequested ─▶ CancelRunNodes ─▶ each running node's generation asked to cancel
     Ended ─▶ SettleRun ─▶ each completed node's charge drawn from the round's hold, rest released
 
@@ -112,9 +112,6 @@ class FundRun(Reaction):
         self.workflows, self.billing = workflows, billing
 
     def handle(self, event: DomainEventProtocol[UUID], tracking: Tracking) -> bool:
-        return bool(retry_on_conflict(self._fund)(event, tracking))
-
-    def _fund(self, event: DomainEventProtocol[UUID], tracking: Tracking) -> bool:
         if self.workflows.already_processed(tracking):
             return False
         run = self.workflows.run(None, event.originator_id)
@@ -123,20 +120,27 @@ class FundRun(Reaction):
         else:
             funding_round, amount = 1, run.pending_quote()
         cause = run_cause(run.id, funding_round)
-        if run.status != "queued" or run.round != funding_round:
-            # cancelled (or already funded) meanwhile: a hold placed for it goes back
-            if run.finished:
-                self.billing.release_cause(run.user_id, cause)
-            return self.workflows.save_tracked(tracking)
-        hold_id = None
-        try:
-            if amount > 0:
+        hold_id: UUID | None = None
+        refused: Exception | None = None
+        if run.status == "queued" and run.round == funding_round and amount > 0:
+            try:
                 hold_id = self.billing.place_hold(run.user_id, amount, cause)
-        except (InsufficientCredits, AccountNotFound) as refused:
-            run.refuse_funding("insufficient_credits", str(refused))
-        else:
-            run.fund(hold_id, amount, self.workflows.deadline_for(run))
-        return self.workflows.save_tracked(tracking, run)
+            except (InsufficientCredits, AccountNotFound) as error:
+                refused = error
+        stale: list[bool] = []
+
+        def fund(run: WorkflowExecution) -> None:
+            if run.status != "queued" or run.round != funding_round:
+                stale.append(True)  # cancelled (or funded) meanwhile
+            elif refused is not None:
+                run.refuse_funding("insufficient_credits", str(refused))
+            else:
+                run.fund(hold_id, amount, self.workflows.deadline_for(run))
+
+        recorded = self.workflows.change(run.id, fund, tracking)
+        if stale:  # a hold placed for a round that will not run goes back
+            self.billing.release_cause(run.user_id, cause)
+        return recorded
 
 
 class StartProviderNode(Reaction):
@@ -188,12 +192,7 @@ class StartProviderNode(Reaction):
         return made
 
     def _started(self, run_id: UUID, node: str, attempt: int) -> None:
-        def record() -> None:
-            run = self.workflows.run(None, run_id)
-            if run.start_node(node, attempt):
-                self.workflows.save(run)
-
-        retry_on_conflict(record)()
+        self.workflows.change(run_id, lambda run: run.start_node(node, attempt))
 
     def _fail(
         self,
@@ -203,12 +202,9 @@ class StartProviderNode(Reaction):
         code: str,
         message: str,
     ) -> bool:
-        def record() -> bool:
-            run = self.workflows.run(None, run_id)
-            run.fail_node(event.node, event.attempt, code, message)
-            return self.workflows.save_tracked(tracking, run)
-
-        return bool(retry_on_conflict(record)())
+        return self.workflows.change(
+            run_id, lambda run: run.fail_node(event.node, event.attempt, code, message), tracking
+        )
 
 
 class RunLocalNode(Reaction):
@@ -217,7 +213,7 @@ class RunLocalNode(Reaction):
 
     name = "run_workflow_local_node"
     upstream = "workflows"
-    topics = (topic_of(WorkflowExecution.NodeQueued),)
+    topics = (topic_of(WorkflowExecution.LocalNodeQueued),)
     queue = "images"
 
     def __init__(
@@ -286,10 +282,7 @@ class RunLocalNode(Reaction):
         started: datetime | None = None,
         error: tuple[str, str] | None = None,
     ) -> bool:
-        def record() -> bool:
-            if self.workflows.already_processed(tracking):
-                return False
-            run = self.workflows.run(None, run_id)
+        def record(run: WorkflowExecution) -> None:
             if error is not None:
                 run.fail_node(event.node, event.attempt, *error)
             elif output is not None:
@@ -301,9 +294,8 @@ class RunLocalNode(Reaction):
                     cached=cached,
                     started_at=started,
                 )
-            return self.workflows.save_tracked(tracking, run)
 
-        return bool(retry_on_conflict(record)())
+        return self.workflows.change(run_id, record, tracking)
 
 
 def _no_quote(*_: Any) -> Any:  # pragma: no cover - local ops are never quoted
@@ -343,10 +335,7 @@ class FollowNodeGeneration(Reaction):
         node, attempt = part["node"], int(part.get("attempt", "1"))
         outcome = self._outcome(generation)
 
-        def record() -> bool:
-            if self.workflows.already_processed(tracking):
-                return False
-            run = self.workflows.run(None, run_id)
+        def record(run: WorkflowExecution) -> None:
             if outcome[0] == "completed":
                 _, output, charged = outcome
                 run.complete_node(
@@ -362,9 +351,8 @@ class FollowNodeGeneration(Reaction):
                 run.cancel_node(node, attempt)
             else:
                 run.fail_node(node, attempt, outcome[1], outcome[2])
-            return self.workflows.save_tracked(tracking, run)
 
-        return bool(retry_on_conflict(record)())
+        return self.workflows.change(run_id, record, tracking)
 
     def _outcome(self, generation: Generation) -> tuple[Any, Any, Any]:
         if generation.status == "completed" and generation.result is not None:

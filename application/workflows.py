@@ -9,19 +9,22 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import NAMESPACE_URL, UUID, uuid5
 
 from eventsourcing.application import AggregateNotFoundError
+from eventsourcing.persistence import Tracking
 
 from application.base import PixevoApplication, command
 from application.catalogue import UnknownModel
 from application.errors import Conflict, InvalidRequest, NotFound
 from application.generations import GenerationsApplication
 from application.inputs import ImageInput
+from application.locks import KeyedLocks
 from application.normalise import GenerationRequest, Normalised
+from application.retry import retry_on_conflict
 from application.workflow_graph import (
     InvalidGraph,
     NodePlan,
@@ -80,6 +83,7 @@ class WorkflowsApplication(PixevoApplication):
         self.generations = generations or GenerationsApplication()
         self.catalogue = self.generations.catalogue
         self.provider_allowance = provider_allowance
+        self._turns = KeyedLocks()
 
     # -- templates -------------------------------------------------------------------------
 
@@ -290,6 +294,30 @@ class WorkflowsApplication(PixevoApplication):
         run.retry(node, self.deadline_for(run))
         self.save(run)
         return run_document(run)
+
+    def change(
+        self,
+        run_id: UUID,
+        change: Callable[[WorkflowExecution], object],
+        tracking: Tracking | None = None,
+    ) -> bool:
+        """Loads the run, applies ``change`` and saves it (with ``tracking``, when a reaction's;
+        ``False`` when that event was handled before). The nodes of one run finish together:
+        this process's threads take turns on a run instead of conflicting, and conflicts with
+        other processes are retried."""
+
+        def record() -> bool:
+            if tracking is not None and self.already_processed(tracking):
+                return False
+            run = self.run(None, run_id)
+            change(run)
+            if tracking is None:
+                self.save(run)
+                return True
+            return self.save_tracked(tracking, run)
+
+        with self._turns(run_id):
+            return bool(retry_on_conflict(record)())
 
     @command
     def expire(self, run_id: UUID, now: datetime) -> tuple[UUID, list[UUID]]:

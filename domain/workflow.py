@@ -261,6 +261,10 @@ class WorkflowExecution(Aggregate):
                 completed_at=None,
             )
 
+    class LocalNodeQueued(NodeQueued):
+        """A local op's node is queued: its own topic, so only the images queue's reaction
+        is sent it (and the provider nodes' reaction is not)."""
+
     class NodeStarted(Aggregate.Event):
         node: str
         attempt: int
@@ -632,7 +636,7 @@ class WorkflowExecution(Aggregate):
                     else None
                 )
                 self.trigger_event(
-                    self.NodeQueued,
+                    self.NodeQueued if generation_id else self.LocalNodeQueued,
                     node=node,
                     attempt=attempt,
                     generation_id=generation_id,

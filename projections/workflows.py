@@ -54,6 +54,7 @@ _RUN_EVENTS = (
     WorkflowExecution.Funded,
     WorkflowExecution.FundingRefused,
     WorkflowExecution.NodeQueued,
+    WorkflowExecution.LocalNodeQueued,
     WorkflowExecution.NodeStarted,
     WorkflowExecution.NodeCompleted,
     WorkflowExecution.NodeFailed,

@@ -8,17 +8,18 @@ from datetime import UTC, datetime
 from uuid import UUID
 
 from application.billing import AccountNotFound
+from application.workflows import RunNotFound
 from domain.credits import format_credits, to_units
 from domain.ledger import AccountPosition, LedgerEntry
 from interfaces.cli.operate import CommandError, container
 from projections import ledger_queries
 
 
-def _user(value: str) -> UUID:
+def _user(value: str, what: str = "user") -> UUID:
     try:
         return UUID(value)
     except ValueError:
-        raise CommandError(f"{value!r} is not a user id (a UUID)") from None
+        raise CommandError(f"{value!r} is not a {what} id (a UUID)") from None
 
 
 def _instant(value: str | None) -> datetime | None:
@@ -132,3 +133,64 @@ def verify(_: argparse.Namespace) -> int:
     lag = f" ({behind} not yet projected to their latest event)" if behind else ""
     print(f"verified {checked} account(s): {differences} difference(s){lag}")
     return 1 if differences else 0
+
+
+def workflow_run(args: argparse.Namespace) -> int:
+    """A run's charges node by node, from both event stores: what each node was quoted and
+    charged (the run's events) beside the ledger entries its settlements made (the account's
+    events); exits non-zero if they disagree."""
+    c = container()
+    try:
+        run = c.workflows.run(None, _user(args.run_id, "workflow run"))
+    except RunNotFound as missing:
+        raise CommandError(str(missing)) from None
+    _, entries = c.billing.history(run.user_id)
+    mine = [e for e in entries if e.cause.id.split("/")[0].split(":")[0] == str(run.id)]
+    drawn: dict[str, int] = {}
+    for e in mine:
+        if e.cause.type == "workflow_node" and e.kind == "capture":
+            node = e.cause.id.split("/", 1)[1]
+            drawn[node] = drawn.get(node, 0) + e.amount
+    nodes = []
+    for spec in run.graph["nodes"]:
+        state = run.nodes[spec["id"]]
+        charged = state["charged"] if state["status"] == "completed" else 0
+        nodes.append(
+            {
+                "node": spec["id"],
+                "op": spec["op"],
+                "status": state["status"],
+                "attempts": state["attempts"],
+                "generation_id": str(state["generation_id"]) if state["generation_id"] else None,
+                "quoted": format_credits(run.quotes.get(spec["id"], 0)),
+                "charged": format_credits(charged),
+                "in_ledger": format_credits(drawn.get(spec["id"], 0)),
+                "reused_from": state.get("reused_from"),
+            }
+        )
+    agrees = all(n["charged"] == n["in_ledger"] for n in nodes) or not run.finished
+    report = {
+        "run_id": str(run.id),
+        "user_id": str(run.user_id),
+        "status": run.status,
+        "nodes": nodes,
+        "ledger": [_entry(e) for e in mine],
+        "agrees": agrees,
+    }
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0 if agrees else 1
+    print(f"workflow run {run.id} of user {run.user_id}: {run.status}")
+    print(
+        f"{'node':<20} {'op':<18} {'status':<10} {'tries':>5} {'quoted':>10} {'charged':>10} "
+        f"{'ledger':>10}  generation"
+    )
+    for n in nodes:
+        print(
+            f"{n['node']:<20} {n['op']:<18} {n['status']:<10} {n['attempts']:>5} "
+            f"{n['quoted']:>10} {n['charged']:>10} {n['in_ledger']:>10}  {n['generation_id'] or ''}"
+        )
+    for e in mine:
+        print(f"  {e.at.isoformat()}  {e.kind:<8} {format_credits(e.amount):>10}  {e.cause}")
+    print("charges agree with the ledger" if agrees else "DIFF: charges and ledger disagree")
+    return 0 if agrees else 1

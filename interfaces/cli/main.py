@@ -6,7 +6,7 @@ pixevo api | worker | dispatcher        one production process each (the dispatc
 pixevo projections run|status|rebuild   the read side
 pixevo migrate | partitions ensure      the database
 pixevo users create --email E ...       a user and their API key (JSON on stdout)
-pixevo audit ledger USER | verify       billing disputes: replay from the event store
+pixevo audit ledger USER | verify | run RUN   billing disputes: replay from the event store
 """
 
 from __future__ import annotations
@@ -21,6 +21,24 @@ from interfaces.cli import audit, moderation, operate, up
 from interfaces.cli.launch import WORKER_THREADS
 
 Command = Callable[[argparse.Namespace], int]
+
+
+def _audit_commands(sub: Any) -> None:
+    audits = sub.add_parser("audit", help="billing audit").add_subparsers(
+        dest="action", required=True
+    )
+    ledger = audits.add_parser("ledger", help="an account's timeline from the event store")
+    ledger.add_argument("user_id")
+    ledger.add_argument("--at", help="RFC 3339 timestamp: the position at that instant")
+    ledger.add_argument("--json", action="store_true")
+    ledger.set_defaults(run=audit.ledger)
+    audits.add_parser(
+        "verify", help="replay every account; compare with credit_balances"
+    ).set_defaults(run=audit.verify)
+    run = audits.add_parser("run", help="a workflow run's charges, node by node")
+    run.add_argument("run_id")
+    run.add_argument("--json", action="store_true")
+    run.set_defaults(run=audit.workflow_run)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -86,17 +104,7 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument("--admin", action="store_true")
     create.set_defaults(run=operate.users_create)
 
-    audits = sub.add_parser("audit", help="billing audit").add_subparsers(
-        dest="action", required=True
-    )
-    ledger = audits.add_parser("ledger", help="an account's timeline from the event store")
-    ledger.add_argument("user_id")
-    ledger.add_argument("--at", help="RFC 3339 timestamp: the position at that instant")
-    ledger.add_argument("--json", action="store_true")
-    ledger.set_defaults(run=audit.ledger)
-    audits.add_parser(
-        "verify", help="replay every account; compare with credit_balances"
-    ).set_defaults(run=audit.verify)
+    _audit_commands(sub)
 
     moderating = sub.add_parser("moderation", help="moderation").add_subparsers(
         dest="action", required=True

@@ -4,7 +4,15 @@ local node is pyvips on the images queue."""
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import replace
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -12,8 +20,18 @@ import pytest
 import pyvips
 
 from domain.workflow import RUN_TERMINAL
+from infrastructure.settings import Settings
+from interfaces.bootstrap import Container, build
 from tests.e2e.test_image_inputs import Platform, platform
-from tests.support.processes import wait_for
+from tests.support.platform import with_simulator
+from tests.support.processes import (
+    child_env,
+    dramatiq_worker,
+    free_port,
+    launcher,
+    running,
+    wait_for,
+)
 
 __all__ = ["platform"]
 
@@ -95,12 +113,22 @@ def test_a_diamond_runs_its_branches_at_once_and_charges_what_its_nodes_cost(
     assert quote.status_code == 200, quote.text
     quoted = {n["id"]: Decimal(n["cost_credits"]) for n in quote.json()["nodes"]}
     assert quoted["gray"] == 0 and quoted["gen"] > 0 and quoted["up"] > 0
+    keyed = {**headers, "Idempotency-Key": "diamond-1"}
     started = platform.http.post(
-        f"/v1/workflows/{workflow_id}/runs", json={"inputs": {}}, headers=headers
+        f"/v1/workflows/{workflow_id}/runs", json={"inputs": {}}, headers=keyed
     )
     assert started.status_code == 202, started.text
+    again = platform.http.post(
+        f"/v1/workflows/{workflow_id}/runs", json={"inputs": {}}, headers=keyed
+    )
+    assert again.status_code == 202 and again.json()["id"] == started.json()["id"]
+    other_body = {"inputs": {"prompt": "another"}}
+    clash = platform.http.post(f"/v1/workflows/{workflow_id}/runs", json=other_body, headers=keyed)
+    assert clash.status_code == 409, clash.text
     run = finished(platform, headers, started.json()["id"])
     assert run["status"] == "completed", run
+    listed = platform.http.get("/v1/workflow-runs", headers=headers).json()["items"]
+    assert [r["id"] for r in listed] == [run["id"]]
     by_id = nodes(run)
     assert all(n["status"] == "completed" for n in by_id.values()), by_id
     # the two middle branches overlapped: grayscale finished while the upscale was running
@@ -133,6 +161,18 @@ def test_a_diamond_runs_its_branches_at_once_and_charges_what_its_nodes_cost(
     balance = platform.http.get("/v1/credits", headers=headers).json()
     assert Decimal(balance["balance"]) == Decimal(20) - charged
     assert Decimal(balance["held"]) == 0
+    # the dispute tool explains the charges node by node, from the event stores
+    audit = subprocess.run(
+        [sys.executable, "-m", "interfaces.cli", "audit", "run", run["id"], "--json"],
+        env=child_env(platform.container.settings),
+        capture_output=True,
+        check=True,
+    )
+    report = json.loads(audit.stdout)
+    assert report["agrees"] is True
+    assert {n["node"]: n["in_ledger"] for n in report["nodes"]} == {
+        i: v["charged_credits"] for i, v in by_id.items()
+    }
 
 
 def test_invalid_graphs_name_each_problem(platform: Platform) -> None:
@@ -325,3 +365,86 @@ def test_a_run_that_cannot_be_paid_is_refused_and_a_cancel_stops_what_has_not_ru
     assert wait_for(released, timeout=20)
     balance = platform.http.get("/v1/credits", headers=headers).json()
     assert Decimal(balance["balance"]) == Decimal(20) - Decimal(run["charged_credits"])
+
+
+@pytest.fixture
+def killable(
+    settings: Settings, simulator: str, tmp_path: Path
+) -> Iterator[tuple[Container, httpx.Client, dict[str, subprocess.Popen[bytes]]]]:
+    """The platform with its worker at hand (to kill); the API a process of its own, which
+    the simulator fetches the upscale's input from."""
+    settings = with_simulator(
+        replace(settings, projection_batch=200, http_port=free_port()), simulator
+    )
+    container = build(settings)
+    with (
+        launcher(settings, PIXEVO_LOG_LEVEL="INFO").running(
+            ("api", "worker", "dispatcher", "projections"), tmp_path
+        ) as processes,
+        httpx.Client(base_url=settings.api_url(), timeout=30) as http,
+    ):
+        assert wait_for(lambda: _healthy(http), timeout=60)
+        yield container, http, processes
+    container.close()
+
+
+def _healthy(http: httpx.Client) -> bool:
+    try:
+        return http.get("/health").status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def test_every_worker_killed_mid_run_the_run_completes_each_node_submitted_and_charged_once(
+    killable: tuple[Container, httpx.Client, dict[str, subprocess.Popen[bytes]]],
+    simulator: str,
+    settings: Settings,
+    tmp_path: Path,
+) -> None:
+    container, client, processes = killable
+    made = container.users.create("survivor@example.com", "20")
+    headers = {"Authorization": f"Bearer {made.api_key}"}
+    assert wait_for(
+        lambda: client.get("/v1/credits", headers=headers).json()["balance"] != "0.0000", 20
+    )
+    workflow_id = client.post("/v1/workflows", json={"name": "d"}, headers=headers).json()["id"]
+    added = client.post(
+        f"/v1/workflows/{workflow_id}/versions", json={"graph": DIAMOND}, headers=headers
+    )
+    assert added.status_code == 201, added.text
+    httpx.post(f"{simulator}/_sim/faults/replicate", json={"latency_scale": 1.5})  # ~4 s upscale
+    before = httpx.get(f"{simulator}/_sim/stats").json().get("replicate", {})
+    run_id = client.post(
+        f"/v1/workflows/{workflow_id}/runs", json={"inputs": {}}, headers=headers
+    ).json()["id"]
+
+    def run() -> dict[str, Any]:
+        return dict(client.get(f"/v1/workflow-runs/{run_id}", headers=headers).json())
+
+    def upscaling() -> bool:  # its generation has the job at the provider
+        generation_id = nodes(run())["up"]["generation_id"]
+        if generation_id is None:
+            return False
+        found = client.get(f"/v1/generations/{generation_id}", headers=headers)
+        return found.status_code == 200 and found.json()["status"] == "running"
+
+    assert wait_for(upscaling, timeout=60)
+    worker = processes["worker"]
+    os.killpg(worker.pid, signal.SIGKILL)  # every worker process, mid-node
+    worker.wait()
+    env = child_env(container.settings)  # the API's port: where inputs are fetched
+    with running(dramatiq_worker("interfaces.worker"), env, tmp_path / "worker2.log"):
+        assert wait_for(lambda: run()["status"] in RUN_TERMINAL, timeout=120), run()
+    done = run()
+    assert done["status"] == "completed", done
+    after = httpx.get(f"{simulator}/_sim/stats").json()["replicate"]
+    assert after["submissions"] - before.get("submissions", 0) == 2  # gen and up, once each
+
+    def charged_once() -> bool:
+        items = client.get("/v1/credits/ledger", headers=headers).json()["items"]
+        return sorted(e["cause"]["id"] for e in items if e["cause"]["type"] == "workflow_node") == [
+            f"{run_id}/gen",
+            f"{run_id}/up",
+        ]
+
+    assert wait_for(charged_once, timeout=30)
