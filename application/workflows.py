@@ -306,9 +306,7 @@ class WorkflowsApplication(PixevoApplication):
         this process's threads take turns on a run instead of conflicting, and conflicts with
         other processes are retried."""
 
-        def record() -> bool:
-            if tracking is not None and self.already_processed(tracking):
-                return False
+        def record() -> bool:  # a tracked event handled before: save_tracked finds it
             run = self.run(None, run_id)
             change(run)
             if tracking is None:

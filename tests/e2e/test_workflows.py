@@ -37,6 +37,13 @@ __all__ = ["platform"]
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    """A provider that stays down fails its generation after 4 s of deferral, not an hour."""
+    return replace(settings, defer_limit_s=4.0)
+
+
 DIAMOND: dict[str, Any] = {
     "inputs": {"prompt": {"type": "text", "default": "a lighthouse at dusk"}},
     "nodes": [
@@ -244,7 +251,7 @@ OUTAGE: dict[str, Any] = {
         {
             "id": "up",
             "op": "upscale",
-            "params": {"model": "clarity-upscaler", "scale": 2, "prompt": "weathered wood"},
+            "params": {"model": "clarity-upscaler", "scale": 2},
             "inputs": {"image": "$nodes.gen"},
         },
         {"id": "big", "op": "resize", "params": {"width": 128}, "inputs": {"image": "$nodes.up"}},
@@ -259,7 +266,7 @@ def test_a_failed_node_skips_its_downstream_and_a_retry_reruns_only_it(
 ) -> None:
     headers = platform.user("outage@example.com")
     workflow_id = workflow(platform, headers, OUTAGE)
-    httpx.post(f"{platform.simulator}/_sim/faults/fal", json={"reject_content": "weathered"})
+    httpx.post(f"{platform.simulator}/_sim/faults/fal", json={"outage": True})
     started = platform.http.post(
         f"/v1/workflows/{workflow_id}/runs",
         json={"inputs": {}, "allow_fallback": False},
