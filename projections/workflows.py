@@ -25,7 +25,7 @@ from psycopg.types.json import Jsonb
 
 from application.live import LiveMessage, LivePublisher
 from application.logs import topic_of
-from application.workflow_views import node_view, run_document
+from application.workflow_views import node_view, progress, run_document
 from domain.workflow import NODE_ACTIVE, RUN_TERMINAL, WorkflowExecution, WorkflowTemplate, fold
 from projections.base import NotifiedEvent, ProjectionView
 
@@ -125,17 +125,22 @@ def changed_nodes(state: Any, event: Any) -> list[str]:
     return list(getattr(event, "nodes", ()))
 
 
-def feed_entry(state: Any, doc: dict[str, Any], event: Any) -> tuple[str, dict[str, Any]]:
-    """(type, data) of the live message for ``event``, given the run after it."""
+def feed_entry(state: Any, event: Any) -> tuple[str, dict[str, Any]]:
+    """(type, data) of the live message for ``event``, given the run after it: the whole run
+    when it ends, else what changed (a run's document is made once a batch, not per event)."""
     if isinstance(event, WorkflowExecution.Ended):
-        return f"workflow_run.{state.status}", doc
+        return f"workflow_run.{state.status}", document(state)
     return STATUS_TYPE, {
         "run_id": str(state.id),
         "status": state.status,
-        "progress": doc["progress"],
+        "progress": progress(state),
         "nodes": [node_view(state, node) for node in changed_nodes(state, event)],
         "at": event.timestamp.isoformat(),
     }
+
+
+def document(state: Any) -> dict[str, Any]:
+    return dict(msgspec.to_builtins(run_document(state)))
 
 
 def _json(value: Any) -> Jsonb:
@@ -185,15 +190,13 @@ class WorkflowsView(ProjectionView):
             if known is not None and event.originator_version <= known["event_version"]:
                 continue
             state = fold(known["state"] if known else None, event)
-            doc = msgspec.to_builtins(run_document(state))
             rows[key] = touched[key] = {
                 "state": state,
                 "event_version": event.originator_version,
-                "doc": doc,
                 "position": item.notification_id,
                 "updated_at": event.timestamp,
             }
-            kind, data = feed_entry(state, doc, event)
+            kind, data = feed_entry(state, event)
             feed.append(
                 (
                     event.timestamp,
@@ -213,6 +216,8 @@ class WorkflowsView(ProjectionView):
                 "SELECT public.pixevo_ensure_partition(%s::regclass, %s)",
                 [f"{self.schema}.{table}", month],
             )
+        for row in touched.values():  # each run's document once, as the batch left it
+            row["doc"] = document(row["state"])
         if touched:
             self._upsert(curs, list(touched.values()))
         self._write_feed(curs, feed)
