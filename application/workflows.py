@@ -63,8 +63,10 @@ class IdempotencyConflict(Conflict):
     """The same ``Idempotency-Key`` with a different run request (HTTP 409)."""
 
 
-def _digest(value: Any) -> str:
-    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
+def _run_hash(workflow_id: UUID, version: int | None, given: Any, allow_fallback: bool) -> str:
+    """What an ``Idempotency-Key`` of a run is bound to: the request as the client sent it."""
+    asked = [str(workflow_id), version, given, allow_fallback]
+    return hashlib.sha256(json.dumps(asked, sort_keys=True, default=str).encode()).hexdigest()
 
 
 class WorkflowsApplication(PixevoApplication):
@@ -179,7 +181,7 @@ class WorkflowsApplication(PixevoApplication):
     ) -> tuple[dict[str, Any], bool]:
         """A new run, ``queued`` until its funding round is held: ``(run, True)`` when new."""
         template = self.template(user_id, workflow_id)
-        request_hash = _digest([str(workflow_id), version, given, allow_fallback])
+        request_hash = _run_hash(workflow_id, version, given, allow_fallback)
         run_id = uuid7()
         claim = self._claim(user_id, idempotency_key, run_id, request_hash)
         if isinstance(claim, dict):
@@ -199,6 +201,21 @@ class WorkflowsApplication(PixevoApplication):
         )
         self.save(run, *([claim] if claim is not None else []))
         return run_document(run), True
+
+    def replay(
+        self,
+        user_id: UUID,
+        workflow_id: UUID,
+        version: int | None,
+        given: Any,
+        allow_fallback: bool,
+        idempotency_key: str,
+    ) -> dict[str, Any] | None:
+        """The run an earlier request with this ``Idempotency-Key`` made, while the key is live
+        (``None``: the request is new); the same key with another request: 409."""
+        request_hash = _run_hash(workflow_id, version, given, allow_fallback)
+        found = self._claim(user_id, idempotency_key, uuid7(), request_hash)
+        return found if isinstance(found, dict) else None
 
     def _claim(
         self, user_id: UUID, key: str | None, run_id: UUID, request_hash: str

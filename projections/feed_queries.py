@@ -1,12 +1,14 @@
-"""Queries over the generations projection's ``feed`` table, for the live feeds (async).
+"""Queries over a projection's ``feed`` table, for the live feeds (async).
 
-Every read bounds ``created_at`` (the table is partitioned by month): a generation's rows by its
-UUIDv7 id's own time, a user's by how far back a feed may resume.
+Every read bounds ``created_at`` (the tables are partitioned by month): a subject's rows (a
+generation's, a run's) by its UUIDv7 id's own time, a user's by how far back a feed may resume.
+The generations' feed and the workflow runs' feed are two :class:`StoredFeed` of one shape.
 """
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
@@ -15,54 +17,80 @@ from psycopg_pool import AsyncConnectionPool
 
 from application.live import LiveMessage
 from domain.ids import uuid7_time
-from projections.generations import GenerationsView, message_of
+from projections.feed import message_of
+from projections.generations import GenerationsView
 
-FEED = f"{GenerationsView.live_schema()}.feed"
+_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
 
 
-async def _messages(
-    pool: AsyncConnectionPool, where: str, params: list[Any], limit: int
-) -> list[LiveMessage]:
-    async with pool.connection() as conn:
-        cur = conn.cursor(row_factory=dict_row)
-        await cur.execute(
-            f"SELECT * FROM {FEED} WHERE {where} ORDER BY position LIMIT %s", [*params, limit]
+@dataclass(frozen=True, slots=True)
+class StoredFeed:
+    """One projection's feed table (``schema.feed``) and the column naming each row's subject."""
+
+    table: str
+    subject: str
+
+    async def _messages(
+        self, pool: AsyncConnectionPool, where: str, params: list[Any], limit: int
+    ) -> list[LiveMessage]:
+        async with pool.connection() as conn:
+            cur = conn.cursor(row_factory=dict_row)
+            await cur.execute(
+                f"SELECT * FROM {self.table} WHERE {where} ORDER BY position LIMIT %s",
+                [*params, limit],
+            )
+            return [message_of(row, self.subject) for row in await cur.fetchall()]
+
+    async def of_subject(
+        self, pool: AsyncConnectionPool, subject_id: UUID, after: int, limit: int
+    ) -> list[LiveMessage]:
+        """One subject's stored messages after position ``after``, oldest first."""
+        # nothing happens before a time-ordered id was made
+        made = uuid7_time(subject_id) - timedelta(seconds=1) if subject_id.version == 7 else _EPOCH
+        return await self._messages(
+            pool,
+            f"{self.subject} = %s AND created_at >= %s AND position > %s",
+            [subject_id, made, after],
+            limit,
         )
-        return [message_of(row) for row in await cur.fetchall()]
+
+    async def of_user(
+        self, pool: AsyncConnectionPool, user_id: UUID, after: int, since: datetime, limit: int
+    ) -> list[LiveMessage]:
+        """A user's stored messages after position ``after`` made since ``since``, oldest first."""
+        return await self._messages(
+            pool,
+            "user_id = %s AND created_at >= %s AND position > %s",
+            [user_id, since, after],
+            limit,
+        )
+
+    async def user_head(self, pool: AsyncConnectionPool, user_id: UUID, since: datetime) -> int:
+        """The position of the user's latest stored message since ``since`` (0: none)."""
+        async with pool.connection() as conn:
+            cur = await conn.execute(
+                f"SELECT coalesce(max(position), 0) FROM {self.table} "
+                "WHERE user_id = %s AND created_at >= %s",
+                [user_id, since],
+            )
+            found = await cur.fetchone()
+        return int(found[0]) if found else 0
+
+
+GENERATIONS = StoredFeed(f"{GenerationsView.live_schema()}.feed", "generation_id")
 
 
 async def generation_feed(
     pool: AsyncConnectionPool, generation_id: UUID, after: int, limit: int
 ) -> list[LiveMessage]:
-    """One generation's stored messages after position ``after``, oldest first."""
-    made = uuid7_time(generation_id) - timedelta(seconds=1)  # nothing happens before its id
-    return await _messages(
-        pool,
-        "generation_id = %s AND created_at >= %s AND position > %s",
-        [generation_id, made, after],
-        limit,
-    )
+    return await GENERATIONS.of_subject(pool, generation_id, after, limit)
 
 
 async def user_feed(
     pool: AsyncConnectionPool, user_id: UUID, after: int, since: datetime, limit: int
 ) -> list[LiveMessage]:
-    """A user's stored messages after position ``after`` made since ``since``, oldest first."""
-    return await _messages(
-        pool,
-        "user_id = %s AND created_at >= %s AND position > %s",
-        [user_id, since, after],
-        limit,
-    )
+    return await GENERATIONS.of_user(pool, user_id, after, since, limit)
 
 
 async def user_head(pool: AsyncConnectionPool, user_id: UUID, since: datetime) -> int:
-    """The position of the user's latest stored message since ``since`` (0: none)."""
-    async with pool.connection() as conn:
-        cur = await conn.execute(
-            f"SELECT coalesce(max(position), 0) FROM {FEED} "
-            "WHERE user_id = %s AND created_at >= %s",
-            [user_id, since],
-        )
-        found = await cur.fetchone()
-    return int(found[0]) if found else 0
+    return await GENERATIONS.user_head(pool, user_id, since)

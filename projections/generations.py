@@ -19,7 +19,8 @@ from application.logs import topic_of
 from application.saga.deadlines import Patience
 from domain.credits import to_credits
 from domain.generation import STATUS_AFTER, TERMINAL, Generation
-from projections.base import NotifiedEvent, ProjectionView
+from projections.base import NotifiedEvent
+from projections.feed import FeedView, month_of
 
 COLUMNS = (
     "id",
@@ -245,7 +246,7 @@ def _ms(start: datetime, end: datetime) -> int:
     return int((end - start).total_seconds() * 1000)
 
 
-class GenerationsView(ProjectionView):
+class GenerationsView(FeedView):
     projection_name = "generations"
     upstream = "generations"
     topics = tuple(
@@ -268,6 +269,7 @@ class GenerationsView(ProjectionView):
         )
     )
     partitioned_tables = ("generations", "feed")
+    feed_subject = "generation_id"
 
     def __init__(
         self,
@@ -278,11 +280,8 @@ class GenerationsView(ProjectionView):
     ) -> None:
         """``publisher``: where committed feed messages go (none while rebuilding);
         ``allowance``: how long a model's generation may stay in one status."""
-        super().__init__(*args, **kwargs)
-        self.publisher = publisher
+        super().__init__(*args, publisher=publisher, **kwargs)
         self.allowance = allowance or Patience().allowance_of(default_catalogue())
-        self._unpublished: list[LiveMessage] = []
-        self._published_to: int | None = None  # recorded in the next batch's transaction
 
     def project(self, curs: Cursor[DictRow], batch: Sequence[NotifiedEvent]) -> None:
         ids = list({item.event.originator_id for item in batch})
@@ -308,9 +307,9 @@ class GenerationsView(ProjectionView):
                 )
                 feed.append((item.event.timestamp, message))
         changed = [row for key in touched if (row := rows.get(key)) is not None]
-        months = {_month(row["created_at"]) for row in changed}
+        months = {month_of(row["created_at"]) for row in changed}
         for table, month in [("generations", m) for m in months] + [
-            ("feed", m) for m in {_month(item.event.timestamp) for item in batch}
+            ("feed", m) for m in {month_of(item.event.timestamp) for item in batch}
         ]:
             curs.execute(
                 "SELECT public.pixevo_ensure_partition(%s::regclass, %s)",
@@ -319,56 +318,6 @@ class GenerationsView(ProjectionView):
         if changed:
             self._upsert(curs, changed)
         self._write_feed(curs, feed)
-
-    # -- the live feed ---------------------------------------------------------------------
-
-    def _write_feed(self, curs: Cursor[DictRow], feed: list[tuple[datetime, LiveMessage]]) -> None:
-        if feed:
-            curs.executemany(
-                f"INSERT INTO {self.schema}.feed "
-                "(position, created_at, user_id, generation_id, type, data) "
-                "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
-                [
-                    [m.position, at, m.user_id, m.generation_id, m.type, Jsonb(m.data)]
-                    for at, m in feed
-                ],
-            )
-        if self._published_to is not None:
-            curs.execute(
-                f"UPDATE {self.schema}.feed_published SET position = greatest(position, %s)",
-                [self._published_to],
-            )
-        self._unpublished = [message for _, message in feed]
-
-    def after_commit(self) -> None:
-        if self._unpublished:
-            if self.publisher is not None:  # a rebuild publishes nothing: it is all history
-                self.publisher.publish(self._unpublished)
-            self._published_to = self._unpublished[-1].position
-        self._unpublished = []
-
-    def on_start(self, curs: Cursor[DictRow]) -> None:
-        """Makes partitions, and publishes what a previous runner committed but did not send."""
-        super().on_start(curs)
-        tracked = self._max_tracking_id(self.upstream, curs) or 0
-        curs.execute(f"SELECT position FROM {self.schema}.feed_published")
-        found = curs.fetchone()
-        if found is None:
-            curs.execute(
-                f"INSERT INTO {self.schema}.feed_published (position) VALUES (%s)", [tracked]
-            )
-            return
-        if self.publisher is None or found["position"] >= tracked:
-            return
-        curs.execute(
-            f"SELECT * FROM {self.schema}.feed WHERE position > %s AND position <= %s "
-            "AND created_at > now() - interval '1 day' ORDER BY position",
-            [found["position"], tracked],
-        )
-        missed = [message_of(row) for row in curs]
-        if missed:
-            self.publisher.publish(missed)
-        curs.execute(f"UPDATE {self.schema}.feed_published SET position = %s", [tracked])
 
     def _upsert(self, curs: Cursor[DictRow], rows: list[dict[str, Any]]) -> None:
         names = ", ".join(COLUMNS)
@@ -383,18 +332,3 @@ class GenerationsView(ProjectionView):
                 for row in rows
             ],
         )
-
-
-def message_of(row: dict[str, Any]) -> LiveMessage:
-    """A stored feed row as the live message it was published as."""
-    return LiveMessage(
-        type=row["type"],
-        generation_id=row["generation_id"],
-        user_id=row["user_id"],
-        data=row["data"],
-        position=row["position"],
-    )
-
-
-def _month(at: datetime) -> datetime:
-    return at.replace(day=1, hour=0, minute=0, second=0, microsecond=0)

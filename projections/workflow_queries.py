@@ -18,8 +18,9 @@ from application.live import LiveMessage
 from application.workflow_views import template_document, version_document
 from domain.ids import uuid7_time
 from domain.workflow import RUN_TERMINAL
+from projections.feed_queries import StoredFeed
 from projections.ledger_queries import BadCursor, decode_cursor, encode_cursor
-from projections.workflows import WorkflowsView, message_of
+from projections.workflows import WorkflowsView
 
 SCHEMA = WorkflowsView.live_schema()
 #: A run's row is written a moment after its UUIDv7 id is made.
@@ -142,52 +143,26 @@ def _template(row: dict[str, Any]) -> dict[str, Any]:
 
 # -- the runs' live feed ----------------------------------------------------------------------
 
-FEED = f"{SCHEMA}.feed"
+RUNS = StoredFeed(f"{SCHEMA}.feed", "run_id")
 
 
 async def run_feed(
     pool: AsyncConnectionPool, run_id: UUID, after: int, limit: int
 ) -> list[LiveMessage]:
     """One run's stored messages after position ``after``, oldest first."""
-    since = uuid7_time(run_id) - timedelta(seconds=1) if run_id.version == 7 else _EPOCH
-    return await _messages(
-        pool, "run_id = %s AND created_at >= %s AND position > %s", [run_id, since, after], limit
-    )
+    return await RUNS.of_subject(pool, run_id, after, limit)
 
 
 async def user_feed(
     pool: AsyncConnectionPool, user_id: UUID, after: int, since: datetime, limit: int
 ) -> list[LiveMessage]:
     """A user's stored run messages after position ``after`` made since ``since``."""
-    return await _messages(
-        pool,
-        "user_id = %s AND created_at >= %s AND position > %s",
-        [user_id, since, after],
-        limit,
-    )
+    return await RUNS.of_user(pool, user_id, after, since, limit)
 
 
 async def user_head(pool: AsyncConnectionPool, user_id: UUID, since: datetime) -> int:
     """The position of the user's latest stored run message since ``since`` (0: none)."""
-    async with pool.connection() as conn:
-        cur = await conn.execute(
-            f"SELECT coalesce(max(position), 0) FROM {FEED} WHERE user_id = %s "
-            "AND created_at >= %s",
-            [user_id, since],
-        )
-        found = await cur.fetchone()
-    return int(found[0]) if found else 0
-
-
-async def _messages(
-    pool: AsyncConnectionPool, where: str, params: list[Any], limit: int
-) -> list[LiveMessage]:
-    async with pool.connection() as conn:
-        cur = conn.cursor(row_factory=dict_row)
-        await cur.execute(
-            f"SELECT * FROM {FEED} WHERE {where} ORDER BY position LIMIT %s", [*params, limit]
-        )
-        return [message_of(row) for row in await cur.fetchall()]
+    return await RUNS.user_head(pool, user_id, since)
 
 
 # -- the sweeper's ------------------------------------------------------------------------------

@@ -23,11 +23,12 @@ from psycopg import Cursor
 from psycopg.rows import DictRow
 from psycopg.types.json import Jsonb
 
-from application.live import LiveMessage, LivePublisher
+from application.live import LiveMessage
 from application.logs import topic_of
 from application.workflow_views import node_view, progress, run_document
 from domain.workflow import NODE_ACTIVE, RUN_TERMINAL, WorkflowExecution, WorkflowTemplate, fold
-from projections.base import NotifiedEvent, ProjectionView
+from projections.base import NotifiedEvent
+from projections.feed import FeedView, month_of
 
 #: Live message types: a change, and (ending the run's stream) one per terminal status.
 STATUS_TYPE = "workflow_run.status"
@@ -147,7 +148,7 @@ def _json(value: Any) -> Jsonb:
     return Jsonb(msgspec.to_builtins(value))
 
 
-class WorkflowsView(ProjectionView):
+class WorkflowsView(FeedView):
     projection_name = "workflows"
     upstream = "workflows"
     topics = tuple(
@@ -155,13 +156,7 @@ class WorkflowsView(ProjectionView):
         for cls in (WorkflowTemplate.Created, WorkflowTemplate.VersionAdded, *_RUN_EVENTS)
     )
     partitioned_tables = ("workflow_runs", "feed")
-
-    def __init__(self, *args: Any, publisher: LivePublisher | None = None, **kwargs: Any) -> None:
-        """``publisher``: where committed feed messages go (none while rebuilding)."""
-        super().__init__(*args, **kwargs)
-        self.publisher = publisher
-        self._unpublished: list[LiveMessage] = []
-        self._published_to: int | None = None  # recorded in the next batch's transaction
+    feed_subject = "run_id"
 
     def project(self, curs: Cursor[DictRow], batch: Sequence[NotifiedEvent]) -> None:
         self._templates(curs, batch)
@@ -209,8 +204,8 @@ class WorkflowsView(ProjectionView):
                     ),
                 )
             )
-        months = {("workflow_runs", _month(r["state"].created_on)) for r in touched.values()}
-        months |= {("feed", _month(at)) for at, _ in feed}
+        months = {("workflow_runs", month_of(r["state"].created_on)) for r in touched.values()}
+        months |= {("feed", month_of(at)) for at, _ in feed}
         for table, month in sorted(months):
             curs.execute(
                 "SELECT public.pixevo_ensure_partition(%s::regclass, %s)",
@@ -286,62 +281,3 @@ class WorkflowsView(ProjectionView):
         )
 
     # -- the live feed (as the generations projection's) ------------------------------------
-
-    def _write_feed(self, curs: Cursor[DictRow], feed: list[tuple[datetime, LiveMessage]]) -> None:
-        if feed:
-            curs.executemany(
-                f"INSERT INTO {self.schema}.feed (position, created_at, user_id, run_id, type, "
-                "data) VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
-                [[m.position, at, m.user_id, m.run_id, m.type, Jsonb(m.data)] for at, m in feed],
-            )
-        if self._published_to is not None:
-            curs.execute(
-                f"UPDATE {self.schema}.feed_published SET position = greatest(position, %s)",
-                [self._published_to],
-            )
-        self._unpublished = [message for _, message in feed]
-
-    def after_commit(self) -> None:
-        if self._unpublished:
-            if self.publisher is not None:  # a rebuild publishes nothing: it is all history
-                self.publisher.publish(self._unpublished)
-            self._published_to = self._unpublished[-1].position
-        self._unpublished = []
-
-    def on_start(self, curs: Cursor[DictRow]) -> None:
-        """Makes partitions, and publishes what a previous runner committed but did not send."""
-        super().on_start(curs)
-        tracked = self._max_tracking_id(self.upstream, curs) or 0
-        curs.execute(f"SELECT position FROM {self.schema}.feed_published")
-        found = curs.fetchone()
-        if found is None:
-            curs.execute(
-                f"INSERT INTO {self.schema}.feed_published (position) VALUES (%s)", [tracked]
-            )
-            return
-        if self.publisher is None or found["position"] >= tracked:
-            return
-        curs.execute(
-            f"SELECT * FROM {self.schema}.feed WHERE position > %s AND position <= %s "
-            "AND created_at > now() - interval '1 day' ORDER BY position",
-            [found["position"], tracked],
-        )
-        missed = [message_of(row) for row in curs]
-        if missed:
-            self.publisher.publish(missed)
-        curs.execute(f"UPDATE {self.schema}.feed_published SET position = %s", [tracked])
-
-
-def message_of(row: dict[str, Any]) -> LiveMessage:
-    """A stored feed row as the live message it was published as."""
-    return LiveMessage(
-        type=row["type"],
-        run_id=row["run_id"],
-        user_id=row["user_id"],
-        data=row["data"],
-        position=row["position"],
-    )
-
-
-def _month(at: datetime) -> datetime:
-    return at.replace(day=1, hour=0, minute=0, second=0, microsecond=0)

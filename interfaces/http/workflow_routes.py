@@ -24,6 +24,7 @@ from application.ports import BlobStore
 from application.users import User
 from application.workflows import RunNotFound, WorkflowsApplication
 from domain.credits import format_credits
+from interfaces.http import workflow_dto as dto
 from interfaces.http import workflow_reads
 from interfaces.http.generation_routes import IdempotencyKey, require_credits
 from interfaces.http.problems import ProblemError
@@ -100,13 +101,14 @@ class Workflows(workflow_reads.Workflows):
         request: Request[User, Any, Any],
         data: JSONBody[CreateWorkflow],
         workflow_services: Services,
-    ) -> dict[str, Any]:
-        return await asyncio.to_thread(
+    ) -> dto.WorkflowView:
+        made = await asyncio.to_thread(
             workflow_services.workflows.create_workflow,
             request.user.id,
             data.name,
             data.description,
         )
+        return dto.workflow_view(made)
 
     @post("/{workflow_id:uuid}/versions", status_code=201, opt=RATE_LIMITED)
     async def add_version(
@@ -115,10 +117,11 @@ class Workflows(workflow_reads.Workflows):
         workflow_id: FromPath[UUID],
         data: JSONBody[CreateVersion],
         workflow_services: Services,
-    ) -> dict[str, Any]:
-        return await asyncio.to_thread(
+    ) -> dto.WorkflowVersionView:
+        added = await asyncio.to_thread(
             workflow_services.workflows.add_version, request.user.id, workflow_id, data.graph
         )
+        return dto.version_view(added)
 
     @post("/{workflow_id:uuid}/quote", status_code=200)
     async def quote(
@@ -148,13 +151,24 @@ class Workflows(workflow_reads.Workflows):
         data: JSONBody[CreateRun],
         workflow_services: Services,
         idempotency_key: IdempotencyKey = None,
-    ) -> dict[str, Any]:
+    ) -> dto.RunView:
         workflows = workflow_services.workflows
-        if idempotency_key is None:  # a replay answers the first run, whatever the credits
-            total, _ = await asyncio.to_thread(
-                workflows.quote, request.user.id, workflow_id, data.version, data.inputs
+        if idempotency_key is not None:  # a replay answers the first run, whatever the credits
+            replayed = await asyncio.to_thread(
+                workflows.replay,
+                request.user.id,
+                workflow_id,
+                data.version,
+                data.inputs,
+                data.allow_fallback,
+                idempotency_key,
             )
-            await require_credits(workflow_services.pool, request.user.id, total)
+            if replayed is not None:
+                return dto.run_view(replayed)
+        total, _ = await asyncio.to_thread(
+            workflows.quote, request.user.id, workflow_id, data.version, data.inputs
+        )
+        await require_credits(workflow_services.pool, request.user.id, total)
         run, _ = await asyncio.to_thread(
             workflows.start_run,
             request.user.id,
@@ -164,7 +178,7 @@ class Workflows(workflow_reads.Workflows):
             data.allow_fallback,
             idempotency_key,
         )
-        return run
+        return dto.run_view(run)
 
 
 class WorkflowRuns(workflow_reads.WorkflowRuns):
@@ -173,8 +187,9 @@ class WorkflowRuns(workflow_reads.WorkflowRuns):
     @post("/{run_id:uuid}/cancel", status_code=202)
     async def cancel(
         self, request: Request[User, Any, Any], run_id: FromPath[UUID], workflow_services: Services
-    ) -> dict[str, Any]:
-        return await asyncio.to_thread(workflow_services.workflows.cancel, request.user.id, run_id)
+    ) -> dto.RunView:
+        workflows = workflow_services.workflows
+        return dto.run_view(await asyncio.to_thread(workflows.cancel, request.user.id, run_id))
 
     @post("/{run_id:uuid}/nodes/{node:str}/retry", status_code=202)
     async def retry(
@@ -183,10 +198,9 @@ class WorkflowRuns(workflow_reads.WorkflowRuns):
         run_id: FromPath[UUID],
         node: FromPath[str],
         workflow_services: Services,
-    ) -> dict[str, Any]:
-        return await asyncio.to_thread(
-            workflow_services.workflows.retry, request.user.id, run_id, node
-        )
+    ) -> dto.RunView:
+        workflows = workflow_services.workflows
+        return dto.run_view(await asyncio.to_thread(workflows.retry, request.user.id, run_id, node))
 
     @post("/{run_id:uuid}/fork", status_code=202, opt=RATE_LIMITED)
     async def fork(
@@ -195,8 +209,8 @@ class WorkflowRuns(workflow_reads.WorkflowRuns):
         run_id: FromPath[UUID],
         data: JSONBody[ForkRun],
         workflow_services: Services,
-    ) -> dict[str, Any]:
-        return await asyncio.to_thread(
+    ) -> dto.RunView:
+        forked = await asyncio.to_thread(
             workflow_services.workflows.fork,
             request.user.id,
             run_id,
@@ -204,6 +218,7 @@ class WorkflowRuns(workflow_reads.WorkflowRuns):
             data.params,
             data.inputs,
         )
+        return dto.run_view(forked)
 
     @get("/{run_id:uuid}/history")
     async def history(
