@@ -41,7 +41,7 @@ from application.workflow_graph import plan_node
 from application.workflows import WorkflowsApplication
 from domain.credits import Cause, hold_id_for
 from domain.errors import InsufficientCredits
-from domain.generation import Generation, GenerationFinished
+from domain.generation import ENDINGS, Generation, GenerationFinished
 from domain.workflow import (
     LOCAL_OPS,
     PROVIDER_OPS,
@@ -308,15 +308,7 @@ class FollowNodeGeneration(Reaction):
 
     name = "follow_workflow_node"
     upstream = "generations"
-    topics = tuple(
-        topic_of(c)
-        for c in (
-            Generation.Completed,
-            Generation.Failed,
-            Generation.Cancelled,
-            Generation.Blocked,
-        )
-    )
+    topics = tuple(topic_of(c) for c in ENDINGS)
 
     def __init__(
         self,

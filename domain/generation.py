@@ -612,6 +612,14 @@ class IdempotencyKey(Aggregate):
         self.trigger_event(self.Reclaimed, generation_id=generation_id, request_hash=request_hash)
 
 
+#: The events that end a generation (or, a blocked one, end it for now): what settles it.
+ENDINGS: tuple[type[Aggregate.Event], ...] = (
+    Generation.Completed,
+    Generation.Failed,
+    Generation.Cancelled,
+    Generation.Blocked,
+)
+
 #: The status each event leads to; an event absent here leaves the status as it was. (The
 #: aggregate's ``apply`` methods say the same; read models use this instead of their own copy.)
 STATUS_AFTER: dict[type[Aggregate.Event], Status] = {

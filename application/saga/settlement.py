@@ -13,21 +13,13 @@ from application.logs import topic_of
 from application.reactions import Reaction
 from application.retry import retry_on_conflict
 from domain.credits import hold_id_for
-from domain.generation import Generation
+from domain.generation import ENDINGS, Generation
 
 
 class SettleGeneration(Reaction):
     name = "settle_generation"
     upstream = "generations"
-    topics = tuple(
-        topic_of(c)
-        for c in (
-            Generation.Completed,
-            Generation.Failed,
-            Generation.Cancelled,
-            Generation.Blocked,
-        )
-    )
+    topics = tuple(topic_of(c) for c in ENDINGS)
 
     def __init__(self, generations: GenerationsApplication, billing: BillingApplication) -> None:
         self.generations, self.billing = generations, billing
