@@ -336,18 +336,11 @@ class WorkflowsApplication(PixevoApplication):
 
     @command
     def expire(self, run_id: UUID, now: datetime) -> tuple[UUID, list[UUID]]:
-        """Fails every node of the run past its deadline (``timeout``); returns the run's user
-        and the generations of those nodes, to be cancelled at their providers."""
+        """Ends what of the run is past its deadline (see :meth:`WorkflowExecution.expire`);
+        returns the run's user and the generations of the nodes that failed, to be cancelled
+        at their providers."""
         run = self.run(None, run_id)
-        abandoned: list[UUID] = []
-        for node in run.overdue(now):
-            state = run.nodes[node]
-            message = f"{state['op']} did not finish by {state['deadline']:%Y-%m-%dT%H:%M:%SZ}"
-            if (
-                run.fail_node(node, state["attempts"], "timeout", message)
-                and state["generation_id"]
-            ):
-                abandoned.append(state["generation_id"])
+        abandoned = [run.nodes[node]["generation_id"] for node in run.expire(now)]
         self.save(run)
         return run.user_id, abandoned
 

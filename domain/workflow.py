@@ -24,7 +24,7 @@ and the run ends when nothing is left that can move.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 from types import SimpleNamespace
 from typing import Any, ClassVar, Literal, get_args
 from uuid import NAMESPACE_URL, UUID, uuid5
@@ -55,6 +55,10 @@ PROVIDER_OPS: Mapping[str, str] = {
 LOCAL_OPS = ("resize", "crop", "colour_correct", "composite", "grayscale")
 
 _NODE_GENERATION = uuid5(NAMESPACE_URL, "pixevo:workflow-node-generation")
+
+#: How long a run may wait for its funding round to be held: funding is a durable reaction,
+#: and this bounds a run whose funding keeps failing all the same.
+FUNDING_LIMIT = timedelta(minutes=10)
 
 #: When a node queued now must have ended, by node id (the application knows each op's limit).
 Deadline = Callable[[str], datetime]
@@ -207,6 +211,8 @@ class WorkflowExecution(Aggregate):
     """One run of a pinned workflow version over given inputs."""
 
     snapshot_every: ClassVar[int] = 200
+    #: When a retry put the finished run back in ``queued`` (``None``: it never was).
+    queued_since: datetime | None = None
 
     class Requested(Aggregate.Created):
         user_id: UUID
@@ -355,6 +361,7 @@ class WorkflowExecution(Aggregate):
                 state.update(status="pending", error=None, deadline=None, output=None)
             if run.status in RUN_TERMINAL:
                 run.status, run.round = "queued", self.funding_round
+                run.queued_since = self.timestamp
                 run.completed_at, run.outputs, run.error = None, None, None
 
     class Ended(Aggregate.Event):
@@ -599,6 +606,24 @@ class WorkflowExecution(Aggregate):
             if s["status"] in NODE_ACTIVE and s["deadline"] is not None and s["deadline"] <= now
         ]
 
+    def expire(self, now: datetime) -> list[str]:
+        """Ends what is past its deadline: a run never funded fails; each overdue node fails
+        ``timeout``. Returns the provider nodes that failed (their generations to cancel)."""
+        if self.status == "queued":
+            due = next_deadline(self)
+            if due is not None and due <= now:
+                self.refuse_funding("funding_timeout", "its credits could not be held in time")
+            return []
+        abandoned = []
+        for node in self.overdue(now):
+            state = self.nodes[node]
+            message = f"{state['op']} did not finish by {state['deadline']:%Y-%m-%dT%H:%M:%SZ}"
+            if self.fail_node(node, state["attempts"], "timeout", message) and (
+                state["op"] in PROVIDER_OPS
+            ):
+                abandoned.append(node)
+        return abandoned
+
     # -- what happens next ---------------------------------------------------------------------
 
     def ready(self) -> list[str]:
@@ -662,6 +687,19 @@ class WorkflowExecution(Aggregate):
                 for name, binding in self.graph.get("outputs", {}).items()
             }
         self.trigger_event(self.Ended, status=status, outputs=outputs, funding_round=self.round)
+
+
+def next_deadline(run: Any) -> datetime | None:
+    """When something of the run is next due (the aggregate, or the read side's folded state):
+    the earliest deadline of its queued and running nodes, or its funding's while queued."""
+    found = [
+        s["deadline"]
+        for s in run.nodes.values()
+        if s["status"] in NODE_ACTIVE and s["deadline"] is not None
+    ]
+    if run.status == "queued":
+        found.append((getattr(run, "queued_since", None) or run.created_on) + FUNDING_LIMIT)
+    return min(found) if found else None
 
 
 _REQUESTED_FIELDS = (

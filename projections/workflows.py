@@ -26,7 +26,13 @@ from psycopg.types.json import Jsonb
 from application.live import LiveMessage
 from application.logs import topic_of
 from application.workflow_views import node_view, progress, run_document
-from domain.workflow import NODE_ACTIVE, RUN_TERMINAL, WorkflowExecution, WorkflowTemplate, fold
+from domain.workflow import (
+    RUN_TERMINAL,
+    WorkflowExecution,
+    WorkflowTemplate,
+    fold,
+    next_deadline,
+)
 from projections.base import NotifiedEvent
 from projections.feed import FeedView, month_of
 
@@ -105,13 +111,8 @@ def decode_state(data: dict[str, Any]) -> SimpleNamespace:
 
 
 def deadline_of(state: Any) -> datetime | None:
-    """The earliest deadline among the run's queued and running nodes (``None``: none)."""
-    deadlines = [
-        s["deadline"]
-        for s in state.nodes.values()
-        if s["status"] in NODE_ACTIVE and s["deadline"] is not None
-    ]
-    return min(deadlines) if deadlines else None
+    """When the sweeper should look at the run (see :func:`domain.workflow.next_deadline`)."""
+    return next_deadline(state)
 
 
 def changed_nodes(state: Any, event: Any) -> list[str]:

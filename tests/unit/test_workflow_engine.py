@@ -11,7 +11,7 @@ import pytest
 from application.generations import GenerationsApplication
 from application.workflow_graph import MAX_DEPTH, InvalidGraph, validate_shape
 from application.workflows import WorkflowsApplication
-from domain.workflow import RunFinished, WorkflowExecution, fold
+from domain.workflow import FUNDING_LIMIT, RunFinished, WorkflowExecution, fold, next_deadline
 
 NOW = datetime(2026, 12, 1, tzinfo=UTC)
 
@@ -226,3 +226,21 @@ def test_a_refused_funding_fails_the_run_with_nothing_run() -> None:
     run.refuse_funding("insufficient_credits", "requested 150, 0 available")
     assert run.status == "failed" and run.error is not None
     assert set(statuses(run).values()) == {"cancelled"}
+
+
+def test_a_run_never_funded_and_a_node_never_finished_both_end_at_their_deadlines() -> None:
+    run = run_of(DIAMOND, {"gen": 100, "up": 50, "gray": 0, "comp": 0})
+    due = next_deadline(run)
+    assert due == run.created_on + FUNDING_LIMIT
+    assert run.expire(due - timedelta(seconds=1)) == [] and run.status == "queued"
+    run.expire(due)
+    assert run.status == "failed" and run.error == {
+        "code": "funding_timeout",
+        "message": "its credits could not be held in time",
+    }
+    funded = run_of(DIAMOND, {"gen": 100, "up": 50, "gray": 0, "comp": 0})
+    funded.fund(None, 150, soon)
+    assert next_deadline(funded) == soon("gen")
+    assert funded.expire(soon("gen")) == ["gen"]  # a provider node: its generation to cancel
+    assert funded.nodes["gen"]["error"]["code"] == "timeout"
+    assert funded.status == "failed" and statuses(funded)["up"] == "skipped"
