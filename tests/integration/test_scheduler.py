@@ -100,3 +100,30 @@ def test_the_sweep_fails_a_generation_whose_message_was_lost(container: Containe
     projection.catch_up()
     assert gid not in generation_queries.overdue(container.pool, later)  # finished: no deadline
     assert isinstance(list(container.generations.events.get(gid))[-1], Generation.Failed)
+
+
+def test_the_sweep_fails_a_workflow_node_past_its_deadline_and_the_run_moves_on(
+    container: Container,
+) -> None:
+    user = container.users.create("sweep@example.com", "10").user_id
+    workflows = container.workflows
+    workflow = workflows.create_workflow(user, "late")
+    graph = {
+        "nodes": [
+            {"id": "gen", "op": "generate", "params": {"model": "sim-instant", "prompt": "x"}},
+            {"id": "gray", "op": "grayscale", "inputs": {"image": "$nodes.gen"}},
+        ]
+    }
+    workflows.add_version(user, UUID(workflow["id"]), graph)
+    run, _ = workflows.start_run(user, UUID(workflow["id"]), None, {})
+    run_id = UUID(run["id"])
+    past = datetime.now(UTC) - timedelta(seconds=1)  # its node queued long ago; nobody ran it
+    workflows.change(run_id, lambda r: r.fund(None, 0, lambda _: past))
+    container.projection("workflows").catch_up()
+    assert container.sweep() >= 1
+    ended = workflows.run(None, run_id)
+    assert ended.status == "failed"
+    assert ended.nodes["gen"]["error"]["code"] == "timeout"
+    assert ended.nodes["gray"]["status"] == "skipped"
+    container.projection("workflows").catch_up()
+    assert container.sweep() == 0  # ended: nothing left to sweep
