@@ -131,14 +131,17 @@ class FundRun(Reaction):
 
         def fund(run: WorkflowExecution) -> None:
             if run.status != "queued" or run.round != funding_round:
-                stale.append(True)  # cancelled (or funded) meanwhile
+                # funded already, or a retry within the running round: nothing to hold; ended
+                # (cancelled) meanwhile: a hold placed for this round goes back
+                if run.finished:
+                    stale.append(True)
             elif refused is not None:
                 run.refuse_funding("insufficient_credits", str(refused))
             else:
                 run.fund(hold_id, amount, self.workflows.deadline_for(run))
 
         recorded = self.workflows.change(run.id, fund, tracking)
-        if stale:  # a hold placed for a round that will not run goes back
+        if stale:  # a no-op when no hold of this round is open
             self.billing.release_cause(run.user_id, cause)
         return recorded
 

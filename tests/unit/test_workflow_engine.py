@@ -4,14 +4,25 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from uuid import uuid4
+from uuid import UUID, uuid4
 
 import pytest
+from eventsourcing.persistence import Tracking
 
+from application.billing import BillingApplication
 from application.generations import GenerationsApplication
 from application.workflow_graph import MAX_DEPTH, InvalidGraph, validate_shape
+from application.workflow_reactions import FundRun
 from application.workflows import WorkflowsApplication
-from domain.workflow import FUNDING_LIMIT, RunFinished, WorkflowExecution, fold, next_deadline
+from domain.credits import Cause, hold_id_for, to_units
+from domain.workflow import (
+    FUNDING_LIMIT,
+    RunFinished,
+    WorkflowExecution,
+    fold,
+    next_deadline,
+    run_cause,
+)
 
 NOW = datetime(2026, 12, 1, tzinfo=UTC)
 
@@ -244,3 +255,31 @@ def test_a_run_never_funded_and_a_node_never_finished_both_end_at_their_deadline
     assert funded.expire(soon("gen")) == ["gen"]  # a provider node: its generation to cancel
     assert funded.nodes["gen"]["error"]["code"] == "timeout"
     assert funded.status == "failed" and statuses(funded)["up"] == "skipped"
+
+
+def test_a_run_is_held_once_and_a_retry_within_its_running_round_keeps_the_hold() -> None:
+    generations = GenerationsApplication()
+    workflows = WorkflowsApplication(generations=generations)
+    billing = BillingApplication()
+    user = uuid4()
+    billing.deposit(user, "grant", to_units("10"), Cause("admin_grant", "g1"))
+    made = workflows.create_workflow(user, "w")
+    workflows.add_version(user, UUID(made["id"]), DIAMOND)
+    doc, _ = workflows.start_run(user, UUID(made["id"]), None, {})
+    run_id = UUID(doc["id"])
+    quoted = sum(workflows.run(None, run_id).quotes.values())
+    fund = FundRun(workflows, billing)
+    requested = next(iter(workflows.events.get(run_id)))
+    first = Tracking("workflows->fund_workflow_run", 1)
+    assert fund.handle(requested, first) is True
+    assert fund.handle(requested, first) is False  # delivered twice: held once
+    hold = str(hold_id_for(run_cause(run_id, 1)))
+    assert billing.load_account(user).holds[hold]["amount"] == quoted
+    workflows.change(run_id, lambda r: r.complete_node("gen", 1, OUTPUT, soon, charged=10))
+    workflows.change(run_id, lambda r: r.fail_node("up", 1, "provider_error", "down"))
+    assert workflows.run(None, run_id).status == "running"  # gray is still to finish
+    workflows.retry(user, run_id, "up")  # within the running round: its hold covers it
+    retried = [e for e in workflows.events.get(run_id) if isinstance(e, WorkflowExecution.Retried)]
+    assert (retried[0].funding_round, retried[0].amount) == (1, 0)
+    fund.handle(retried[0], Tracking("workflows->fund_workflow_run", 2))
+    assert billing.load_account(user).holds[hold]["amount"] == quoted  # still held
