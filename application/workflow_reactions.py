@@ -165,8 +165,12 @@ class StartProviderNode(Reaction):
         run = self.workflows.run(None, event.originator_id)
         if run.spec(event.node)["op"] not in PROVIDER_OPS:
             return False
-        if not run.is_attempt(event.node, event.attempt, "queued") or run.cancel_requested:
+        if not run.is_attempt(event.node, event.attempt, "queued"):
             return False
+        if run.cancel_requested:  # cancelled before its generation was made: it never is
+            return self.workflows.change(
+                run.id, lambda run: run.cancel_node(event.node, event.attempt), tracking
+            )
         if event.generation_id is None:  # pragma: no cover - provider nodes always have one
             raise ValueError(f"node {event.node} queued without a generation id")
         try:

@@ -10,9 +10,9 @@ import pytest
 from eventsourcing.persistence import Tracking
 
 from application.billing import BillingApplication
-from application.generations import GenerationsApplication
+from application.generations import GenerationNotFound, GenerationsApplication
 from application.workflow_graph import MAX_DEPTH, InvalidGraph, validate_shape
-from application.workflow_reactions import FundRun
+from application.workflow_reactions import FundRun, StartProviderNode
 from application.workflows import WorkflowsApplication
 from domain.credits import Cause, hold_id_for, to_units
 from domain.workflow import (
@@ -283,3 +283,24 @@ def test_a_run_is_held_once_and_a_retry_within_its_running_round_keeps_the_hold(
     assert (retried[0].funding_round, retried[0].amount) == (1, 0)
     fund.handle(retried[0], Tracking("workflows->fund_workflow_run", 2))
     assert billing.load_account(user).holds[hold]["amount"] == quoted  # still held
+
+
+def test_a_provider_node_cancelled_before_its_generation_is_made_never_makes_one() -> None:
+    generations = GenerationsApplication()
+    workflows = WorkflowsApplication(generations=generations)
+    user = uuid4()
+    made = workflows.create_workflow(user, "w")
+    workflows.add_version(user, UUID(made["id"]), DIAMOND)
+    doc, _ = workflows.start_run(user, UUID(made["id"]), None, {})
+    run_id = UUID(doc["id"])
+    workflows.change(run_id, lambda r: r.fund(None, 0, soon))
+    queued = [e for e in workflows.events.get(run_id) if type(e) is WorkflowExecution.NodeQueued]
+    workflows.cancel(user, run_id)  # "gen" is queued: the run waits for it
+    assert workflows.run(None, run_id).status == "cancelling"
+    start = StartProviderNode(workflows, generations)
+    start.handle(queued[0], Tracking("workflows->start_workflow_node", 3))
+    run = workflows.run(None, run_id)
+    assert run.status == "cancelled" and run.nodes["gen"]["status"] == "cancelled"
+    assert queued[0].generation_id is not None
+    with pytest.raises(GenerationNotFound):
+        generations.generation(None, queued[0].generation_id)
