@@ -15,7 +15,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from application.workflow_views import run_document
 from domain.ids import uuid7
-from domain.workflow import WorkflowExecution, WorkflowTemplate, fold
+from domain.workflow import FUNDING_LIMIT, WorkflowExecution, WorkflowTemplate, fold
 from interfaces.bootstrap import Container
 from projections import admin, workflow_queries
 from projections.workflows import FINAL_TYPES, STATUS_TYPE, decode_state, encode_state
@@ -101,7 +101,8 @@ def test_a_run_is_folded_into_its_row_with_its_document_deadline_and_feed(
     projection = container.projection("workflows")
     projection.catch_up()
     assert row(container, run.id)["status"] == "queued"
-    assert row(container, run.id)["deadline"] is None
+    # waiting for its funding: due when the funding deadline passes
+    assert row(container, run.id)["deadline"] == run.created_on + FUNDING_LIMIT
 
     soon = datetime.now(UTC) + timedelta(minutes=3)
     run.fund(uuid7(), 1020, lambda _: soon)  # gen queued, with its deadline
