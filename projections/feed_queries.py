@@ -78,19 +78,3 @@ class StoredFeed:
 
 
 GENERATIONS = StoredFeed(f"{GenerationsView.live_schema()}.feed", "generation_id")
-
-
-async def generation_feed(
-    pool: AsyncConnectionPool, generation_id: UUID, after: int, limit: int
-) -> list[LiveMessage]:
-    return await GENERATIONS.of_subject(pool, generation_id, after, limit)
-
-
-async def user_feed(
-    pool: AsyncConnectionPool, user_id: UUID, after: int, since: datetime, limit: int
-) -> list[LiveMessage]:
-    return await GENERATIONS.of_user(pool, user_id, after, since, limit)
-
-
-async def user_head(pool: AsyncConnectionPool, user_id: UUID, since: datetime) -> int:
-    return await GENERATIONS.user_head(pool, user_id, since)

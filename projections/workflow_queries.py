@@ -14,7 +14,6 @@ from uuid import UUID
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
-from application.live import LiveMessage
 from application.workflow_views import template_document, version_document
 from domain.ids import uuid7_time
 from domain.workflow import RUN_TERMINAL
@@ -146,25 +145,6 @@ def _template(row: dict[str, Any]) -> dict[str, Any]:
 RUNS = StoredFeed(f"{SCHEMA}.feed", "run_id")
 
 
-async def run_feed(
-    pool: AsyncConnectionPool, run_id: UUID, after: int, limit: int
-) -> list[LiveMessage]:
-    """One run's stored messages after position ``after``, oldest first."""
-    return await RUNS.of_subject(pool, run_id, after, limit)
-
-
-async def user_feed(
-    pool: AsyncConnectionPool, user_id: UUID, after: int, since: datetime, limit: int
-) -> list[LiveMessage]:
-    """A user's stored run messages after position ``after`` made since ``since``."""
-    return await RUNS.of_user(pool, user_id, after, since, limit)
-
-
-async def user_head(pool: AsyncConnectionPool, user_id: UUID, since: datetime) -> int:
-    """The position of the user's latest stored run message since ``since`` (0: none)."""
-    return await RUNS.user_head(pool, user_id, since)
-
-
 # -- the sweeper's ------------------------------------------------------------------------------
 
 
@@ -184,14 +164,12 @@ def overdue_runs(pool: ConnectionPool, now: datetime, limit: int = 100) -> list[
 
 
 __all__ = [
+    "RUNS",
     "BadCursor",
     "overdue_runs",
     "run",
-    "run_feed",
     "run_row",
     "runs",
-    "user_feed",
-    "user_head",
     "version",
     "workflow",
     "workflows",

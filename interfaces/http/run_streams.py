@@ -33,6 +33,7 @@ from interfaces.http.streams import (
     _Seen,
 )
 from projections import position_queries, workflow_queries
+from projections.workflow_queries import RUNS
 from projections.workflows import FINAL_TYPES, NODE_PROGRESS_TYPE, WorkflowsView
 
 _RUN = "run"  # the tag of the run channel's messages in the stream's queue
@@ -72,7 +73,7 @@ async def _owned(feeds: LiveFeeds, user_id: UUID, run_id: UUID) -> list[LiveMess
     if row is None:
         raise ProblemError(404, f"no workflow run {run_id}")
     async with feeds.reads:
-        return await workflow_queries.run_feed(feeds.pool, run_id, 0, CATCH_UP_LIMIT)
+        return await RUNS.of_subject(feeds.pool, run_id, 0, CATCH_UP_LIMIT)
 
 
 class RunStream:
@@ -210,7 +211,7 @@ class RunStream:
                     yield HEARTBEAT
                 if catch_up:  # whatever Redis did not bring
                     async with self.feeds.reads:
-                        rows = await workflow_queries.run_feed(
+                        rows = await RUNS.of_subject(
                             self.feeds.pool, self.run_id, seen.read_to, CATCH_UP_LIMIT
                         )
                     for taken in seen.caught_up(rows, complete=len(rows) < CATCH_UP_LIMIT):

@@ -37,9 +37,11 @@ from application.live import (
 )
 from interfaces.http.problems import ProblemError
 from interfaces.http.views import view_of_row
-from projections import feed_queries, generation_queries, position_queries, workflow_queries
+from projections import generation_queries, position_queries
+from projections.feed_queries import GENERATIONS, StoredFeed
 from projections.generations import GenerationsView, row_from_json
 from projections.model_timings import Timings
+from projections.workflow_queries import RUNS
 
 #: Catch-up reads happen every this many heartbeats (jittered by 20 %).
 CATCH_UP_EVERY = 4
@@ -220,19 +222,20 @@ class LiveFeeds:
 
     async def generation_feed(self, generation_id: UUID, after: int = 0) -> list[LiveMessage]:
         async with self.reads:
-            return await feed_queries.generation_feed(
-                self.pool, generation_id, after, CATCH_UP_LIMIT
-            )
+            return await GENERATIONS.of_subject(self.pool, generation_id, after, CATCH_UP_LIMIT)
 
-    async def user_feed(self, user_id: UUID, after: int) -> list[LiveMessage]:
+    async def user_feed(
+        self, user_id: UUID, after: int, feed: StoredFeed = GENERATIONS
+    ) -> list[LiveMessage]:
+        """The user's stored messages of ``feed`` (the generations', or the runs')."""
         since = datetime.now(UTC) - RESUME_WINDOW
         async with self.reads:
-            return await feed_queries.user_feed(self.pool, user_id, after, since, CATCH_UP_LIMIT)
+            return await feed.of_user(self.pool, user_id, after, since, CATCH_UP_LIMIT)
 
-    async def user_head(self, user_id: UUID) -> int:
+    async def user_head(self, user_id: UUID, feed: StoredFeed = GENERATIONS) -> int:
         since = datetime.now(UTC) - RESUME_WINDOW
         async with self.reads:
-            return await feed_queries.user_head(self.pool, user_id, since)
+            return await feed.user_head(self.pool, user_id, since)
 
     # -- opening a stream ------------------------------------------------------------------
 
@@ -340,7 +343,7 @@ class LiveFeeds:
         Last-Event-ID), then live. Ids are :class:`UserPosition` s."""
         if last is None:
             last = UserPosition(
-                await self.user_head(user_id), await self.user_runs_head(user_id), resumed=False
+                await self.user_head(user_id), await self.user_head(user_id, RUNS), resumed=False
             )
         generations, runs = _Seen(last.generations), _Seen(last.runs)
 
@@ -356,7 +359,7 @@ class LiveFeeds:
             rows = await self.user_feed(user_id, generations.read_to)
             for taken in generations.caught_up(rows, complete=len(rows) < CATCH_UP_LIMIT):
                 yield out(taken)
-            run_rows = await self.user_run_feed(user_id, runs.read_to)
+            run_rows = await self.user_feed(user_id, runs.read_to, RUNS)
             for taken in runs.caught_up(run_rows, complete=len(run_rows) < CATCH_UP_LIMIT):
                 yield out(taken, run=True)
 
@@ -379,18 +382,6 @@ class LiveFeeds:
             run = message.run_id is not None
             if (live := (runs if run else generations).take(message)) is not None:
                 yield out(live, run=run)
-
-    async def user_runs_head(self, user_id: UUID) -> int:
-        since = datetime.now(UTC) - RESUME_WINDOW
-        async with self.reads:
-            return await workflow_queries.user_head(self.pool, user_id, since)
-
-    async def user_run_feed(self, user_id: UUID, after: int) -> list[LiveMessage]:
-        since = datetime.now(UTC) - RESUME_WINDOW
-        async with self.reads:
-            return await workflow_queries.user_feed(
-                self.pool, user_id, after, since, CATCH_UP_LIMIT
-            )
 
 
 @dataclass(frozen=True, slots=True)
