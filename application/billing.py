@@ -7,7 +7,8 @@ events are saved with a tracking record so a redelivery records nothing new.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import ClassVar
 from uuid import UUID
@@ -21,6 +22,20 @@ from application.logs import topic_of
 from domain.billing import CreditAccount
 from domain.credits import Cause, account_id_for, hold_id_for
 from domain.ledger import AccountPosition, LedgerEntry, entry_id, replay
+from domain.marketplace import PLATFORM_ACCOUNT_HOLDER
+
+
+@dataclass(frozen=True, slots=True)
+class Payout:
+    """What one sale pays out, in units: ``earning`` to the seller, ``fee`` to the platform,
+    both with ``cause`` (the sale). ``price`` (= earning + fee) is what the buyer paid."""
+
+    cause: Cause
+    buyer_id: UUID
+    seller_id: UUID
+    price: int
+    earning: int
+    fee: int
 
 
 class BillingApplication(PixevoApplication):
@@ -116,6 +131,67 @@ class BillingApplication(PixevoApplication):
                     account.draw(hold_id, amount, cause)
             account.release(hold_id)
         return self.save_tracked(tracking, account)
+
+    @command
+    def spend(self, user_id: UUID, amount: int, cause: Cause, detail: dict[str, str]) -> int:
+        """Pays ``amount`` for ``cause`` now, once per cause; returns what was paid for it
+        (by this call or an earlier one). Raises ``InsufficientCredits`` (nothing recorded)."""
+        account = self.load_account(user_id)
+        paid = account.spend(amount, cause, detail)
+        self.save(account)
+        return paid
+
+    @command
+    def pay_out(self, payouts: Sequence[Payout]) -> int:
+        """Credits every payout's earning to its seller and fee to the platform, in one
+        transaction (a seller or the platform is written once however many sales it has);
+        each cause is deposited once, so a payout paid before records nothing. Returns how
+        many deposits were made."""
+        accounts: dict[UUID, CreditAccount] = {}
+        made = 0
+        for payout in payouts:
+            made += self._pay(accounts, payout)
+        self.save(*accounts.values())
+        return made
+
+    @command
+    def refund(self, payout: Payout, reason: str) -> bool:
+        """Reverses a payout, once: the buyer gets the price back, the seller's earning and the
+        platform's fee are clawed back (what cannot be taken now is owed). A payout not yet
+        paid is paid first, so the clawback always follows the earning it takes back."""
+        accounts: dict[UUID, CreditAccount] = {}
+        self._pay(accounts, payout)
+        buyer = self._cached(accounts, payout.buyer_id)
+        refunded = False
+        if payout.price:
+            refunded = buyer.deposit("refund", payout.price, payout.cause, reason)
+        for holder, amount in (
+            (payout.seller_id, payout.earning),
+            (PLATFORM_ACCOUNT_HOLDER, payout.fee),
+        ):
+            if amount:
+                refunded = (
+                    self._cached(accounts, holder).claw_back(amount, payout.cause) or refunded
+                )
+        self.save(*accounts.values())
+        return refunded
+
+    def _pay(self, accounts: dict[UUID, CreditAccount], payout: Payout) -> int:
+        made = 0
+        for holder, amount, reason in (
+            (payout.seller_id, payout.earning, "marketplace sale"),
+            (PLATFORM_ACCOUNT_HOLDER, payout.fee, "platform fee"),
+        ):
+            if amount and self._cached(accounts, holder).deposit(
+                "earning", amount, payout.cause, reason
+            ):
+                made += 1
+        return made
+
+    def _cached(self, accounts: dict[UUID, CreditAccount], user_id: UUID) -> CreditAccount:
+        if user_id not in accounts:
+            accounts[user_id] = self._account_or_open(user_id)
+        return accounts[user_id]
 
     # -- queries over the event store (audit, replay) ---------------------------------------
 

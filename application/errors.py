@@ -16,6 +16,8 @@ Our exception hierarchy (where a class is defined, if not here, in brackets)::
     │   ├── UploadNotFound          no such upload of the caller's      [uploads]
     │   ├── WorkflowNotFound        no such workflow of the caller's    [workflows]
     │   ├── RunNotFound             no such workflow run of the caller's [workflows]
+    │   ├── ListingNotFound         no such listing (or not the caller's, to change) [marketplace]
+    │   ├── InstallNotFound         no such install                     [marketplace]
     │   └── UnknownHold             a hold the account never placed     [domain.errors]
     ├── Conflict                                                          HTTP 409
     │   ├── EmailTaken              a user with that email exists
@@ -24,6 +26,11 @@ Our exception hierarchy (where a class is defined, if not here, in brackets)::
     │   ├── GenerationFinished      a change to an ended generation     [domain.generation]
     │   ├── RunFinished             a change to an ended run or node    [domain.workflow]
     │   ├── IdempotencyConflict     an Idempotency-Key reused for a run [workflows]
+    │   ├── ListingClosed           an install or change of an unlisted listing [domain.marketplace]
+    │   ├── OwnListing              a creator installing their own listing [domain.marketplace]
+    │   ├── AlreadyRefunded         a second refund of an install       [domain.marketplace]
+    │   ├── NotInstalled            an upgrade of a workflow no install made [marketplace]
+    │   ├── CopyNotListable         a listing of an installed copy      [marketplace]
     │   └── HoldClosed              a hold already captured or released [domain.errors]
     ├── Invalid                                                           HTTP 422
     │   ├── InvalidGraph            a workflow graph or run's inputs: every problem [workflow_graph]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import NAMESPACE_URL, UUID, uuid5
@@ -53,6 +54,27 @@ _KEY_NAMESPACE = uuid5(NAMESPACE_URL, "pixevo:workflow-run-idempotency")
 
 class WorkflowNotFound(NotFound, LookupError):
     pass
+
+
+@dataclass(frozen=True, slots=True)
+class InstalledCopy:
+    """A buyer's copy of a listed workflow version (``workflow_id``), made by an install."""
+
+    workflow_id: UUID
+    owner_id: UUID
+    name: str
+    description: str
+    source_workflow_id: UUID
+    version: int
+    listing_id: UUID
+    install_id: UUID
+
+    def source(self) -> dict[str, Any]:
+        return {
+            "listing_id": str(self.listing_id),
+            "install_id": str(self.install_id),
+            "version": self.version,
+        }
 
 
 class RunNotFound(NotFound, LookupError):
@@ -119,6 +141,33 @@ class WorkflowsApplication(PixevoApplication):
         version = template.add_version(graph)
         self.save(template)
         return version_document(workflow_id, version, template.versions[version])
+
+    @command
+    def install_copy(self, copy: InstalledCopy) -> dict[str, Any]:
+        """The buyer's own copy of a listed version (made once: its id is the install's)."""
+        try:
+            return template_document(self.load(copy.workflow_id, WorkflowTemplate))
+        except AggregateNotFoundError:
+            pass
+        _, graph = self.graph_of(self.template(None, copy.source_workflow_id), copy.version)
+        template = WorkflowTemplate.create(
+            copy.workflow_id, copy.owner_id, copy.name, copy.description, copy.source()
+        )
+        template.add_version(graph)
+        self.save(template)
+        return template_document(template)
+
+    @command
+    def follow_listing(self, copy: InstalledCopy) -> dict[str, Any]:
+        """An installed copy takes the listing's newer version ``copy.version`` as its own next
+        version (runs already started keep the graph they pinned); no change if it has it."""
+        self.install_copy(copy)
+        template = self.template(copy.owner_id, copy.workflow_id)
+        if (template.source or {}).get("version", 0) < copy.version:
+            _, graph = self.graph_of(self.template(None, copy.source_workflow_id), copy.version)
+            template.follow_source(copy.source(), graph)
+            self.save(template)
+        return template_document(template)
 
     def template(self, owner_id: UUID | None, workflow_id: UUID) -> WorkflowTemplate:
         try:

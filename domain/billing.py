@@ -2,6 +2,10 @@
 
 Invariant, after every event: ``available = balance - held >= 0``.
 
+Money taken back after it was paid out (a refunded install's earning) is *clawed back* from
+what is available, never more: what cannot be taken now is a debt (``owed``), settled first
+from the next earnings, oldest debt first.
+
 Every movement names its cause. A hold's id derives from its cause, and a deposit is recorded
 once per cause, so a repeated command (a redelivered message, a retried request) finds the
 movement already made and records nothing.
@@ -22,6 +26,14 @@ from domain.errors import HoldClosed, InsufficientCredits, InvalidAmount, Unknow
 DEPOSIT_KINDS = frozenset({"grant", "purchase", "earning", "refund"})
 
 
+class Debt(TypedDict):
+    """What a clawback could not take yet: ``amount`` still owed for ``cause``."""
+
+    amount: int
+    cause_type: str
+    cause_id: str
+
+
 class OpenHold(TypedDict):
     amount: int
     cause_type: str
@@ -33,6 +45,12 @@ class CreditAccount(Aggregate):
     """A user's credits: deposits raise the balance, holds reserve part of it, captures spend."""
 
     snapshot_every: ClassVar[int] = 100
+    #: v2 added spending, clawbacks and debts (v1 snapshots had none).
+    class_version: ClassVar[int] = 2
+
+    @staticmethod
+    def upcast_v1_v2(state: dict[str, Any]) -> None:
+        state.update(spent_causes={}, clawback_causes={}, debts={})
 
     class Opened(Aggregate.Created):
         user_id: UUID
@@ -55,6 +73,57 @@ class CreditAccount(Aggregate):
             account: CreditAccount = aggregate
             account.balance += self.amount
             account.deposit_causes[f"{self.cause_type}:{self.cause_id}"] = self.kind
+
+    class Spent(Aggregate.Event):
+        """A direct payment (an install's price), once per cause; ``detail`` says what was
+        bought, enough to finish the purchase from this event alone."""
+
+        amount: int
+        cause_type: str
+        cause_id: str
+        detail: dict[str, str]
+
+        def apply(self, aggregate: Any) -> None:
+            account: CreditAccount = aggregate
+            account.balance -= self.amount
+            account.spent_causes[f"{self.cause_type}:{self.cause_id}"] = self.amount
+
+    class ClawedBack(Aggregate.Event):
+        """``amount`` paid out for ``cause`` is taken back: ``taken`` now (never more than was
+        available), the rest (``owed``) becomes a debt."""
+
+        amount: int
+        taken: int
+        owed: int
+        cause_type: str
+        cause_id: str
+
+        def apply(self, aggregate: Any) -> None:
+            account: CreditAccount = aggregate
+            account.balance -= self.taken
+            key = f"{self.cause_type}:{self.cause_id}"
+            account.clawback_causes[key] = self.amount
+            if self.owed:
+                account.debts[key] = Debt(
+                    amount=self.owed, cause_type=self.cause_type, cause_id=self.cause_id
+                )
+
+    class DebtSettled(Aggregate.Event):
+        """Part of the debt for ``cause`` is paid from the earning deposited for ``by``."""
+
+        amount: int
+        cause_type: str
+        cause_id: str
+        by_type: str
+        by_id: str
+
+        def apply(self, aggregate: Any) -> None:
+            account: CreditAccount = aggregate
+            account.balance -= self.amount
+            key = f"{self.cause_type}:{self.cause_id}"
+            account.debts[key]["amount"] -= self.amount
+            if account.debts[key]["amount"] == 0:
+                del account.debts[key]
 
     class HoldPlaced(Aggregate.Event):
         hold_id: UUID
@@ -116,6 +185,10 @@ class CreditAccount(Aggregate):
         self.holds: dict[str, OpenHold] = {}
         self.closed_holds: dict[str, str] = {}
         self.deposit_causes: dict[str, str] = {}
+        self.spent_causes: dict[str, int] = {}
+        self.clawback_causes: dict[str, int] = {}
+        #: Open debts by cause, oldest first (dicts keep insertion order).
+        self.debts: dict[str, Debt] = {}
 
     @classmethod
     def open(cls, user_id: UUID) -> CreditAccount:
@@ -131,10 +204,16 @@ class CreditAccount(Aggregate):
     def available(self) -> int:
         return self.balance - self.held
 
+    @property
+    def owed(self) -> int:
+        return sum(debt["amount"] for debt in self.debts.values())
+
     # -- commands ------------------------------------------------------------------------------
 
     def deposit(self, kind: str, amount: int, cause: Cause, reason: str = "") -> bool:
-        """Adds credits; ``False`` (and nothing recorded) when this cause already deposited."""
+        """Adds credits; ``False`` (and nothing recorded) when this cause already deposited.
+
+        An earning pays the account's debts first, oldest first, as far as it goes."""
         if kind not in DEPOSIT_KINDS:
             raise InvalidAmount(f"unknown deposit kind {kind!r}")
         check_movement(amount)
@@ -148,7 +227,58 @@ class CreditAccount(Aggregate):
             cause_id=cause.id,
             reason=reason,
         )
+        if kind == "earning":
+            self._settle_debts(amount, cause)
         return True
+
+    def has_deposit(self, cause: Cause) -> bool:
+        return str(cause) in self.deposit_causes
+
+    def spend(self, amount: int, cause: Cause, detail: dict[str, str]) -> int:
+        """Pays ``amount`` for ``cause`` at once, if available; once per cause. Returns what
+        was paid for the cause (by this call or an earlier one)."""
+        check_movement(amount)
+        paid = self.spent_causes.get(str(cause))
+        if paid is not None:
+            return paid
+        self.check_available(amount)
+        self.trigger_event(
+            self.Spent, amount=amount, cause_type=cause.type, cause_id=cause.id, detail=detail
+        )
+        return amount
+
+    def claw_back(self, amount: int, cause: Cause) -> bool:
+        """Takes back ``amount`` paid out for ``cause``, once: what is available now, the rest
+        owed. ``False`` (nothing recorded) when it was clawed back before."""
+        check_movement(amount)
+        if str(cause) in self.clawback_causes:
+            return False
+        taken = max(0, min(amount, self.available))
+        self.trigger_event(
+            self.ClawedBack,
+            amount=amount,
+            taken=taken,
+            owed=amount - taken,
+            cause_type=cause.type,
+            cause_id=cause.id,
+        )
+        return True
+
+    def _settle_debts(self, amount: int, by: Cause) -> None:
+        left = amount
+        for debt in list(self.debts.values()):
+            if left == 0:
+                return
+            paid = min(left, debt["amount"])
+            self.trigger_event(
+                self.DebtSettled,
+                amount=paid,
+                cause_type=debt["cause_type"],
+                cause_id=debt["cause_id"],
+                by_type=by.type,
+                by_id=by.id,
+            )
+            left -= paid
 
     def place_hold(self, amount: int, cause: Cause) -> UUID:
         """Reserves ``amount``; the same cause always names the same hold, placed at most once."""

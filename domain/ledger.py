@@ -13,7 +13,7 @@ from datetime import datetime
 from uuid import NAMESPACE_OID, UUID, uuid5
 
 from domain.billing import CreditAccount
-from domain.credits import Cause
+from domain.credits import Cause, format_credits
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,7 +21,7 @@ class LedgerEntry:
     id: UUID
     account_id: UUID
     at: datetime
-    kind: str  # grant | purchase | earning | refund | hold | capture | release
+    kind: str  # grant | purchase | earning | refund | spend | clawback | hold | capture | release
     amount: int  # units, always positive: ``kind`` says which way it moved
     balance_after: int
     available_after: int
@@ -47,6 +47,8 @@ class AccountPosition:
     user_id: UUID | None = None
     balance: int = 0
     holds: dict[UUID, OpenHoldView] = field(default_factory=dict)
+    #: What clawbacks could not take yet, by the cause clawed back (oldest first).
+    debts: dict[Cause, int] = field(default_factory=dict)
     version: int = 0
     updated_at: datetime | None = None
 
@@ -58,9 +60,41 @@ class AccountPosition:
     def available(self) -> int:
         return self.balance - self.held
 
+    @property
+    def owed(self) -> int:
+        return sum(self.debts.values())
+
 
 def entry_id(account_id: UUID, version: int, part: str = "") -> UUID:
     return uuid5(NAMESPACE_OID, f"ledger:{account_id}:{version}{part}")
+
+
+Move = tuple[str, int, Cause, UUID | None, str | None]
+
+
+def _direct(
+    event: object, debts: dict[Cause, int]
+) -> tuple[int, dict[Cause, int], list[Move]] | None:
+    """A spend, a clawback or a debt settled: (change of balance, debts after, moves);
+    ``None`` for any other event."""
+    if isinstance(event, CreditAccount.Spent):
+        cause = Cause(event.cause_type, event.cause_id)
+        return -event.amount, debts, [("spend", event.amount, cause, None, None)]
+    if isinstance(event, CreditAccount.ClawedBack):
+        cause = Cause(event.cause_type, event.cause_id)
+        note = None
+        if event.owed:
+            debts = {**debts, cause: event.owed}
+            note = f"{format_credits(event.owed)} owed"
+        return -event.taken, debts, [("clawback", event.taken, cause, None, note)]
+    if isinstance(event, CreditAccount.DebtSettled):
+        cause = Cause(event.cause_type, event.cause_id)
+        left = {c: a for c, a in debts.items() if c != cause}
+        if debts[cause] > event.amount:
+            left = {**debts, cause: debts[cause] - event.amount}  # keeps the order
+        note = f"owed, paid from {Cause(event.by_type, event.by_id)}"
+        return -event.amount, left, [("clawback", event.amount, cause, None, note)]
+    return None
 
 
 def apply(position: AccountPosition, event: object) -> tuple[AccountPosition, list[LedgerEntry]]:
@@ -76,9 +110,14 @@ def apply(position: AccountPosition, event: object) -> tuple[AccountPosition, li
         return position, []
     account_id, version, at = event.originator_id, event.originator_version, event.timestamp
     holds = dict(position.holds)
+    debts = position.debts
     balance = position.balance
-    moves: list[tuple[str, int, Cause, UUID | None, str | None]] = []
-    if isinstance(event, CreditAccount.Deposited):
+    moves: list[Move] = []
+    direct = _direct(event, debts)
+    if direct is not None:
+        delta, debts, moves = direct
+        balance += delta
+    elif isinstance(event, CreditAccount.Deposited):
         balance += event.amount
         moves.append(
             (event.kind, event.amount, Cause(event.cause_type, event.cause_id), None, None)
@@ -102,7 +141,9 @@ def apply(position: AccountPosition, event: object) -> tuple[AccountPosition, li
     elif isinstance(event, CreditAccount.HoldReleased):
         cause = holds.pop(event.hold_id).cause
         moves.append(("release", event.amount, cause, event.hold_id, event.note))
-    after = replace(position, balance=balance, holds=holds, version=version, updated_at=at)
+    after = replace(
+        position, balance=balance, holds=holds, debts=debts, version=version, updated_at=at
+    )
     entries = [
         LedgerEntry(
             id=entry_id(account_id, version, ":release" if i else ""),

@@ -151,6 +151,15 @@ class WorkflowTemplate(Aggregate):
             template: WorkflowTemplate = aggregate
             template.versions[self.version] = {"graph": self.graph, "created_at": self.timestamp}
 
+    class SourceMoved(Aggregate.Event):
+        """An installed copy now follows a newer version of its listing (an upgrade)."""
+
+        source: dict[str, Any]
+
+        def apply(self, aggregate: Any) -> None:
+            template: WorkflowTemplate = aggregate
+            template.source = self.source
+
     def __init__(
         self, owner_id: UUID, name: str, description: str, source: dict[str, Any] | None = None
     ) -> None:
@@ -184,6 +193,12 @@ class WorkflowTemplate(Aggregate):
         """Adds a (validated) graph as the next version; returns its number."""
         version = (self.latest_version or 0) + 1
         self.trigger_event(self.VersionAdded, version=version, graph=graph)
+        return version
+
+    def follow_source(self, source: dict[str, Any], graph: dict[str, Any]) -> int:
+        """An installed copy takes its listing's newer version as its own next version."""
+        version = self.add_version(graph)
+        self.trigger_event(self.SourceMoved, source=source)
         return version
 
 

@@ -25,6 +25,7 @@ PIXEVO_USER_CONCURRENCY   a user's generations at providers at once (default 8)
 PIXEVO_RATE_LIMIT_PER_S   work-creating requests a user may make per second (default 10)
 PIXEVO_RATE_LIMIT_BURST   how many of them at once, above that rate (default 20)
 PIXEVO_CORS_ORIGINS       comma-separated origins a browser may call the API from (default none)
+PIXEVO_MARKETPLACE_FEE    the platform's share of a marketplace install's price (default 0.20)
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 LOG_FORMATS = ("console", "json")
@@ -76,6 +78,7 @@ class Settings:
     rate_limit_per_s: float = 10.0
     rate_limit_burst: int = 20
     cors_origins: tuple[str, ...] = ()
+    marketplace_fee: Decimal = Decimal("0.20")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -139,6 +142,7 @@ class Settings:
             rate_limit_per_s=per_s,
             rate_limit_burst=burst,
             cors_origins=_origins(env.get("PIXEVO_CORS_ORIGINS", "")),
+            marketplace_fee=_fraction(env, "PIXEVO_MARKETPLACE_FEE", "0.20"),
         )
 
     def urls(self) -> tuple[str, str]:
@@ -199,6 +203,7 @@ class Settings:
         env["PIXEVO_RATE_LIMIT_BURST"] = str(self.rate_limit_burst)
         if self.cors_origins:
             env["PIXEVO_CORS_ORIGINS"] = ",".join(self.cors_origins)
+        env["PIXEVO_MARKETPLACE_FEE"] = str(self.marketplace_fee)
         if self.database_url:
             env["PIXEVO_DATABASE_URL"] = self.database_url
         if self.redis_url:
@@ -213,6 +218,18 @@ class Settings:
         """Puts these settings into this process's environment, for what reads it after us
         (a factory uvicorn calls, the workers it spawns)."""
         os.environ.update(self.as_env())
+
+
+def _fraction(env: Mapping[str, str], name: str, default: str) -> Decimal:
+    """The variable as an exact decimal fraction in 0..1 (a share of a price)."""
+    value = env.get(name, default)
+    try:
+        fraction = Decimal(value)
+    except InvalidOperation:
+        fraction = Decimal("NaN")
+    if not (fraction.is_finite() and 0 <= fraction <= 1):
+        raise SettingsError(f"{name} must be a fraction between 0 and 1, not {value!r}")
+    return fraction
 
 
 def _number(

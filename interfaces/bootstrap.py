@@ -30,6 +30,13 @@ from application.base import DDL_LOCK, PixevoApplication
 from application.billing import BillingApplication
 from application.catalogue import Catalogue, UnknownModel, default_catalogue
 from application.generations import GenerationNotFound, GenerationsApplication
+from application.marketplace import MarketplaceApplication
+from application.marketplace_reactions import (
+    CopyInstalledWorkflow,
+    PayOutInstall,
+    RecordInstall,
+    RefundInstall,
+)
 from application.moderation import RULES_FILE, BlockedBilling, ModerationPolicy, PromptRules
 from application.ports import Deferral
 from application.post_processing import ProcessResult
@@ -182,6 +189,22 @@ CONTEXTS: tuple[BoundedContext, ...] = (
         ),
         log_key="workflow_run_id",
     ),
+    BoundedContext(
+        "marketplace",
+        MarketplaceApplication,
+        reactions=(
+            lambda c: RecordInstall(c.marketplace),
+            lambda c: CopyInstalledWorkflow(c.marketplace, c.workflows),
+            lambda c: PayOutInstall(c.billing),
+            lambda c: RefundInstall(c.marketplace, c.billing),
+        ),
+        extras=lambda c, built: {
+            "billing": built["billing"],
+            "workflows": built["workflows"],
+            "fee_rate": c.settings.marketplace_fee,
+        },
+        log_key="install_id",
+    ),
 )
 
 #: Derived from :data:`CONTEXTS`: every application, projection and reaction, by name.
@@ -232,7 +255,7 @@ class Container:
         reactions: Iterable[ReactionFactory] = (),
         applications: Mapping[str, type[PixevoApplication]] | None = None,
     ) -> None:
-        self.settings = settings
+        self.settings: Settings = settings
         self.database_url, self.redis_url = settings.urls()
         self._reaction_factories = list(reactions)
         self.contexts = _contexts(applications)
@@ -279,6 +302,10 @@ class Container:
     @property
     def workflows(self) -> WorkflowsApplication:
         return cast("WorkflowsApplication", self.applications["workflows"])
+
+    @property
+    def marketplace(self) -> MarketplaceApplication:
+        return cast("MarketplaceApplication", self.applications["marketplace"])
 
     @cached_property
     def catalogue(self) -> Catalogue:

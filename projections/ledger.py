@@ -15,6 +15,7 @@ from uuid import UUID
 
 from psycopg import Cursor
 from psycopg.rows import DictRow
+from psycopg.types.json import Jsonb
 
 from application.logs import topic_of
 from domain.billing import CreditAccount
@@ -35,6 +36,9 @@ class LedgerView(ProjectionView):
             CreditAccount.HoldCaptured,
             CreditAccount.HoldDrawn,
             CreditAccount.HoldReleased,
+            CreditAccount.Spent,
+            CreditAccount.ClawedBack,
+            CreditAccount.DebtSettled,
         )
     )
     partitioned_tables = ("ledger_entries",)
@@ -82,6 +86,7 @@ class LedgerView(ProjectionView):
                 user_id=row["user_id"],
                 balance=to_units(row["balance"]),
                 holds=holds.get(row["account_id"], {}),
+                debts={Cause(kind, cause): units for kind, cause, units in row["debts"]},
                 version=row["version"],
                 updated_at=row["updated_at"],
             )
@@ -153,11 +158,12 @@ class LedgerView(ProjectionView):
             return
         curs.execute(
             f"INSERT INTO {self.schema}.credit_balances AS b "
-            "(account_id, user_id, balance, held, available, version, updated_at) "
+            "(account_id, user_id, balance, held, available, owed, debts, version, updated_at) "
             "SELECT * FROM unnest(%s::uuid[], %s::uuid[], %s::numeric[], %s::numeric[], "
-            "%s::numeric[], %s::int[], %s::timestamptz[]) "
+            "%s::numeric[], %s::numeric[], %s::jsonb[], %s::int[], %s::timestamptz[]) "
             "ON CONFLICT (account_id) DO UPDATE SET balance = excluded.balance, "
-            "held = excluded.held, available = excluded.available, version = excluded.version, "
+            "held = excluded.held, available = excluded.available, owed = excluded.owed, "
+            "debts = excluded.debts, version = excluded.version, "
             "updated_at = excluded.updated_at WHERE b.version < excluded.version",
             [
                 [p.account_id for p in opened],
@@ -165,6 +171,8 @@ class LedgerView(ProjectionView):
                 [to_credits(p.balance) for p in opened],
                 [to_credits(p.held) for p in opened],
                 [to_credits(p.available) for p in opened],
+                [to_credits(p.owed) for p in opened],
+                [Jsonb([[c.type, c.id, units] for c, units in p.debts.items()]) for p in opened],
                 [p.version for p in opened],
                 [p.updated_at for p in opened],
             ],

@@ -31,13 +31,16 @@ class Balance:
     held: Decimal
     available: Decimal
     holds: list[dict[str, Any]]
+    #: What clawbacks could not take yet (settled from the next earnings).
+    owed: Decimal = Decimal("0.0000")
 
 
 async def balance(pool: AsyncConnectionPool, user_id: UUID) -> Balance:
     async with pool.connection() as conn:
         cur = conn.cursor(row_factory=dict_row)
         await cur.execute(
-            f"SELECT balance, held, available FROM {SCHEMA}.credit_balances WHERE user_id = %s",
+            f"SELECT balance, held, available, owed FROM {SCHEMA}.credit_balances "
+            "WHERE user_id = %s",
             [user_id],
         )
         row = await cur.fetchone()
@@ -49,7 +52,7 @@ async def balance(pool: AsyncConnectionPool, user_id: UUID) -> Balance:
             [user_id],
         )
         holds = await cur.fetchall()
-    return Balance(row["balance"], row["held"], row["available"], list(holds))
+    return Balance(row["balance"], row["held"], row["available"], list(holds), row["owed"])
 
 
 async def caught_up(pool: AsyncConnectionPool, user_id: UUID) -> None:

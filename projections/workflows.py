@@ -154,7 +154,12 @@ class WorkflowsView(FeedView):
     upstream = "workflows"
     topics = tuple(
         topic_of(cls)
-        for cls in (WorkflowTemplate.Created, WorkflowTemplate.VersionAdded, *_RUN_EVENTS)
+        for cls in (
+            WorkflowTemplate.Created,
+            WorkflowTemplate.VersionAdded,
+            WorkflowTemplate.SourceMoved,
+            *_RUN_EVENTS,
+        )
     )
     partitioned_tables = ("workflow_runs", "feed")
     feed_subject = "run_id"
@@ -247,6 +252,12 @@ class WorkflowsView(FeedView):
                     "latest_version = greatest(coalesce(latest_version, 0), %s), "
                     "updated_at = %s WHERE id = %s",
                     [event.version, event.timestamp, event.originator_id],
+                )
+            elif isinstance(event, WorkflowTemplate.SourceMoved):
+                curs.execute(
+                    f"UPDATE {self.schema}.workflow_templates SET source = %s, updated_at = %s "
+                    "WHERE id = %s",
+                    [_json(event.source), event.timestamp, event.originator_id],
                 )
 
     def _upsert(self, curs: Cursor[DictRow], rows: list[dict[str, Any]]) -> None:

@@ -52,6 +52,8 @@ class CreditsView(msgspec.Struct):
     available: str
     held: str
     holds: list[Hold]
+    #: Clawed-back earnings not yet repaid: settled first from the next earnings.
+    owed: str = "0.0000"
 
 
 class LedgerEntry(msgspec.Struct):

@@ -100,6 +100,7 @@ class Credits(Controller):
             balance=_credits(found.balance),
             available=_credits(found.available),
             held=_credits(found.held),
+            owed=_credits(found.owed),
             holds=[
                 dto.Hold(
                     id=h["id"],

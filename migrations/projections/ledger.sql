@@ -9,6 +9,11 @@ CREATE TABLE IF NOT EXISTS {schema}.credit_balances (
     updated_at  timestamptz NOT NULL
 );
 
+-- what clawbacks could not take yet (tables made before debts existed start with none)
+ALTER TABLE {schema}.credit_balances ADD COLUMN IF NOT EXISTS owed numeric(16,4) NOT NULL DEFAULT 0;
+-- the open debts, oldest first: [[cause_type, cause_id, units], ...]
+ALTER TABLE {schema}.credit_balances ADD COLUMN IF NOT EXISTS debts jsonb NOT NULL DEFAULT '[]';
+
 CREATE TABLE IF NOT EXISTS {schema}.credit_holds (
     hold_id     uuid PRIMARY KEY,
     account_id  uuid NOT NULL,

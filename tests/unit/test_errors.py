@@ -27,6 +27,12 @@ from application.errors import (
 )
 from application.generations import GenerationNotFound, IdempotencyConflict
 from application.imaging import ClassifierUnavailable
+from application.marketplace import (
+    CopyNotListable,
+    InstallNotFound,
+    ListingNotFound,
+    NotInstalled,
+)
 from application.moderation import ContentPolicyViolation
 from application.normalise import InvalidRequest
 from application.ports import CircuitOpen
@@ -39,6 +45,7 @@ from application.workflows import IdempotencyConflict as RunKeyConflict
 from application.workflows import RunNotFound, WorkflowNotFound
 from domain.errors import DomainError, HoldClosed, InsufficientCredits, InvalidAmount, UnknownHold
 from domain.generation import GenerationFinished
+from domain.marketplace import AlreadyRefunded, ListingClosed, OwnListing
 from domain.workflow import RunFinished
 from infrastructure.tokens import InvalidStreamToken
 from interfaces.http import problems
@@ -62,6 +69,13 @@ EXPECTED: dict[type[Exception], int] = {
     RunFinished: 409,
     RunKeyConflict: 409,
     HoldClosed: 409,
+    ListingClosed: 409,
+    OwnListing: 409,
+    AlreadyRefunded: 409,
+    NotInstalled: 409,
+    CopyNotListable: 409,
+    ListingNotFound: 404,
+    InstallNotFound: 404,
     InvalidRequest: 422,
     ContentPolicyViolation: 422,
     InvalidEmail: 422,
