@@ -28,6 +28,7 @@ from eventsourcing.persistence import IntegrityError
 from application.base import PixevoApplication, command
 from application.billing import BillingApplication, Payout
 from application.errors import Conflict, InvalidRequest, NotFound
+from application.text import NUL_MESSAGE, nul_paths
 from application.workflows import InstalledCopy, WorkflowsApplication
 from domain.credits import format_credits
 from domain.ids import uuid7
@@ -276,6 +277,8 @@ class MarketplaceApplication(PixevoApplication):
 
 
 def _checked(title: str, description: str) -> str:
+    for field in nul_paths({"title": title, "description": description}, ""):
+        raise InvalidRequest(field, NUL_MESSAGE)
     if not title.strip() or len(title) > MAX_TITLE:
         raise InvalidRequest("title", f"1 to {MAX_TITLE} characters")
     if len(description) > MAX_DESCRIPTION:

@@ -23,6 +23,7 @@ from application.catalogue import Catalogue, ModelSpec, UnknownModel
 from application.errors import Invalid, InvalidRequest
 from application.inputs import ImageInput
 from application.normalise import GenerationRequest, Normalised
+from application.text import NUL_MESSAGE, nul_paths
 from application.workflow_ops import check_params, output_size
 from domain.workflow import LOCAL_OPS, PROVIDER_OPS, binding_source, dependencies
 
@@ -143,6 +144,9 @@ def validate_shape(graph: Any) -> list[tuple[str, str]]:
     problems = _Problems()
     if not isinstance(graph, Mapping):
         return [("graph", "must be an object with inputs, nodes and outputs")]
+    nuls = nul_paths(graph, "")
+    if nuls:
+        return [(path, NUL_MESSAGE) for path in nuls]
     for key in sorted(set(graph) - {"inputs", "nodes", "outputs"}):
         problems.add(f"graph.{key}", "not a part of a graph")
     inputs = graph.get("inputs") or {}
@@ -432,6 +436,9 @@ def run_values(graph: Mapping[str, Any], given: Any) -> tuple[dict[str, Any], di
     declared: Mapping[str, Any] = graph.get("inputs") or {}
     if not isinstance(given, Mapping):
         raise InvalidGraph([("inputs", "must be an object of input values")])
+    nuls = nul_paths(given, "inputs")
+    if nuls:
+        raise InvalidGraph([(path, NUL_MESSAGE) for path in nuls])
     for name in sorted(set(given) - set(declared)):
         problems.add(f"inputs.{name}", "this workflow has no such input")
     values: dict[str, Any] = {}

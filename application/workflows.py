@@ -26,6 +26,7 @@ from application.inputs import ImageInput
 from application.locks import KeyedLocks
 from application.normalise import GenerationRequest, Normalised
 from application.retry import retry_on_conflict
+from application.text import NUL_MESSAGE, nul_paths
 from application.workflow_graph import (
     InvalidGraph,
     NodePlan,
@@ -119,7 +120,10 @@ class WorkflowsApplication(PixevoApplication):
         description: str = "",
         source: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        problems = []
+        problems = [
+            (field, NUL_MESSAGE)
+            for field in nul_paths({"name": name, "description": description}, "")
+        ]
         if not name.strip() or len(name) > MAX_NAME:
             problems.append(("name", f"1 to {MAX_NAME} characters"))
         if len(description) > MAX_DESCRIPTION:
@@ -305,6 +309,8 @@ class WorkflowsApplication(PixevoApplication):
         changes = params or {}
         if not isinstance(changes, Mapping):
             raise InvalidRequest("params", "an object of params by node id")
+        for field in nul_paths(changes, "params"):
+            raise InvalidRequest(field, NUL_MESSAGE)
         for node in changes:
             if node not in rerun:
                 raise InvalidRequest(

@@ -11,7 +11,7 @@ from eventsourcing.persistence import Tracking
 
 from application.billing import BillingApplication
 from application.generations import GenerationNotFound, GenerationsApplication
-from application.workflow_graph import MAX_DEPTH, InvalidGraph, validate_shape
+from application.workflow_graph import MAX_DEPTH, InvalidGraph, run_values, validate_shape
 from application.workflow_reactions import FundRun, StartProviderNode
 from application.workflows import WorkflowsApplication
 from domain.credits import Cause, hold_id_for, to_units
@@ -304,3 +304,17 @@ def test_a_provider_node_cancelled_before_its_generation_is_made_never_makes_one
     assert queued[0].generation_id is not None
     with pytest.raises(GenerationNotFound):
         generations.generation(None, queued[0].generation_id)
+
+
+def test_a_nul_anywhere_in_a_graph_or_its_inputs_is_refused_before_it_is_stored() -> None:
+    """PostgreSQL's text and jsonb cannot hold NUL: stored, it would stop every projection."""
+    graph = {
+        "inputs": {"prompt": {"type": "text", "default": "a\x00b"}},
+        "nodes": [{"id": "g", "op": "grayscale", "inputs": {"image": "$inputs.prompt"}}],
+        "outputs": {"out": "$nodes.g"},
+    }
+    assert validate_shape(graph) == [("inputs.prompt.default", "may not contain NUL characters")]
+    clean = {**graph, "inputs": {"prompt": {"type": "text"}}}
+    with pytest.raises(InvalidGraph) as refused:
+        run_values(clean, {"prompt": "x\x00"})
+    assert refused.value.problems == [("inputs.prompt", "may not contain NUL characters")]
