@@ -11,21 +11,25 @@ from typing import Any
 
 
 def nul_paths(value: Any, path: str) -> list[str]:
-    """The dotted paths of every string, or object key, in a JSON value that holds a NUL."""
+    """The dotted paths of every string, or object key, in a JSON value that holds a NUL
+    (walked without recursion: a body may nest as deep as the decoder allows)."""
     found: list[str] = []
-    if isinstance(value, str):
-        if "\x00" in value:
-            found.append(path)
-    elif isinstance(value, Mapping):
-        for key, item in value.items():
-            where = f"{path}.{key}" if path else str(key)
-            if "\x00" in str(key):
-                found.append(path or "(key)")
-            found.extend(nul_paths(item, where))
-    elif isinstance(value, list | tuple):
-        for i, item in enumerate(value):
-            found.extend(nul_paths(item, f"{path}.{i}" if path else str(i)))
-    return found
+    todo: list[tuple[Any, str]] = [(value, path)]
+    while todo:
+        item, where = todo.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                found.append(where)
+        elif isinstance(item, Mapping):
+            for key, child in item.items():
+                if "\x00" in str(key):
+                    found.append(where or "(key)")
+                todo.append((child, f"{where}.{key}" if where else str(key)))
+        elif isinstance(item, list | tuple):
+            todo.extend(
+                (child, f"{where}.{i}" if where else str(i)) for i, child in enumerate(item)
+            )
+    return sorted(found)
 
 
 NUL_MESSAGE = "may not contain NUL characters"
