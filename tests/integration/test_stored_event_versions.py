@@ -188,3 +188,32 @@ def test_generation_rows_of_the_previous_schema_decode_replay_and_project(
         ids["g3"]: "failed",
         ids["g4"]: "blocked",
     }
+
+
+def test_a_snapshot_of_an_account_from_before_clawbacks_loads_and_can_claw_back(
+    container: Container,
+) -> None:
+    """A ``CreditAccount`` snapshot taken by the code before spending, clawbacks and debts
+    existed (no ``class_version``; none of their fields) is upcast when loaded."""
+    billing = container.billing
+    billing.deposit(USER, "grant", to_units(3), Cause("admin_grant", "before"))
+    account_id = billing.load_account(USER).id
+    billing.take_snapshot(account_id)
+    with container.pool.connection() as conn:
+        (state,) = conn.execute(
+            "SELECT state FROM billing.billing_snapshots WHERE originator_id = %s", [account_id]
+        ).fetchone() or (None,)
+        assert state is not None
+        old = json.loads(bytes(state))
+        assert old["state"]["class_version"] == 2
+        for field in ("spent_causes", "clawback_causes", "debts", "class_version"):
+            del old["state"][field]
+        conn.execute(
+            "UPDATE billing.billing_snapshots SET state = %s WHERE originator_id = %s",
+            [json.dumps(old).encode(), account_id],
+        )
+    billing.repository.cache = None  # read the stored snapshot, not this process's copy
+    account = billing.load_account(USER)
+    assert (account.balance, account.debts, account.spent_causes) == (to_units(3), {}, {})
+    account.claw_back(to_units(5), Cause("install", "old-sale"))
+    assert account.owed == to_units(2)
