@@ -21,6 +21,8 @@ from application.errors import AccountNotFound as AccountNotFound
 from application.logs import topic_of
 from domain.billing import CreditAccount
 from domain.credits import Cause, account_id_for, hold_id_for
+from domain.earnings import EarningItem, EarningsPosition
+from domain.earnings import replay as replay_earnings
 from domain.ledger import AccountPosition, LedgerEntry, entry_id, replay
 from domain.marketplace import PLATFORM_ACCOUNT_HOLDER
 
@@ -213,6 +215,17 @@ class BillingApplication(PixevoApplication):
         if not events:
             raise AccountNotFound(f"no credit account for user {user_id}")
         return replay(account_id, events, until=at)
+
+    def earnings(
+        self, user_id: UUID, at: datetime | None = None, version: int | None = None
+    ) -> tuple[EarningsPosition, list[EarningItem]]:
+        """What the account's holder earned from sales, replayed from its stored events
+        (``at`` and ``version`` stop early, as for :meth:`history`)."""
+        account_id = account_id_for(user_id)
+        events = list(self.events.get(account_id, lte=version))
+        if not events:
+            raise AccountNotFound(f"no credit account for user {user_id}")
+        return replay_earnings(account_id, events, until=at)
 
     def account_user_ids(self) -> Iterator[UUID]:
         """Every account holder, in the order their accounts were opened."""

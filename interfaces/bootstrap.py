@@ -81,8 +81,10 @@ from interfaces.http.auth import KeyCache
 from interfaces.http.streams import LiveFeeds
 from projections import generation_queries, workflow_queries
 from projections.base import ProjectionView
+from projections.earnings import EarningsView
 from projections.generations import GenerationsView
 from projections.ledger import LedgerView
+from projections.marketplace import MarketplaceView
 from projections.model_timings import ModelTimingsView, Timings
 from projections.result_cache import ProjectedResultCache
 from projections.runner import ProjectionRunner
@@ -134,7 +136,7 @@ CONTEXTS: tuple[BoundedContext, ...] = (
     BoundedContext(
         "billing",
         BillingApplication,
-        projections=(Projection(LedgerView),),
+        projections=(Projection(LedgerView), Projection(EarningsView)),
     ),
     BoundedContext(
         "generations",
@@ -198,6 +200,7 @@ CONTEXTS: tuple[BoundedContext, ...] = (
             lambda c: PayOutInstall(c.billing),
             lambda c: RefundInstall(c.marketplace, c.billing),
         ),
+        projections=(Projection(MarketplaceView),),
         extras=lambda c, built: {
             "billing": built["billing"],
             "workflows": built["workflows"],

@@ -6,7 +6,8 @@ pixevo api | worker | dispatcher        one production process each (the dispatc
 pixevo projections run|status|rebuild   the read side
 pixevo migrate | partitions ensure      the database
 pixevo users create --email E ...       a user and their API key (JSON on stdout)
-pixevo audit ledger USER | verify | run RUN   billing disputes: replay from the event store
+pixevo audit ledger USER | verify | run RUN | earnings USER
+                                        billing disputes: replay from the event store
 """
 
 from __future__ import annotations
@@ -33,8 +34,13 @@ def _audit_commands(sub: Any) -> None:
     ledger.add_argument("--json", action="store_true")
     ledger.set_defaults(run=audit.ledger)
     audits.add_parser(
-        "verify", help="replay every account; compare with credit_balances"
+        "verify", help="replay every account; compare with credit_balances and earnings"
     ).set_defaults(run=audit.verify)
+    earnings = audits.add_parser("earnings", help="a creator's earnings from the event store")
+    earnings.add_argument("user_id")
+    earnings.add_argument("--at", help="RFC 3339 timestamp: the earnings at that instant")
+    earnings.add_argument("--json", action="store_true")
+    earnings.set_defaults(run=audit.earnings)
     run = audits.add_parser("run", help="a workflow run's charges, node by node")
     run.add_argument("run_id")
     run.add_argument("--json", action="store_true")

@@ -11,7 +11,10 @@ from typing import Any
 
 import pytest
 
+from application.marketplace import payout_of
 from domain.credits import Cause, to_units
+from domain.ids import uuid7
+from domain.workflow import WorkflowTemplate
 from infrastructure.settings import Settings
 from interfaces.bootstrap import Container
 from tests.support.processes import ROOT, child_env
@@ -129,3 +132,46 @@ def test_projections_status_rebuild_and_partitions(
         ).fetchone()
     assert parts is not None
     assert parts[0] == 8  # last month, this month, six ahead
+
+
+def test_audit_earnings_and_verify_finds_a_tampered_earnings_row(
+    settings: Settings, container: Container
+) -> None:
+    creator = container.users.create("creator@example.com").user_id
+    buyer = container.users.create("buyer@example.com", credits=50).user_id
+    wf = WorkflowTemplate.create(uuid7(), creator, "wf", "to sell")
+    wf.add_version({"inputs": {}, "nodes": [{"id": "g", "op": "generate"}], "outputs": {}})
+    container.workflows.save(wf)
+    listing = container.marketplace.create_listing(creator, wf.id, 1, "T", "D", to_units(10))
+    made, _ = container.marketplace.install(buyer, listing["id"])
+    container.billing.pay_out([payout_of(container.marketplace.installed(made["install_id"]))])
+    container.marketplace.refund(uuid7(), made["install_id"], "broken")
+    container.projection("ledger").catch_up()
+    container.projection("earnings").catch_up()
+
+    done = pixevo(settings, "audit", "earnings", str(creator), "--json")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert [i["kind"] for i in report["items"]] == ["earning", "clawback"]
+    assert (report["earned"], report["clawed_back"], report["total"]) == (
+        "8.0000",
+        "8.0000",
+        "0.0000",
+    )
+    assert (report["installs"], report["refunds"]) == (1, 1)
+    assert report["items"][1]["cause"] == {"type": "install", "id": str(made["install_id"])}
+    assert "marketplace sale" in pixevo(settings, "audit", "earnings", str(creator)).stdout
+
+    clean = pixevo(settings, "audit", "verify")
+    assert clean.returncode == 0, clean.stdout + clean.stderr
+    assert "verified 2 earnings account(s): 0 difference(s)" in clean.stdout
+    with container.pool.connection() as conn:
+        conn.execute(
+            "UPDATE proj_earnings.earnings SET earned = earned + 1, total = total + 1 "
+            "WHERE user_id = %s",
+            [creator],
+        )
+    tampered = pixevo(settings, "audit", "verify")
+    assert tampered.returncode == 1
+    assert f"DIFF earnings user {creator}" in tampered.stdout
+    assert "1 difference(s)" in tampered.stdout

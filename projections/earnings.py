@@ -1,0 +1,162 @@
+"""The earnings projection: ``earnings`` (one row per account that has earned) and
+``earning_items`` (one per movement, monthly partitions).
+
+Each batch loads the positions of the accounts it touches, folds the events with the same
+function the audit tool replays (:func:`domain.earnings.apply`), and writes the rows with
+set-based statements. Items are written by id and positions by version, so a replayed batch
+changes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from psycopg import Cursor
+from psycopg.rows import DictRow
+
+from application.logs import topic_of
+from domain.billing import CreditAccount
+from domain.credits import to_credits, to_units
+from domain.earnings import EarningItem, EarningsPosition, apply
+from projections.base import NotifiedEvent, ProjectionView
+from projections.feed import month_of
+
+
+class EarningsView(ProjectionView):
+    projection_name = "earnings"
+    upstream = "billing"
+    topics = tuple(
+        topic_of(cls)
+        for cls in (
+            CreditAccount.Opened,
+            CreditAccount.Deposited,
+            CreditAccount.ClawedBack,
+            CreditAccount.DebtSettled,
+        )
+    )
+    partitioned_tables = ("earning_items",)
+
+    def project(self, curs: Cursor[DictRow], batch: Sequence[NotifiedEvent]) -> None:
+        events = [item.event for item in batch]
+        self._write_holders(curs, events)
+        account_ids = list({event.originator_id for event in events})
+        positions = self._load_positions(curs, account_ids)
+        items: list[EarningItem] = []
+        for event in events:
+            account_id = event.originator_id
+            position = positions[account_id]
+            if event.originator_version <= position.version:
+                continue  # already projected (a replayed batch)
+            positions[account_id], made = apply(position, event)
+            items.extend(made)
+        earned = [p for p in positions.values() if p.has_earnings and p.user_id is not None]
+        self._ensure_partitions(curs, {item.at for item in items})
+        self._write_items(curs, items, positions)
+        self._write_positions(curs, earned)
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def _load_positions(
+        self, curs: Cursor[DictRow], account_ids: list[UUID]
+    ) -> dict[UUID, EarningsPosition]:
+        """The stored position of each account, or a fresh one knowing its holder."""
+        curs.execute(
+            f"SELECT h.account_id, h.user_id AS holder, e.* FROM {self.schema}.earning_holders h "
+            f"LEFT JOIN {self.schema}.earnings e ON e.account_id = h.account_id "
+            "WHERE h.account_id = ANY(%s)",
+            [account_ids],
+        )
+        positions = {a: EarningsPosition(a) for a in account_ids}
+        for row in curs.fetchall():
+            account_id = row["account_id"]
+            if row["version"] is None:
+                positions[account_id] = EarningsPosition(account_id, user_id=row["holder"])
+                continue
+            positions[account_id] = EarningsPosition(
+                account_id=account_id,
+                user_id=row["holder"],
+                earned=to_units(row["earned"]),
+                clawed_back=to_units(row["clawed_back"]),
+                owed=to_units(row["owed"]),
+                installs=row["installs"],
+                refunds=row["refunds"],
+                version=row["version"],
+                updated_at=row["updated_at"],
+            )
+        return positions
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def _write_holders(self, curs: Cursor[DictRow], events: Sequence[Any]) -> None:
+        opened = [e for e in events if isinstance(e, CreditAccount.Opened)]
+        if opened:
+            curs.execute(
+                f"INSERT INTO {self.schema}.earning_holders (account_id, user_id) "
+                "SELECT * FROM unnest(%s::uuid[], %s::uuid[]) ON CONFLICT DO NOTHING",
+                [[e.originator_id for e in opened], [e.user_id for e in opened]],
+            )
+
+    def _ensure_partitions(self, curs: Cursor[DictRow], times: set[datetime]) -> None:
+        for month in sorted({month_of(t) for t in times}):
+            curs.execute(
+                "SELECT public.pixevo_ensure_partition(%s::regclass, %s)",
+                [f"{self.schema}.earning_items", month],
+            )
+
+    def _write_items(
+        self,
+        curs: Cursor[DictRow],
+        items: list[EarningItem],
+        positions: dict[UUID, EarningsPosition],
+    ) -> None:
+        if not items:
+            return
+        curs.execute(
+            f"INSERT INTO {self.schema}.earning_items (id, created_at, account_id, user_id, "
+            "kind, amount, cause_type, cause_id, version, note) "
+            "SELECT * FROM unnest(%s::uuid[], %s::timestamptz[], %s::uuid[], %s::uuid[], "
+            "%s::text[], %s::numeric[], %s::text[], %s::text[], %s::int[], %s::text[]) "
+            "ON CONFLICT DO NOTHING",
+            [
+                [i.id for i in items],
+                [i.at for i in items],
+                [i.account_id for i in items],
+                [positions[i.account_id].user_id for i in items],
+                [i.kind for i in items],
+                [to_credits(i.amount) for i in items],
+                [i.cause.type for i in items],
+                [i.cause.id for i in items],
+                [i.version for i in items],
+                [i.note for i in items],
+            ],
+        )
+
+    def _write_positions(self, curs: Cursor[DictRow], positions: list[EarningsPosition]) -> None:
+        if not positions:
+            return
+        curs.execute(
+            f"INSERT INTO {self.schema}.earnings AS e (account_id, user_id, earned, "
+            "clawed_back, owed, total, installs, refunds, version, updated_at) "
+            "SELECT * FROM unnest(%s::uuid[], %s::uuid[], %s::numeric[], %s::numeric[], "
+            "%s::numeric[], %s::numeric[], %s::int[], %s::int[], %s::int[], %s::timestamptz[]) "
+            "ON CONFLICT (account_id) DO UPDATE SET earned = excluded.earned, "
+            "clawed_back = excluded.clawed_back, owed = excluded.owed, total = excluded.total, "
+            "installs = excluded.installs, refunds = excluded.refunds, "
+            "version = excluded.version, updated_at = excluded.updated_at "
+            "WHERE e.version < excluded.version",
+            [
+                [p.account_id for p in positions],
+                [p.user_id for p in positions],
+                [to_credits(p.earned) for p in positions],
+                [to_credits(p.clawed_back) for p in positions],
+                [to_credits(p.owed) for p in positions],
+                [to_credits(p.total) for p in positions],
+                [p.installs for p in positions],
+                [p.refunds for p in positions],
+                [p.version for p in positions],
+                [p.updated_at for p in positions],
+            ],
+        )
