@@ -64,7 +64,10 @@ class EarningsView(ProjectionView):
     ) -> dict[UUID, EarningsPosition]:
         """The stored position of each account, or a fresh one knowing its holder."""
         curs.execute(
-            f"SELECT h.account_id, h.user_id AS holder, e.* FROM {self.schema}.earning_holders h "
+            # named columns: ``e.*`` would bring a second, NULL, account_id for a new earner
+            "SELECT h.account_id, h.user_id AS holder, e.earned, e.clawed_back, e.owed, "
+            "e.installs, e.refunds, e.version, e.updated_at "
+            f"FROM {self.schema}.earning_holders h "
             f"LEFT JOIN {self.schema}.earnings e ON e.account_id = h.account_id "
             "WHERE h.account_id = ANY(%s)",
             [account_ids],

@@ -299,3 +299,18 @@ def test_a_replayed_batch_changes_nothing(container: Container) -> None:
         assert contents(container, name, schema) == before
     got = query(container, lambda pool: marketplace_queries.listing(pool, listing_id))
     assert got is not None and got["installs"] == 1
+
+
+def test_a_first_earning_after_the_account_was_projected_knows_its_holder(
+    container: Container,
+) -> None:
+    """The seller's account is opened (and projected) long before its first sale: the batch
+    with that sale finds the holder an earlier batch recorded."""
+    creator = funded(container, 0)
+    catch_up(container)
+    wf = workflow(container, creator)
+    listing_id = container.marketplace.create_listing(creator, wf, 1, "T", "D", to_units(5))["id"]
+    sell(container, funded(container), listing_id)
+    catch_up(container)
+    earned = query(container, lambda pool: marketplace_queries.earnings(pool, creator, 10, None))
+    assert (earned["installs"], earned["earned"]) == (1, Decimal("4.0000"))
