@@ -28,9 +28,12 @@ def connection_params(database_url: str) -> dict[str, str]:
 
 
 def eventstore_env(
-    database_url: str, schema: str, *, pool_size: int = 2, max_overflow: int = 8
+    database_url: str, schema: str, *, pool_size: int = 1, max_overflow: int = 4
 ) -> dict[str, str]:
-    """The library environment for one bounded context, whose tables live in ``schema``."""
+    """The library environment for one bounded context, whose tables live in ``schema``.
+
+    A process holds one pool per context, so its connections grow with the contexts: five
+    connections at most each (the writes are short; the threads of a process take turns)."""
     return {
         "PERSISTENCE_MODULE": "eventsourcing.postgres",
         **connection_params(database_url),
@@ -56,9 +59,11 @@ def datastore(
     schema: str,
     *,
     pool_size: int = 1,
-    max_overflow: int = 4,
+    max_overflow: int = 1,
     single_row_tracking: bool = True,
 ) -> PostgresDatastore:
+    """A projection's store: its runner writes one batch at a time (two connections: one
+    holds the DDL lock while creating tables takes the other)."""
     params = connection_params(database_url)
     return PostgresDatastore(
         dbname=params["POSTGRES_DBNAME"],

@@ -95,6 +95,8 @@ class Launcher:
     def environment(self, name: str) -> dict[str, str]:
         """The whole environment of the process ``name``."""
         env = self.settings.process_env(**self.extra_env)
+        # PostgreSQL's pg_stat_activity then says which process holds each connection
+        env.setdefault("PGAPPNAME", f"pixevo-{name}")
         if name == "worker":
             if self.worker_timeout_ms is not None:
                 env["dramatiq_worker_timeout"] = str(self.worker_timeout_ms)

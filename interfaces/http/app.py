@@ -22,6 +22,7 @@ from interfaces.bootstrap import Container
 from interfaces.http import (
     feed_routes,
     generation_routes,
+    marketplace_routes,
     problems,
     upload_routes,
     workflow_routes,
@@ -96,6 +97,7 @@ def create_app(container: Container) -> Litestar:
     uploads = upload_routes.UploadServices(
         lambda: container.uploads, container.blobs, container.asset_signer
     )
+    marketplace = marketplace_routes.MarketplaceServices(lambda: container.marketplace, api.pool)
     workflows = workflow_routes.WorkflowServices(
         lambda: container.workflows, api.pool, container.blobs
     )
@@ -105,6 +107,7 @@ def create_app(container: Container) -> Litestar:
         "services": _provide(lambda: services),
         "upload_services": _provide(lambda: uploads),
         "workflow_services": _provide(lambda: workflows),
+        "marketplace_services": _provide(lambda: marketplace),
         "billing": _provide(lambda: container.billing),
         "users": _provide(lambda: container.users),
         "catalogue": _provide(lambda: container.catalogue),
@@ -127,6 +130,7 @@ def create_app(container: Container) -> Litestar:
             *feed_routes.ROUTES,
             *upload_routes.ROUTES,
             *workflow_routes.ROUTES,  # the reads included
+            *marketplace_routes.ROUTES,
         ],
         lifespan=[resources],
         plugins=[api.channels],
