@@ -8,7 +8,7 @@ document``, raising a ``NotFound``), so this module never imports the applicatio
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 from uuid import UUID
 
@@ -26,8 +26,9 @@ from interfaces.http.problems import ProblemError
 from interfaces.http.run_streams import open_run
 from interfaces.http.sse import sse_response
 from interfaces.http.streams import LiveFeeds
-from projections import workflow_queries
+from projections import position_queries, workflow_queries
 from projections.ledger_queries import BadCursor
+from projections.workflows import WorkflowsView
 
 RunFromWriteSide = Callable[[UUID, UUID], dict[str, Any]]
 #: (user, run, N) -> the run as it stood after its N-th event (the event store answers).
@@ -62,7 +63,8 @@ class Workflows(Controller):
         workflow_id: FromPath[UUID],
         pool: NamedDependency[AsyncConnectionPool],
     ) -> dto.WorkflowView:
-        doc = await workflow_queries.workflow(pool, request.user.id, workflow_id)
+        read = lambda: workflow_queries.workflow(pool, request.user.id, workflow_id)  # noqa: E731
+        doc = await _read_own_write(pool, workflow_id, read)
         if doc is None:
             raise ProblemError(404, f"no workflow {workflow_id}")
         return dto.workflow_view(doc)
@@ -75,10 +77,27 @@ class Workflows(Controller):
         number: FromPath[int],
         pool: NamedDependency[AsyncConnectionPool],
     ) -> dto.WorkflowVersionView:
-        doc = await workflow_queries.version(pool, request.user.id, workflow_id, number)
+        user_id = request.user.id
+        read = lambda: workflow_queries.version(pool, user_id, workflow_id, number)  # noqa: E731
+        doc = await _read_own_write(pool, workflow_id, read)
         if doc is None:
             raise ProblemError(404, f"workflow {workflow_id} has no version {number}")
         return dto.version_view(doc)
+
+
+async def _read_own_write(
+    pool: AsyncConnectionPool,
+    workflow_id: UUID,
+    read: Callable[[], Awaitable[dict[str, Any] | None]],
+) -> dict[str, Any] | None:
+    """``read()``; if it finds nothing, again once the projection has every event of the
+    workflow (one just made, or a copy an install just made, may not be projected yet)."""
+    doc = await read()
+    if doc is None and not await position_queries.wait_for_aggregate(
+        pool, WorkflowsView, workflow_id
+    ):
+        return None
+    return doc if doc is not None else await read()
 
 
 class WorkflowRuns(Controller):
