@@ -135,13 +135,16 @@ class BillingApplication(PixevoApplication):
         return self.save_tracked(tracking, account)
 
     @command
-    def spend(self, user_id: UUID, amount: int, cause: Cause, detail: dict[str, str]) -> int:
-        """Pays ``amount`` for ``cause`` now, once per cause; returns what was paid for it
-        (by this call or an earlier one). Raises ``InsufficientCredits`` (nothing recorded)."""
+    def spend(
+        self, user_id: UUID, amount: int, cause: Cause, detail: dict[str, str]
+    ) -> tuple[int, bool]:
+        """Pays ``amount`` for ``cause`` now, once per cause: ``(what was paid for it, whether
+        this call paid it)``. Raises ``InsufficientCredits`` (nothing recorded)."""
         account = self.load_account(user_id)
         paid = account.spend(amount, cause, detail)
+        paid_now = bool(account.pending_events)
         self.save(account)
-        return paid
+        return paid, paid_now
 
     @command
     def pay_out(self, payouts: Sequence[Payout]) -> int:

@@ -195,17 +195,17 @@ class MarketplaceApplication(PixevoApplication):
     # -- installs ------------------------------------------------------------------------------
 
     def install(self, buyer_id: UUID, listing_id: UUID) -> tuple[dict[str, Any], bool]:
-        """The buyer's install of the listing: ``(install, True)`` when this call made it,
-        ``(the existing install, False)`` when it was made before (nothing charged again)."""
+        """The buyer's install of the listing: ``(install, True)`` when this call bought it,
+        ``(the existing install, False)`` when it was bought before (nothing charged again)."""
         listing = self.listing(None, listing_id)
         existing = self._install_or_none(install_id_for(buyer_id, listing_id))
         if existing is not None:
             return install_document(existing), False
         listing.check_installable_by(buyer_id)
         install_id = install_id_for(buyer_id, listing_id)
-        paid = 0
+        paid, paid_now = 0, False
         if listing.price:
-            paid = self.billing.spend(
+            paid, paid_now = self.billing.spend(
                 buyer_id,
                 listing.price,
                 install_cause(install_id),
@@ -215,9 +215,11 @@ class MarketplaceApplication(PixevoApplication):
                     "buyer_id": str(buyer_id),
                 },
             )
-        install, made = self.record_install(buyer_id, listing.id, listing.version, paid)
+        install, recorded = self.record_install(buyer_id, listing.id, listing.version, paid)
         self.workflows.install_copy(copy_of(install))
-        return install_document(install), made
+        # bought by this request if it paid (another request, or the payment's reaction, may
+        # have recorded it); a free install, if it recorded it
+        return install_document(install), paid_now if listing.price else recorded
 
     @command
     def record_install(
