@@ -15,10 +15,9 @@ from uuid import UUID
 
 from litestar import Controller, Request, Response, get, patch, post
 from litestar.di import NamedDependency
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, JSONBody, Parameter
 from litestar.types import ControllerRouterHandler
-from projections.earnings import EarningsView
-from projections.marketplace import MarketplaceView
 from psycopg_pool import AsyncConnectionPool
 
 from application.marketplace import MarketplaceApplication, listing_document
@@ -31,7 +30,9 @@ from interfaces.http.generation_routes import IdempotencyKey, require_credits
 from interfaces.http.problems import ProblemError
 from interfaces.http.ratelimit import RATE_LIMITED
 from projections import marketplace_queries, position_queries
+from projections.earnings import EarningsView
 from projections.ledger_queries import BadCursor
+from projections.marketplace import MarketplaceView
 
 Limit = Annotated[int, Parameter(ge=1, le=200)]
 Cursor = Annotated[str | None, Parameter(max_length=200)]
@@ -160,7 +161,12 @@ class Listings(Controller):
         )
         return dto.listing_view(await _listing(marketplace_services, listing_id))
 
-    @post("/{listing_id:uuid}/install", status_code=201, opt=RATE_LIMITED)
+    @post(
+        "/{listing_id:uuid}/install",
+        status_code=201,
+        opt=RATE_LIMITED,
+        responses={200: ResponseSpec(dto.InstallView, description="The install made before")},
+    )
     async def install(
         self,
         request: Request[User, Any, Any],

@@ -43,6 +43,12 @@ FILE_RESPONSES = {
     ("get", "/v1/generations/{generation_id}/assets/{kind}"): _RESULTS,
     ("get", "/v1/generations/{generation_id}/previews/{number}"): ("image/jpeg",),
 }
+#: Operations that charge (or hold) the caller's credits: 402 when they cannot pay.
+PAYING = {
+    ("post", "/v1/generations"),
+    ("post", "/v1/workflows/{workflow_id}/runs"),
+    ("post", "/v1/listings/{listing_id}/install"),
+}
 #: Server-Sent Events feeds (a stream for a finished generation answers 204: nothing to follow).
 EVENT_STREAMS = {
     "/v1/events": False,
@@ -63,8 +69,16 @@ LINKS: dict[tuple[str, str], dict[str, tuple[str, str, dict[str, str]]]] = {
         "GetUpload": ("get", "/v1/uploads/{upload_id}", {}),
         "UploadContent": ("get", "/v1/uploads/{upload_id}/content", {}),
     },
+    ("post", "/v1/listings"): {
+        "GetListing": ("get", "/v1/listings/{listing_id}", {}),
+        "InstallListing": ("post", "/v1/listings/{listing_id}/install", {}),
+    },
 }
-_LINK_PARAMETERS = {"generation_id": "$response.body#/id", "upload_id": "$response.body#/id"}
+_LINK_PARAMETERS = {
+    "generation_id": "$response.body#/id",
+    "upload_id": "$response.body#/id",
+    "listing_id": "$response.body#/id",
+}
 RATE_LIMIT_HEADERS = {
     "RateLimit-Limit": "requests a user may make at once (the burst)",
     "RateLimit-Remaining": "requests that would be accepted now",
@@ -97,11 +111,11 @@ def _statuses(method: str, path: str, limited: bool) -> set[int]:
     if path in PUBLIC:
         return {503} if path == "/ready" else set()
     statuses = {400, 401, 404, 503}
-    if method == "post":
+    if method in ("post", "patch"):
         statuses |= {409, 413, 415, 422}
     if path.startswith("/v1/admin/"):
         statuses.add(403)
-    if path == "/v1/generations" and method == "post":
+    if (method, path) in PAYING:
         statuses.add(402)
     if limited:
         statuses.add(429)
