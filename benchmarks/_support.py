@@ -541,11 +541,21 @@ class HttpConnection:
         self.reader: Any = None
         self.writer: Any = None
 
-    async def request(self, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
+    async def request(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, bytes]:
+        """``headers`` go with this request only (the connection's own go with every one)."""
         if self.writer is None:
             self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
         reader, writer = self.reader, self.writer
         start = f"{method} {path} HTTP/1.1\r\n".encode("latin-1")
+        if headers:
+            lines = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+            start += lines.encode("latin-1")
         if body is None:
             writer.write(start + self.head + b"\r\n")
         else:
