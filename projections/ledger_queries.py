@@ -81,13 +81,14 @@ class ProjectedAccount:
     available: Decimal
     #: The version of the account aggregate the row reflects.
     version: int
+    owed: Decimal = Decimal(0)
 
 
 def accounts(pool: ConnectionPool) -> list[ProjectedAccount]:
     """Every account in ``credit_balances`` (for the billing audit)."""
     with pool.connection() as conn:
         rows = conn.execute(
-            f"SELECT user_id, balance, held, available, version FROM {SCHEMA}.credit_balances"
+            f"SELECT user_id, balance, held, available, version, owed FROM {SCHEMA}.credit_balances"
         ).fetchall()
     return [ProjectedAccount(*row) for row in rows]
 

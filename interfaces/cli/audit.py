@@ -107,7 +107,8 @@ def verify(_: argparse.Namespace) -> int:
     c = container()
     rows = ledger_queries.accounts(c.pool)
     projected = {
-        r.user_id: (to_units(r.balance), to_units(r.held), to_units(r.available)) for r in rows
+        r.user_id: (to_units(r.balance), to_units(r.held), to_units(r.available), to_units(r.owed))
+        for r in rows
     }
     versions = {r.user_id: r.version for r in rows}
     differences = behind = checked = 0
@@ -120,13 +121,13 @@ def verify(_: argparse.Namespace) -> int:
         if projected_version is not None and projected_version < latest.version:
             behind += 1
             p = c.billing.position(user_id, version=projected_version)
-        truth = (p.balance, p.held, p.available)
+        truth = (p.balance, p.held, p.available, p.owed)
         seen = projected.pop(user_id, None)
         if seen != truth:
             differences += 1
             shown = "missing" if seen is None else "/".join(format_credits(v) for v in seen)
             print(
-                f"DIFF user {user_id}: event store balance/held/available "
+                f"DIFF user {user_id}: event store balance/held/available/owed "
                 f"{'/'.join(format_credits(v) for v in truth)}, credit_balances {shown}"
             )
     for user_id in projected:
