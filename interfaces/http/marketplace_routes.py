@@ -37,7 +37,7 @@ from projections.marketplace import MarketplaceView
 Limit = Annotated[int, Parameter(ge=1, le=200)]
 Cursor = Annotated[str | None, Parameter(max_length=200)]
 Query = Annotated[str | None, Parameter(min_length=1, max_length=200)]
-Sort = Literal["newest", "installs", "price"]
+Sort = Annotated[Literal["newest", "installs", "price"] | None, Parameter()]
 T = TypeVar("T")
 
 
@@ -92,7 +92,7 @@ class Listings(Controller):
         self,
         marketplace_services: Services,
         q: Query = None,
-        sort: Sort | None = None,
+        sort: Sort = None,
         limit: Limit = 50,
         cursor: Cursor = None,
     ) -> dto.ListingList:

@@ -120,7 +120,13 @@ def test_admin_creates_user_who_sees_own_credits(
     assert me == {"user_id": made.json()["user_id"], "email": "bo@example.com", "admin": False}
     container.projection("ledger").catch_up()
     credits = client.get("/v1/credits", headers=bearer(key)).json()
-    assert credits == {"balance": "12.5000", "available": "12.5000", "held": "0.0000", "holds": []}
+    assert credits == {
+        "balance": "12.5000",
+        "available": "12.5000",
+        "held": "0.0000",
+        "owed": "0.0000",
+        "holds": [],
+    }
     ledger = client.get("/v1/credits/ledger", headers=bearer(key)).json()
     assert [e["kind"] for e in ledger["items"]] == ["grant"]
     assert ledger["items"][0]["amount"] == "12.5000" and ledger["next_cursor"] is None
@@ -254,6 +260,7 @@ def test_other_users_data_is_invisible(
         "balance": "0.0000",
         "available": "0.0000",
         "held": "0.0000",
+        "owed": "0.0000",
         "holds": [],
     }
     ben_ledger = client.get("/v1/credits/ledger", headers=as_ben)
