@@ -59,7 +59,7 @@ def listing_document(listing: Listing) -> dict[str, Any]:
     return {
         "id": listing.id,
         "workflow_id": listing.workflow_id,
-        "version": listing.version,
+        "version": listing.workflow_version,
         "title": listing.title,
         "description": listing.description,
         "price_credits": format_credits(listing.price),
@@ -76,7 +76,7 @@ def install_document(install: Install) -> dict[str, Any]:
         "install_id": install.id,
         "listing_id": install.listing_id,
         "workflow_id": install.workflow_id,
-        "version": install.version,
+        "version": install.workflow_version,
         "price_credits": format_credits(install.price),
         "status": install.status,
         "created_at": install.created_on,
@@ -101,7 +101,7 @@ def copy_of(install: Install) -> InstalledCopy:
         name=install.title,
         description=install.description,
         source_workflow_id=install.source_workflow_id,
-        version=install.version,
+        version=install.workflow_version,
         listing_id=install.listing_id,
         install_id=install.id,
     )
@@ -211,11 +211,13 @@ class MarketplaceApplication(PixevoApplication):
                 install_cause(install_id),
                 {
                     "listing_id": str(listing.id),
-                    "version": str(listing.version),
+                    "version": str(listing.workflow_version),
                     "buyer_id": str(buyer_id),
                 },
             )
-        install, recorded = self.record_install(buyer_id, listing.id, listing.version, paid)
+        install, recorded = self.record_install(
+            buyer_id, listing.id, listing.workflow_version, paid
+        )
         self.workflows.install_copy(copy_of(install))
         # bought by this request if it paid (another request, or the payment's reaction, may
         # have recorded it); a free install, if it recorded it
@@ -260,7 +262,7 @@ class MarketplaceApplication(PixevoApplication):
         install = self.installed(UUID(source["install_id"]))
         if install.status == "refunded":
             raise NotInstalled("this install was refunded")
-        offered = self.listing(None, install.listing_id).version
+        offered = self.listing(None, install.listing_id).workflow_version
         if install.upgrade(offered):
             self.save(install)
         return self.workflows.follow_listing(copy_of(install))

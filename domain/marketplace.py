@@ -85,7 +85,7 @@ class Listing(Aggregate):
 
         def apply(self, aggregate: Any) -> None:
             listing: Listing = aggregate
-            listing.version = self.version
+            listing.workflow_version = self.version
 
     class Repriced(Aggregate.Event):
         """The price of future installs (installs made keep the price they paid)."""
@@ -119,7 +119,9 @@ class Listing(Aggregate):
         description: str,
         price: int,
     ) -> None:
-        self.creator_id, self.workflow_id, self.version = creator_id, workflow_id, version
+        self.creator_id, self.workflow_id = creator_id, workflow_id
+        #: The offered version of the workflow (``version`` is the aggregate's own).
+        self.workflow_version = version
         self.title, self.description, self.price = title, description, price
         self.status: ListingStatus = "listed"
 
@@ -148,11 +150,11 @@ class Listing(Aggregate):
     def offer_version(self, version: int) -> None:
         """Points the listing at a newer version of the same workflow."""
         self._check_listed()
-        if version <= self.version:
+        if version <= self.workflow_version:
             raise ListingClosed(
-                f"version {version} is not newer than the offered version {self.version}"
+                f"version {version} is not newer than the offered version {self.workflow_version}"
             )
-        self.trigger_event(self.VersionOffered, version=version, previous=self.version)
+        self.trigger_event(self.VersionOffered, version=version, previous=self.workflow_version)
 
     def reprice(self, price: int) -> None:
         self._check_listed()
@@ -207,7 +209,7 @@ class Install(Aggregate):
 
         def apply(self, aggregate: Any) -> None:
             install: Install = aggregate
-            install.version = self.version
+            install.workflow_version = self.version
 
     class Refunded(Aggregate.Event):
         """The price goes back to the buyer; the earning and the fee are clawed back."""
@@ -236,7 +238,8 @@ class Install(Aggregate):
     ) -> None:
         self.listing_id, self.buyer_id, self.creator_id = listing_id, buyer_id, creator_id
         self.source_workflow_id, self.workflow_id = source_workflow_id, workflow_id
-        self.version, self.title, self.description = version, title, description
+        #: The installed version of the workflow (``version`` is the aggregate's own).
+        self.workflow_version, self.title, self.description = version, title, description
         self.price, self.fee, self.earning, self.fee_rate = price, fee, earning, fee_rate
         self.status: InstallStatus = "installed"
 
@@ -275,9 +278,9 @@ class Install(Aggregate):
 
     def upgrade(self, version: int) -> bool:
         """Moves to ``version`` if it is newer; ``False`` when already there."""
-        if version <= self.version:
+        if version <= self.workflow_version:
             return False
-        self.trigger_event(self.Upgraded, version=version, previous=self.version)
+        self.trigger_event(self.Upgraded, version=version, previous=self.workflow_version)
         return True
 
     def refund(self, reason: str, refunded_by: UUID) -> None:

@@ -240,6 +240,12 @@ def test_upgrade_moves_the_copy_to_the_offered_version_for_free(platform: Platfo
     assert [(i["install_id"], i["update_available"]) for i in mine] == [
         (install["install_id"], False)
     ]
+    # a new price for future installs: the offered version stays 1
+    repriced = http.patch(
+        f"/v1/listings/{listing['id']}", json={"price_credits": "1.5"}, headers=creator
+    )
+    assert repriced.status_code == 200, repriced.text
+    assert (repriced.json()["price_credits"], repriced.json()["version"]) == ("1.5000", 1)
     offered = http.post(
         f"/v1/listings/{listing['id']}/versions", json={"version": 2}, headers=creator
     )

@@ -182,7 +182,11 @@ def test_an_install_is_finished_from_its_payment_when_the_request_stopped(
     assert isinstance(event, CreditAccount.Spent)
     assert RecordInstall(container.marketplace).handle(event, Tracking("billing", spent.id))
     install = container.marketplace.installed(install_id)
-    assert (install.price, install.version, install.status) == (to_units(4), 1, "installed")
+    assert (install.price, install.workflow_version, install.status) == (
+        to_units(4),
+        1,
+        "installed",
+    )
     # the buyer asking again gets the same install, charged once
     doc, made = container.marketplace.install(buyer, listing)
     assert (doc["install_id"], made) == (install_id, False)

@@ -99,11 +99,16 @@ def test_a_listing_refuses_its_creator_and_closes_when_unlisted() -> None:
     with pytest.raises(ListingClosed):
         listing.offer_version(1)  # not newer
     listing.offer_version(2)
+    listing.reprice(60_000)
+    listing.describe("Portrait", "softer light")
+    assert (listing.workflow_version, listing.version) == (2, 4)
     listing.unlist()
     listing.unlist()
     assert [type(e).__name__ for e in listing.collect_events()] == [
         "Created",
         "VersionOffered",
+        "Repriced",
+        "Described",
         "Unlisted",
     ]
     with pytest.raises(ListingClosed):
@@ -115,7 +120,7 @@ def test_an_install_records_what_a_dispute_needs_and_refunds_once() -> None:
     listing = Listing.create(uuid4(), creator, uuid4(), 3, "Portrait", "soft light", 50_000)
     install = Install.make(listing, buyer, 3, 50_000, Decimal("0.20"))
     assert install.id == install_id_for(buyer, listing.id)
-    assert (install.price, install.fee, install.earning, install.version) == (
+    assert (install.price, install.fee, install.earning, install.workflow_version) == (
         50_000,
         10_000,
         40_000,
@@ -124,5 +129,7 @@ def test_an_install_records_what_a_dispute_needs_and_refunds_once() -> None:
     assert not install.upgrade(3)
     assert install.upgrade(4)
     install.refund("duplicate purchase", uuid4())
+    # the installed version is the workflow's, never the aggregate's own event count
+    assert (install.workflow_version, install.version) == (4, 3)
     with pytest.raises(AlreadyRefunded):
         install.refund("again", uuid4())
