@@ -36,7 +36,8 @@ from projections.marketplace import MarketplaceView
 
 Limit = Annotated[int, Parameter(ge=1, le=200)]
 Cursor = Annotated[str | None, Parameter(max_length=200)]
-Query = Annotated[str | None, Parameter(min_length=1, max_length=200)]
+#: No NUL: PostgreSQL's text cannot hold it.
+Query = Annotated[str | None, Parameter(min_length=1, max_length=200, pattern=r"^[^\x00]*$")]
 Sort = Annotated[Literal["newest", "installs", "price"] | None, Parameter()]
 T = TypeVar("T")
 

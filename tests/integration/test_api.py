@@ -350,6 +350,9 @@ def test_bad_grants_and_queries(
     assert_problem(client.get("/v1/credits/ledger?limit=100000000000000000000", headers=key), 400)
     assert_problem(client.get("/v1/credits/ledger?limit=0", headers=key), 400)
     assert_problem(client.get("/v1/credits/ledger?cursor=%00%01", headers=key), 400)
+    for query in ("q=a%00b", "sort=bogus", "cursor=%00%01", "q=", "limit=0"):
+        assert_problem(client.get(f"/v1/listings?{query}", headers=key), 400)
+    assert_problem(client.get("/v1/me/earnings?cursor=zzz", headers=key), 400)
     assert_problem(client.get("/v1/nothing-here", headers=key), 404)
     big = b'{"email": "' + b"a" * 2_000_000 + b'@x.y"}'
     assert_problem(
