@@ -7,7 +7,8 @@ by renaming, in one transaction.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
@@ -37,6 +38,11 @@ def timestamped(event: DomainEventProtocol[Any]) -> DomainEvent:
     if not isinstance(event, DomainEvent):
         raise TypeError(f"{type(event).__qualname__} is not a DomainEvent")
     return event
+
+
+def month_of(at: datetime) -> datetime:
+    """The first instant of ``at``'s month: the partition a row created at ``at`` is in."""
+    return at.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
 
 
 class ProjectionView(PostgresTrackingRecorder):
@@ -89,3 +95,46 @@ class ProjectionView(PostgresTrackingRecorder):
                 "SELECT public.pixevo_ensure_monthly_partitions(%s::regclass, 1, %s)",
                 [f"{self.schema}.{table}", self.months_ahead],
             )
+
+    # -- writing, for the views that write a batch with set-based statements ---------------
+
+    def ensure_partitions(
+        self, curs: Cursor[DictRow], table: str, times: Iterable[datetime]
+    ) -> None:
+        """Makes the monthly partitions of ``table`` that rows created at ``times`` fall in."""
+        months = {t.replace(day=1, hour=0, minute=0, second=0, microsecond=0) for t in times}
+        for month in sorted(months):
+            curs.execute(
+                "SELECT public.pixevo_ensure_partition(%s::regclass, %s)",
+                [f"{self.schema}.{table}", month],
+            )
+
+    def write_rows(
+        self,
+        curs: Cursor[DictRow],
+        table: str,
+        columns: Mapping[str, tuple[str, Sequence[Any]]],
+        *,
+        key: str | None = None,
+        newer: str = "version",
+    ) -> None:
+        """Writes rows given column by column (``name: (PostgreSQL type, values)``) in one
+        statement. Without ``key``, a row already there is left as it is; with ``key`` (the
+        conflict target), it is updated where ``newer`` is greater in the new row, so a
+        replayed batch changes nothing."""
+        names = list(columns)
+        if not names or not columns[names[0]][1]:
+            return
+        arrays = ", ".join(f"%s::{kind}[]" for kind, _ in columns.values())
+        conflict = "ON CONFLICT DO NOTHING"
+        if key is not None:
+            keys = {k.strip() for k in key.split(",")}
+            updates = ", ".join(f"{c} = excluded.{c}" for c in names if c not in keys)
+            conflict = (
+                f"ON CONFLICT ({key}) DO UPDATE SET {updates} WHERE t.{newer} < excluded.{newer}"
+            )
+        curs.execute(
+            f"INSERT INTO {self.schema}.{table} AS t ({', '.join(names)}) "
+            f"SELECT * FROM unnest({arrays}) {conflict}",
+            [list(values) for _, values in columns.values()],
+        )

@@ -10,7 +10,6 @@ changes nothing.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
 from typing import Any
 from uuid import UUID
 
@@ -22,7 +21,6 @@ from domain.billing import CreditAccount
 from domain.credits import to_credits, to_units
 from domain.earnings import EarningItem, EarningsPosition, apply
 from projections.base import NotifiedEvent, ProjectionView
-from projections.feed import month_of
 
 
 class EarningsView(ProjectionView):
@@ -53,7 +51,6 @@ class EarningsView(ProjectionView):
             positions[account_id], made = apply(position, event)
             items.extend(made)
         earned = [p for p in positions.values() if p.has_earnings and p.user_id is not None]
-        self._ensure_partitions(curs, {item.at for item in items})
         self._write_items(curs, items, positions)
         self._write_positions(curs, earned)
 
@@ -95,19 +92,14 @@ class EarningsView(ProjectionView):
 
     def _write_holders(self, curs: Cursor[DictRow], events: Sequence[Any]) -> None:
         opened = [e for e in events if isinstance(e, CreditAccount.Opened)]
-        if opened:
-            curs.execute(
-                f"INSERT INTO {self.schema}.earning_holders (account_id, user_id) "
-                "SELECT * FROM unnest(%s::uuid[], %s::uuid[]) ON CONFLICT DO NOTHING",
-                [[e.originator_id for e in opened], [e.user_id for e in opened]],
-            )
-
-    def _ensure_partitions(self, curs: Cursor[DictRow], times: set[datetime]) -> None:
-        for month in sorted({month_of(t) for t in times}):
-            curs.execute(
-                "SELECT public.pixevo_ensure_partition(%s::regclass, %s)",
-                [f"{self.schema}.earning_items", month],
-            )
+        self.write_rows(
+            curs,
+            "earning_holders",
+            {
+                "account_id": ("uuid", [e.originator_id for e in opened]),
+                "user_id": ("uuid", [e.user_id for e in opened]),
+            },
+        )
 
     def _write_items(
         self,
@@ -115,51 +107,39 @@ class EarningsView(ProjectionView):
         items: list[EarningItem],
         positions: dict[UUID, EarningsPosition],
     ) -> None:
-        if not items:
-            return
-        curs.execute(
-            f"INSERT INTO {self.schema}.earning_items (id, created_at, account_id, user_id, "
-            "kind, amount, cause_type, cause_id, version, note) "
-            "SELECT * FROM unnest(%s::uuid[], %s::timestamptz[], %s::uuid[], %s::uuid[], "
-            "%s::text[], %s::numeric[], %s::text[], %s::text[], %s::int[], %s::text[]) "
-            "ON CONFLICT DO NOTHING",
-            [
-                [i.id for i in items],
-                [i.at for i in items],
-                [i.account_id for i in items],
-                [positions[i.account_id].user_id for i in items],
-                [i.kind for i in items],
-                [to_credits(i.amount) for i in items],
-                [i.cause.type for i in items],
-                [i.cause.id for i in items],
-                [i.version for i in items],
-                [i.note for i in items],
-            ],
+        self.ensure_partitions(curs, "earning_items", (i.at for i in items))
+        self.write_rows(
+            curs,
+            "earning_items",
+            {
+                "id": ("uuid", [i.id for i in items]),
+                "created_at": ("timestamptz", [i.at for i in items]),
+                "account_id": ("uuid", [i.account_id for i in items]),
+                "user_id": ("uuid", [positions[i.account_id].user_id for i in items]),
+                "kind": ("text", [i.kind for i in items]),
+                "amount": ("numeric", [to_credits(i.amount) for i in items]),
+                "cause_type": ("text", [i.cause.type for i in items]),
+                "cause_id": ("text", [i.cause.id for i in items]),
+                "version": ("int", [i.version for i in items]),
+                "note": ("text", [i.note for i in items]),
+            },
         )
 
     def _write_positions(self, curs: Cursor[DictRow], positions: list[EarningsPosition]) -> None:
-        if not positions:
-            return
-        curs.execute(
-            f"INSERT INTO {self.schema}.earnings AS e (account_id, user_id, earned, "
-            "clawed_back, owed, total, installs, refunds, version, updated_at) "
-            "SELECT * FROM unnest(%s::uuid[], %s::uuid[], %s::numeric[], %s::numeric[], "
-            "%s::numeric[], %s::numeric[], %s::int[], %s::int[], %s::int[], %s::timestamptz[]) "
-            "ON CONFLICT (account_id) DO UPDATE SET earned = excluded.earned, "
-            "clawed_back = excluded.clawed_back, owed = excluded.owed, total = excluded.total, "
-            "installs = excluded.installs, refunds = excluded.refunds, "
-            "version = excluded.version, updated_at = excluded.updated_at "
-            "WHERE e.version < excluded.version",
-            [
-                [p.account_id for p in positions],
-                [p.user_id for p in positions],
-                [to_credits(p.earned) for p in positions],
-                [to_credits(p.clawed_back) for p in positions],
-                [to_credits(p.owed) for p in positions],
-                [to_credits(p.total) for p in positions],
-                [p.installs for p in positions],
-                [p.refunds for p in positions],
-                [p.version for p in positions],
-                [p.updated_at for p in positions],
-            ],
+        self.write_rows(
+            curs,
+            "earnings",
+            {
+                "account_id": ("uuid", [p.account_id for p in positions]),
+                "user_id": ("uuid", [p.user_id for p in positions]),
+                "earned": ("numeric", [to_credits(p.earned) for p in positions]),
+                "clawed_back": ("numeric", [to_credits(p.clawed_back) for p in positions]),
+                "owed": ("numeric", [to_credits(p.owed) for p in positions]),
+                "total": ("numeric", [to_credits(p.total) for p in positions]),
+                "installs": ("int", [p.installs for p in positions]),
+                "refunds": ("int", [p.refunds for p in positions]),
+                "version": ("int", [p.version for p in positions]),
+                "updated_at": ("timestamptz", [p.updated_at for p in positions]),
+            },
+            key="account_id",
         )

@@ -31,10 +31,6 @@ def message_of(row: dict[str, Any], subject: str) -> LiveMessage:
     )
 
 
-def month_of(at: datetime) -> datetime:
-    return at.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-
-
 class FeedView(ProjectionView):
     #: The feed's column naming what each message is about (``generation_id``, ``run_id``).
     feed_subject: ClassVar[str]

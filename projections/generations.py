@@ -19,8 +19,8 @@ from application.logs import topic_of
 from application.saga.deadlines import Patience
 from domain.credits import to_credits
 from domain.generation import STATUS_AFTER, TERMINAL, Generation
-from projections.base import NotifiedEvent
-from projections.feed import FeedView, month_of
+from projections.base import NotifiedEvent, month_of
+from projections.feed import FeedView
 
 COLUMNS = (
     "id",

@@ -9,8 +9,6 @@ changes nothing.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
-from typing import Any
 from uuid import UUID
 
 from psycopg import Cursor
@@ -56,7 +54,7 @@ class LedgerView(ProjectionView):
             positions[account_id], made = apply(position, event)
             entries.extend(made)
         touched = [positions[a] for a in account_ids if a in positions]
-        self._ensure_partitions(curs, {entry.at for entry in entries})
+        self.ensure_partitions(curs, "ledger_entries", (entry.at for entry in entries))
         self._write_entries(curs, entries, positions)
         self._write_positions(curs, touched)
 
@@ -95,104 +93,68 @@ class LedgerView(ProjectionView):
 
     # -- writing ---------------------------------------------------------------------------
 
-    def _ensure_partitions(self, curs: Cursor[DictRow], times: set[datetime]) -> None:
-        months = {t.replace(day=1, hour=0, minute=0, second=0, microsecond=0) for t in times}
-        for month in months:
-            curs.execute(
-                "SELECT public.pixevo_ensure_partition(%s::regclass, %s)",
-                [f"{self.schema}.ledger_entries", month],
-            )
-
     def _write_entries(
         self,
         curs: Cursor[DictRow],
         entries: list[LedgerEntry],
         positions: dict[UUID, AccountPosition],
     ) -> None:
-        if not entries:
-            return
-        columns: dict[str, list[Any]] = {
-            "id": [],
-            "created_at": [],
-            "account_id": [],
-            "user_id": [],
-            "kind": [],
-            "amount": [],
-            "balance_after": [],
-            "available_after": [],
-            "cause_type": [],
-            "cause_id": [],
-            "hold_id": [],
-            "version": [],
-            "note": [],
-        }
-        for e in entries:
-            for name, value in (
-                ("id", e.id),
-                ("created_at", e.at),
-                ("account_id", e.account_id),
-                ("user_id", positions[e.account_id].user_id),
-                ("kind", e.kind),
-                ("amount", to_credits(e.amount)),
-                ("balance_after", to_credits(e.balance_after)),
-                ("available_after", to_credits(e.available_after)),
-                ("cause_type", e.cause.type),
-                ("cause_id", e.cause.id),
-                ("hold_id", e.hold_id),
-                ("version", e.version),
-                ("note", e.note),
-            ):
-                columns[name].append(value)
-        curs.execute(
-            f"INSERT INTO {self.schema}.ledger_entries "
-            f"({', '.join(columns)}) "
-            "SELECT * FROM unnest(%s::uuid[], %s::timestamptz[], %s::uuid[], %s::uuid[], "
-            "%s::text[], %s::numeric[], %s::numeric[], %s::numeric[], %s::text[], %s::text[], "
-            "%s::uuid[], %s::int[], %s::text[]) ON CONFLICT DO NOTHING",
-            list(columns.values()),
+        self.write_rows(
+            curs,
+            "ledger_entries",
+            {
+                "id": ("uuid", [e.id for e in entries]),
+                "created_at": ("timestamptz", [e.at for e in entries]),
+                "account_id": ("uuid", [e.account_id for e in entries]),
+                "user_id": ("uuid", [positions[e.account_id].user_id for e in entries]),
+                "kind": ("text", [e.kind for e in entries]),
+                "amount": ("numeric", [to_credits(e.amount) for e in entries]),
+                "balance_after": ("numeric", [to_credits(e.balance_after) for e in entries]),
+                "available_after": ("numeric", [to_credits(e.available_after) for e in entries]),
+                "cause_type": ("text", [e.cause.type for e in entries]),
+                "cause_id": ("text", [e.cause.id for e in entries]),
+                "hold_id": ("uuid", [e.hold_id for e in entries]),
+                "version": ("int", [e.version for e in entries]),
+                "note": ("text", [e.note for e in entries]),
+            },
         )
 
     def _write_positions(self, curs: Cursor[DictRow], positions: list[AccountPosition]) -> None:
         opened = [p for p in positions if p.user_id is not None]
         if not opened:
             return
-        curs.execute(
-            f"INSERT INTO {self.schema}.credit_balances AS b "
-            "(account_id, user_id, balance, held, available, owed, debts, version, updated_at) "
-            "SELECT * FROM unnest(%s::uuid[], %s::uuid[], %s::numeric[], %s::numeric[], "
-            "%s::numeric[], %s::numeric[], %s::jsonb[], %s::int[], %s::timestamptz[]) "
-            "ON CONFLICT (account_id) DO UPDATE SET balance = excluded.balance, "
-            "held = excluded.held, available = excluded.available, owed = excluded.owed, "
-            "debts = excluded.debts, version = excluded.version, "
-            "updated_at = excluded.updated_at WHERE b.version < excluded.version",
-            [
-                [p.account_id for p in opened],
-                [p.user_id for p in opened],
-                [to_credits(p.balance) for p in opened],
-                [to_credits(p.held) for p in opened],
-                [to_credits(p.available) for p in opened],
-                [to_credits(p.owed) for p in opened],
-                [Jsonb([[c.type, c.id, units] for c, units in p.debts.items()]) for p in opened],
-                [p.version for p in opened],
-                [p.updated_at for p in opened],
-            ],
+        self.write_rows(
+            curs,
+            "credit_balances",
+            {
+                "account_id": ("uuid", [p.account_id for p in opened]),
+                "user_id": ("uuid", [p.user_id for p in opened]),
+                "balance": ("numeric", [to_credits(p.balance) for p in opened]),
+                "held": ("numeric", [to_credits(p.held) for p in opened]),
+                "available": ("numeric", [to_credits(p.available) for p in opened]),
+                "owed": ("numeric", [to_credits(p.owed) for p in opened]),
+                "debts": (
+                    "jsonb",
+                    [Jsonb([[c.type, c.id, n] for c, n in p.debts.items()]) for p in opened],
+                ),
+                "version": ("int", [p.version for p in opened]),
+                "updated_at": ("timestamptz", [p.updated_at for p in opened]),
+            },
+            key="account_id",
         )
         ids = [p.account_id for p in opened]
         curs.execute(f"DELETE FROM {self.schema}.credit_holds WHERE account_id = ANY(%s)", [ids])
         holds = [(p, h) for p in opened for h in p.holds.values()]
-        if holds:
-            curs.execute(
-                f"INSERT INTO {self.schema}.credit_holds "
-                "(hold_id, account_id, user_id, amount, cause_type, cause_id, created_at) "
-                "SELECT * FROM unnest(%s::uuid[], %s::uuid[], %s::uuid[], %s::numeric[], "
-                "%s::text[], %s::text[], %s::timestamptz[])",
-                [
-                    [h.id for _, h in holds],
-                    [p.account_id for p, _ in holds],
-                    [p.user_id for p, _ in holds],
-                    [to_credits(h.amount) for _, h in holds],
-                    [h.cause.type for _, h in holds],
-                    [h.cause.id for _, h in holds],
-                    [h.placed_at for _, h in holds],
-                ],
-            )
+        self.write_rows(
+            curs,
+            "credit_holds",
+            {
+                "hold_id": ("uuid", [h.id for _, h in holds]),
+                "account_id": ("uuid", [p.account_id for p, _ in holds]),
+                "user_id": ("uuid", [p.user_id for p, _ in holds]),
+                "amount": ("numeric", [to_credits(h.amount) for _, h in holds]),
+                "cause_type": ("text", [h.cause.type for _, h in holds]),
+                "cause_id": ("text", [h.cause.id for _, h in holds]),
+                "created_at": ("timestamptz", [h.placed_at for _, h in holds]),
+            },
+        )

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
-from datetime import datetime
 from typing import Any
 from uuid import UUID
 
@@ -22,7 +21,6 @@ from application.logs import topic_of
 from domain.credits import to_credits
 from domain.marketplace import Install, Listing
 from projections.base import NotifiedEvent, ProjectionView
-from projections.feed import month_of
 
 LISTING_COLUMNS = (
     "id",
@@ -173,7 +171,7 @@ class MarketplaceView(ProjectionView):
         installs = self._fold_loaded(
             installs_before, [e for e in events if isinstance(e, Install.Event)], fold_install
         )
-        self._ensure_partitions(curs, {row["created_at"] for row in installs.values()})
+        self.ensure_partitions(curs, "installs", (row["created_at"] for row in installs.values()))
         self._upsert(curs, "listings", "id", LISTING_COLUMNS, _LISTING_TYPES, listings)
         self._upsert(
             curs, "installs", "install_id, created_at", INSTALL_COLUMNS, _INSTALL_TYPES, installs
@@ -215,13 +213,6 @@ class MarketplaceView(ProjectionView):
 
     # -- writing ---------------------------------------------------------------------------
 
-    def _ensure_partitions(self, curs: Cursor[DictRow], times: set[datetime]) -> None:
-        for month in sorted({month_of(t) for t in times}):
-            curs.execute(
-                "SELECT public.pixevo_ensure_partition(%s::regclass, %s)",
-                [f"{self.schema}.installs", month],
-            )
-
     def _upsert(
         self,
         curs: Cursor[DictRow],
@@ -231,17 +222,11 @@ class MarketplaceView(ProjectionView):
         types: Sequence[str],
         rows: dict[UUID, dict[str, Any]],
     ) -> None:
-        if not rows:
-            return
-        keys = {k.strip() for k in key.split(",")}
-        updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in keys)
-        arrays = ", ".join(f"%s::{t}[]" for t in types)
-        curs.execute(
-            f"INSERT INTO {self.schema}.{table} AS t ({', '.join(columns)}) "
-            f"SELECT * FROM unnest({arrays}) ON CONFLICT ({key}) DO UPDATE SET {updates} "
-            "WHERE t.event_version < excluded.event_version",
-            [[row[c] for row in rows.values()] for c in columns],
-        )
+        values = {
+            name: (kind, [row[name] for row in rows.values()])
+            for name, kind in zip(columns, types, strict=True)
+        }
+        self.write_rows(curs, table, values, key=key, newer="event_version")
 
     def _count_installs(
         self,

@@ -33,8 +33,8 @@ from domain.workflow import (
     fold,
     next_deadline,
 )
-from projections.base import NotifiedEvent
-from projections.feed import FeedView, month_of
+from projections.base import NotifiedEvent, month_of
+from projections.feed import FeedView
 
 #: Live message types: a change, and (ending the run's stream) one per terminal status.
 STATUS_TYPE = "workflow_run.status"
