@@ -15,13 +15,14 @@ settled item only moves an amount from owed to clawed back and changes the total
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from datetime import datetime
 from uuid import NAMESPACE_OID, UUID, uuid5
 
 from domain.billing import CreditAccount
 from domain.credits import Cause, format_credits
+from domain.ledger import events_until
 
 EARNING = "earning"
 
@@ -121,14 +122,7 @@ def replay(
     """Folds an account's events (optionally only those up to ``until``) into its earnings."""
     position = EarningsPosition(account_id)
     items: list[EarningItem] = []
-    for event in _until(events, until):
+    for event in events_until(events, until):
         position, made = apply(position, event)
         items.extend(made)
     return position, items
-
-
-def _until(events: Iterable[object], until: datetime | None) -> Iterator[object]:
-    for event in events:
-        if until is not None and getattr(event, "timestamp", until) > until:
-            return
-        yield event

@@ -169,13 +169,14 @@ def replay(
     """Folds an account's events (optionally only those up to ``until``) into its ledger."""
     position = AccountPosition(account_id)
     entries: list[LedgerEntry] = []
-    for event in _until(events, until):
+    for event in events_until(events, until):
         position, made = apply(position, event)
         entries.extend(made)
     return position, entries
 
 
-def _until(events: Iterable[object], until: datetime | None) -> Iterator[object]:
+def events_until(events: Iterable[object], until: datetime | None) -> Iterator[object]:
+    """The events up to the instant ``until`` (all of them without it), in order."""
     for event in events:
         if until is not None and getattr(event, "timestamp", until) > until:
             return
