@@ -8,6 +8,7 @@ middleware; an ``OPTIONS`` without one reaches the route's own handler, which ne
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from litestar.config.cors import CORSConfig
@@ -29,7 +30,7 @@ EXPOSE_HEADERS = [
     "Location",
     "X-Request-ID",
 ]
-ALLOW_METHODS: list[Any] = ["GET", "POST", "DELETE", "OPTIONS"]
+ALLOW_METHODS: list[Any] = ["GET", "POST", "PATCH", "DELETE", "OPTIONS"]
 PREFLIGHT_MAX_AGE_S = 600
 #: The close code of a refused socket (4000 + the HTTP status, as Litestar closes others).
 REFUSED_ORIGIN = 4403
@@ -77,6 +78,12 @@ def socket_origin_guard(
     )
 
 
+def _untyped(path: str) -> str:
+    """``/v1/listings/{listing_id:uuid}`` -> ``/v1/listings/{listing_id}``: a route's path and
+    a request's path template name their parameters alike only without the types."""
+    return re.sub(r"{(\w+):[^}]+}", r"{\1}", path)
+
+
 def allow_header(app: ASGIApp) -> ASGIApp:
     """Middleware: Litestar's own ``OPTIONS`` answer lists in ``Allow`` the methods of the
     first handler registered on a path only (``/v1/generations`` said ``OPTIONS, POST`` but
@@ -90,8 +97,8 @@ def allow_header(app: ASGIApp) -> ASGIApp:
         if not allowed:
             for route in scope["litestar_app"].routes:
                 if isinstance(route, HTTPRoute):
-                    allowed[route.path] = ", ".join(sorted(route.methods)).encode()
-        methods = allowed.get(scope.get("path_template", ""))
+                    allowed[_untyped(route.path)] = ", ".join(sorted(route.methods)).encode()
+        methods = allowed.get(_untyped(scope.get("path_template", "")))
 
         async def send_allow(message: Message) -> None:
             if message["type"] == "http.response.start" and methods is not None:
