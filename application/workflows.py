@@ -182,6 +182,17 @@ class WorkflowsApplication(PixevoApplication):
             raise WorkflowNotFound(f"no workflow {workflow_id}")
         return template
 
+    def workflow_document(
+        self, owner_id: UUID, workflow_id: UUID, version: int | None = None
+    ) -> dict[str, Any] | None:
+        """The workflow, or one version of it (``None`` if it has no such version), as the
+        write side has it: for a read the projection cannot answer yet."""
+        template = self.template(owner_id, workflow_id)
+        if version is None:
+            return template_document(template)
+        entry = template.versions.get(version)
+        return version_document(workflow_id, version, entry) if entry else None
+
     def graph_of(self, template: WorkflowTemplate, version: int | None) -> tuple[int, Any]:
         chosen = version if version is not None else template.latest_version
         if chosen is None:

@@ -117,6 +117,7 @@ def create_app(container: Container) -> Litestar:
         "stream_tokens": _provide(lambda: api.stream_tokens),
         # a run not projected yet, from its aggregate (raises a NotFound: 404)
         "run_from_write_side": _provide(lambda: container.workflows.run_document),
+        "workflow_from_write_side": _provide(lambda: container.workflows.workflow_document),
         "run_at_event": _provide(lambda: container.workflows.run_at),
     }
     settings = container.settings

@@ -1,14 +1,15 @@
 """The workflows' and runs' reads: thin handlers over the workflows projection's queries.
 
-A run just created may not be projected yet: ``GET /v1/workflow-runs/{id}`` then asks the
-write side, through the ``run_from_write_side`` dependency (``(user_id, run_id) -> run
-document``, raising a ``NotFound``), so this module never imports the application.
+A workflow or run just created (or a copy just installed) may not be projected yet: its
+``GET`` then asks the write side, through the ``workflow_from_write_side`` and
+``run_from_write_side`` dependencies (raising a ``NotFound``), so this module never imports the
+application.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Annotated, Any
 from uuid import UUID
 
@@ -26,11 +27,13 @@ from interfaces.http.problems import ProblemError
 from interfaces.http.run_streams import open_run
 from interfaces.http.sse import sse_response
 from interfaces.http.streams import LiveFeeds
-from projections import position_queries, workflow_queries
+from projections import workflow_queries
 from projections.ledger_queries import BadCursor
-from projections.workflows import WorkflowsView
 
 RunFromWriteSide = Callable[[UUID, UUID], dict[str, Any]]
+#: (user, workflow, version or None) -> the workflow's (or that version's) document from the
+#: write side; ``None`` for a version it does not have; a workflow not the user's raises NotFound.
+WorkflowFromWriteSide = Callable[[UUID, UUID, int | None], dict[str, Any] | None]
 #: (user, run, N) -> the run as it stood after its N-th event (the event store answers).
 RunAtEvent = Callable[[UUID, UUID, int], dict[str, Any]]
 Limit = Annotated[int, Parameter(ge=1, le=200)]
@@ -62,9 +65,13 @@ class Workflows(Controller):
         request: Request[User, Any, Any],
         workflow_id: FromPath[UUID],
         pool: NamedDependency[AsyncConnectionPool],
+        workflow_from_write_side: NamedDependency[WorkflowFromWriteSide],
     ) -> dto.WorkflowView:
-        read = lambda: workflow_queries.workflow(pool, request.user.id, workflow_id)  # noqa: E731
-        doc = await _read_own_write(pool, workflow_id, read)
+        doc = await workflow_queries.workflow(pool, request.user.id, workflow_id)
+        if doc is None:  # not projected yet (just made, or just installed): the write side
+            doc = await asyncio.to_thread(
+                workflow_from_write_side, request.user.id, workflow_id, None
+            )
         if doc is None:
             raise ProblemError(404, f"no workflow {workflow_id}")
         return dto.workflow_view(doc)
@@ -76,28 +83,15 @@ class Workflows(Controller):
         workflow_id: FromPath[UUID],
         number: FromPath[int],
         pool: NamedDependency[AsyncConnectionPool],
+        workflow_from_write_side: NamedDependency[WorkflowFromWriteSide],
     ) -> dto.WorkflowVersionView:
         user_id = request.user.id
-        read = lambda: workflow_queries.version(pool, user_id, workflow_id, number)  # noqa: E731
-        doc = await _read_own_write(pool, workflow_id, read)
+        doc = await workflow_queries.version(pool, user_id, workflow_id, number)
+        if doc is None:
+            doc = await asyncio.to_thread(workflow_from_write_side, user_id, workflow_id, number)
         if doc is None:
             raise ProblemError(404, f"workflow {workflow_id} has no version {number}")
         return dto.version_view(doc)
-
-
-async def _read_own_write(
-    pool: AsyncConnectionPool,
-    workflow_id: UUID,
-    read: Callable[[], Awaitable[dict[str, Any] | None]],
-) -> dict[str, Any] | None:
-    """``read()``; if it finds nothing, again once the projection has every event of the
-    workflow (one just made, or a copy an install just made, may not be projected yet)."""
-    doc = await read()
-    if doc is None and not await position_queries.wait_for_aggregate(
-        pool, WorkflowsView, workflow_id
-    ):
-        return None
-    return doc if doc is not None else await read()
 
 
 class WorkflowRuns(Controller):

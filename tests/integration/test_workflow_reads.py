@@ -92,6 +92,11 @@ def test_run_reads_and_its_stream_resume_without_gap_or_duplicate(
         assert early.status_code == 200, early.text
         assert early.json()["status"] == "queued"
         assert b.get(f"/v1/workflow-runs/{run.id}").status_code == 404
+        assert a.get(f"/v1/workflows/{wf.id}").json()["latest_version"] == 1
+        assert a.get(f"/v1/workflows/{wf.id}/versions/1").json()["graph"] == GRAPH
+        assert a.get(f"/v1/workflows/{wf.id}/versions/2").status_code == 404
+        assert b.get(f"/v1/workflows/{wf.id}").status_code == 404
+        assert b.get(f"/v1/workflows/{wf.id}/versions/1").status_code == 404
 
         projection.catch_up()
         assert a.get(f"/v1/workflows/{wf.id}").json()["latest_version"] == 1
