@@ -284,6 +284,9 @@ def test_a_failed_node_skips_its_downstream_and_a_retry_reruns_only_it(
     refused = platform.http.post(f"/v1/workflow-runs/{run_id}/nodes/gen/retry", headers=headers)
     assert refused.status_code == 409
     httpx.delete(f"{platform.simulator}/_sim/faults")
+    # retried once the provider's breaker lets calls through again (else the retry would wait
+    # out its own defer limit of 4 s behind the open breaker, and fail again)
+    assert wait_for(lambda: not platform.container.breakers.is_open("fal"), timeout=20)
     retried = platform.http.post(f"/v1/workflow-runs/{run_id}/nodes/up/retry", headers=headers)
     assert retried.status_code == 202, retried.text
 
