@@ -26,6 +26,7 @@ PIXEVO_RATE_LIMIT_PER_S   work-creating requests a user may make per second (def
 PIXEVO_RATE_LIMIT_BURST   how many of them at once, above that rate (default 20)
 PIXEVO_CORS_ORIGINS       comma-separated origins a browser may call the API from (default none)
 PIXEVO_MARKETPLACE_FEE    the platform's share of a marketplace install's price (default 0.20)
+PIXEVO_FEED_RETENTION_DAYS  days the live feeds' stored messages are kept for resuming (30)
 """
 
 from __future__ import annotations
@@ -79,6 +80,7 @@ class Settings:
     rate_limit_burst: int = 20
     cors_origins: tuple[str, ...] = ()
     marketplace_fee: Decimal = Decimal("0.20")
+    feed_retention_days: int = 30
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -143,6 +145,9 @@ class Settings:
             rate_limit_burst=burst,
             cors_origins=_origins(env.get("PIXEVO_CORS_ORIGINS", "")),
             marketplace_fee=_fraction(env, "PIXEVO_MARKETPLACE_FEE", "0.20"),
+            feed_retention_days=_count(
+                env, "PIXEVO_FEED_RETENTION_DAYS", "30", 36_500, "a number of days, 1..36500"
+            ),
         )
 
     def urls(self) -> tuple[str, str]:
@@ -204,6 +209,7 @@ class Settings:
         if self.cors_origins:
             env["PIXEVO_CORS_ORIGINS"] = ",".join(self.cors_origins)
         env["PIXEVO_MARKETPLACE_FEE"] = str(self.marketplace_fee)
+        env["PIXEVO_FEED_RETENTION_DAYS"] = str(self.feed_retention_days)
         if self.database_url:
             env["PIXEVO_DATABASE_URL"] = self.database_url
         if self.redis_url:

@@ -55,6 +55,10 @@ class ProjectionView(PostgresTrackingRecorder):
     topics: ClassVar[Sequence[str]]
     #: Tables range-partitioned by month on ``created_at``: partitions are made ahead at start.
     partitioned_tables: ClassVar[tuple[str, ...]] = ()
+    #: Of those, the append-only ones whose old months may be dropped (``pixevo partitions
+    #: ensure`` drops what ended before the retention): a live feed's history, which resuming
+    #: a stream needs for days, not for ever.
+    retained_tables: ClassVar[tuple[str, ...]] = ()
     months_ahead: ClassVar[int] = 3
 
     def __init__(self, datastore: PostgresDatastore, **kwargs: Any) -> None:

@@ -34,6 +34,7 @@ def message_of(row: dict[str, Any], subject: str) -> LiveMessage:
 class FeedView(ProjectionView):
     #: The feed's column naming what each message is about (``generation_id``, ``run_id``).
     feed_subject: ClassVar[str]
+    retained_tables = ("feed",)
 
     def __init__(self, *args: Any, publisher: LivePublisher | None = None, **kwargs: Any) -> None:
         """``publisher``: where committed feed messages go (none while rebuilding)."""

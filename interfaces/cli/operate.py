@@ -7,6 +7,7 @@ import json
 import signal
 import threading
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from application.users import EmailTaken, InvalidEmail
@@ -149,6 +150,9 @@ def projections_rebuild(args: argparse.Namespace) -> int:
 
 
 def partitions_ensure(args: argparse.Namespace) -> int:
+    """Creates the months ahead of every partitioned read table, and drops the months of the
+    live feeds that ended more than ``PIXEVO_FEED_RETENTION_DAYS`` ago (the event store and
+    every other read table keep everything)."""
     c = container()
     for name in PROJECTIONS:
         c.projection(name).start()  # its tables exist before their partitions
@@ -160,6 +164,17 @@ def partitions_ensure(args: argparse.Namespace) -> int:
                     [f"{view_class.live_schema()}.{table}", args.months_ahead],
                 ).fetchone()
                 print(f"{name}.{table}: {row[0] if row else 0} partition(s) created")
+        cutoff = datetime.now(UTC) - timedelta(days=c.settings.feed_retention_days)
+        for name, view_class in PROJECTIONS.items():
+            for table in view_class.retained_tables:
+                row = conn.execute(
+                    "SELECT public.pixevo_drop_partitions_before(%s::regclass, %s)",
+                    [f"{view_class.live_schema()}.{table}", cutoff],
+                ).fetchone()
+                print(
+                    f"{name}.{table}: {row[0] if row else 0} partition(s) ended before "
+                    f"{cutoff:%Y-%m-%d} dropped"
+                )
     return 0
 
 

@@ -22,14 +22,14 @@ from tests.support.processes import ROOT, child_env
 pytestmark = pytest.mark.integration
 
 
-def pixevo(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+def pixevo(settings: Settings, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "interfaces.cli", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=120,
-        env=child_env(settings, PIXEVO_LOG_LEVEL="WARNING"),
+        env=child_env(settings, PIXEVO_LOG_LEVEL="WARNING", **env),
         check=False,
     )
 
@@ -132,6 +132,37 @@ def test_projections_status_rebuild_and_partitions(
         ).fetchone()
     assert parts is not None
     assert parts[0] == 8  # last month, this month, six ahead
+
+
+def test_partitions_ensure_drops_the_feeds_old_months_and_nothing_else(
+    settings: Settings, container: Container
+) -> None:
+    """Past the retention, a live feed's old months go; the read models' stay."""
+
+    def months(schema: str, table: str) -> set[str]:
+        with container.pool.connection() as conn:
+            rows = conn.execute(
+                "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+                "JOIN pg_class p ON p.oid = i.inhparent JOIN pg_namespace n "
+                "ON n.oid = p.relnamespace WHERE n.nspname = %s AND p.relname = %s",
+                [schema, table],
+            ).fetchall()
+        return {r[0].rsplit("_", 1)[1] for r in rows}
+
+    old = datetime(2024, 1, 15, tzinfo=UTC)
+    with container.pool.connection() as conn:
+        tables = ("proj_generations.feed", "proj_generations.generations", "proj_workflows.feed")
+        for table in tables:
+            conn.execute("SELECT public.pixevo_ensure_partition(%s::regclass, %s)", [table, old])
+    this_month = f"{datetime.now(UTC):%Y%m}"
+    assert {"202401", this_month} <= months("proj_generations", "feed")
+    ensured = pixevo(settings, "partitions", "ensure", PIXEVO_FEED_RETENTION_DAYS="7")
+    assert ensured.returncode == 0, ensured.stderr
+    assert "generations.feed: 1 partition(s) ended before" in ensured.stdout
+    assert "202401" not in months("proj_generations", "feed")
+    assert "202401" not in months("proj_workflows", "feed")
+    assert this_month in months("proj_generations", "feed")  # still filling: kept
+    assert "202401" in months("proj_generations", "generations")  # a read model: kept
 
 
 def test_audit_earnings_and_verify_finds_a_tampered_earnings_row(
