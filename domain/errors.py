@@ -66,7 +66,11 @@ class InvalidAmount(DomainError, Invalid, ValueError):
 
 class InsufficientCredits(DomainError, InsufficientFunds):
     def __init__(self, requested: int, available: int) -> None:
-        super().__init__(f"requested {requested} units, only {available} available")
+        # credits as the API writes them (units are 1/10,000 credit; formatting them here
+        # rather than with domain.credits, which imports this module)
+        super().__init__(
+            f"this costs {requested / 10_000:.4f} credits; {available / 10_000:.4f} are available"
+        )
         self.requested = requested
         self.available = available
 

@@ -26,7 +26,7 @@ from domain.credits import account_id_for
 from interfaces.http import marketplace_dto as dto
 from interfaces.http import workflow_dto
 from interfaces.http.auth import admin_only
-from interfaces.http.generation_routes import IdempotencyKey, require_credits
+from interfaces.http.generation_routes import IdempotencyKey
 from interfaces.http.problems import ProblemError
 from interfaces.http.ratelimit import RATE_LIMITED
 from projections import marketplace_queries, position_queries
@@ -176,14 +176,10 @@ class Listings(Controller):
         idempotency_key: IdempotencyKey = None,  # noqa: ARG002 - an install is idempotent itself
     ) -> Response[dto.InstallView]:
         """Pays the price once and gives the caller their own copy of the listed version:
-        201 when this request made the install, 200 with the same install when it exists."""
-        services = marketplace_services
-        shown = await _listing(services, listing_id)
-        price = dto.units_of(dto.credits(shown["price_credits"]))
-        if price and shown["creator_id"] != request.user.id and shown["status"] == "listed":
-            await require_credits(services.pool, request.user.id, price)
+        201 when this request made the install, 200 with the same install when it exists. The
+        payment itself decides 402 (nothing recorded), so there is no pre-check to read first."""
         doc, made = await asyncio.to_thread(
-            services.marketplace.install, request.user.id, listing_id
+            marketplace_services.marketplace.install, request.user.id, listing_id
         )
         return Response(dto.install_view(doc), status_code=201 if made else 200)
 
