@@ -19,10 +19,12 @@ from eventsourcing.persistence import (
     IntegrityError,
     Notification,
     ProcessRecorder,
+    Recording,
     Tracking,
 )
 from eventsourcing.utils import Environment
 
+from application import tracing
 from application.retry import retry_on_conflict
 
 A = TypeVar("A", bound=Aggregate)
@@ -56,6 +58,21 @@ class PixevoApplication(Application[UUID]):
     @property
     def process_recorder(self) -> ProcessRecorder:
         return cast("ProcessRecorder", self.recorder)
+
+    def _record(self, processing_event: ProcessingEvent[UUID]) -> list[Recording[UUID]]:
+        """Records the events, each carrying the trace it was made in (see
+        :mod:`application.tracing`), in a span of the save when there is a trace to be in."""
+        tracing.stamp(processing_event.events)
+        if not tracing.in_trace():
+            return super()._record(processing_event)
+        with tracing.span(
+            "eventstore.save",
+            attributes={
+                "pixevo.application": self.name,
+                "pixevo.events": len(processing_event.events),
+            },
+        ):
+            return super()._record(processing_event)
 
     def load(self, aggregate_id: UUID, kind: type[A]) -> A:
         aggregate: object = self.repository.get(aggregate_id)

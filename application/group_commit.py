@@ -16,6 +16,8 @@ from typing import Any
 
 from eventsourcing.persistence import IntegrityError
 
+from application import tracing
+
 Save = Callable[..., Any]
 
 
@@ -32,14 +34,19 @@ class GroupCommit:
         # Their events, taken now: a refused batch is saved again item by item, and an
         # aggregate's pending events are gone once any save has collected them.
         events = [e for a in aggregates if a is not None for e in a.collect_events()]
+        # the caller's trace, stamped here: the committer thread saves under no span of its own
+        tracing.stamp(events)
         done: Future[None] = Future()
-        with self._ready:
-            self._pending.append((events, done))
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="group-commit", daemon=True)
-                self._thread.start()
-            self._ready.notify()
-        done.result()
+        with tracing.span("eventstore.save", attributes={"pixevo.group_commit": True}):
+            with self._ready:
+                self._pending.append((events, done))
+                if self._thread is None:
+                    self._thread = threading.Thread(
+                        target=self._run, name="group-commit", daemon=True
+                    )
+                    self._thread.start()
+                self._ready.notify()
+            done.result()
 
     def _run(self) -> None:
         while True:

@@ -19,6 +19,7 @@ from uuid import UUID
 from eventsourcing.domain import DomainEventProtocol
 from eventsourcing.persistence import Tracking
 
+from application import tracing
 from application.assets import artefact_key
 from application.generations import GenerationsApplication
 from application.imaging import (
@@ -97,16 +98,18 @@ class ProcessResult(Reaction):
         result = generation.result or {}
         spec = self.generations.catalogue.get(generation.model)
         try:
-            processed = self.pipeline.process(
-                self.blobs.get(str(result["storage_key"])),
-                generation.output_format,
-                video=spec.kind == "video",
-            )
-            for artefact in processed.artefacts:
-                key = artefact_key(generation.id, artefact.kind, artefact.format)
-                self.blobs.put(key, artefact.data, artefact.media_type)
+            with tracing.span("image.pipeline", attributes={"pixevo.kind": spec.kind}):
+                processed = self.pipeline.process(
+                    self.blobs.get(str(result["storage_key"])),
+                    generation.output_format,
+                    video=spec.kind == "video",
+                )
+                for artefact in processed.artefacts:
+                    key = artefact_key(generation.id, artefact.kind, artefact.format)
+                    self.blobs.put(key, artefact.data, artefact.media_type)
             judged = next(a for a in processed.artefacts if a.kind in CLASSIFIED)
-            classification = self.classifier.classify(judged.data, judged.media_type)
+            with tracing.span("moderation.classify"):
+                classification = self.classifier.classify(judged.data, judged.media_type)
         except ClassifierUnavailable as unavailable:
             if datetime.now(UTC) - generation.modified_on > CLASSIFIER_PATIENCE:
                 return self._fail(  # before the broker's retries run out: never stuck

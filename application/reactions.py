@@ -18,6 +18,7 @@ from uuid import UUID
 from eventsourcing.domain import DomainEventProtocol
 from eventsourcing.persistence import Tracking
 
+from application import tracing
 from application.base import PixevoApplication
 
 
@@ -78,6 +79,14 @@ class Reactor:
         if not found:
             raise LookupError(f"{upstream} has no notification {notification_id}")
         event: Any = app.decode(found[0])
-        return reaction.handle(
-            event, Tracking(tracking_name(upstream, reaction_name), notification_id)
-        )
+        # in the trace of the message that asked for it, else (a parked message sent again)
+        # in the trace the event was recorded in
+        parent = None if tracing.in_trace() else tracing.context_of(event)
+        with tracing.span(
+            f"reaction {reaction_name}",
+            parent,
+            {"pixevo.upstream": upstream, "pixevo.notification_id": notification_id},
+        ):
+            return reaction.handle(
+                event, Tracking(tracking_name(upstream, reaction_name), notification_id)
+            )

@@ -20,9 +20,11 @@ import psycopg
 import structlog
 from dramatiq.errors import BrokerError
 from eventsourcing.persistence import ApplicationRecorder
+from opentelemetry import propagate, trace
 from redis.exceptions import RedisError
 
 from application.logs import read_after
+from application.tracing import traceparent_in, tracer
 from infrastructure.postgres import become_leader
 
 Enqueue = Callable[[str, str, int], None]
@@ -74,11 +76,26 @@ class Dispatcher:
         notifications, covered = read_after(self.recorder, position, self.batch_size, self._topics)
         for notification in notifications:
             ids = {self.log_key: str(notification.originator_id)} if self.log_key else {}
-            with structlog.contextvars.bound_contextvars(**ids):
-                for reaction, topics in self.subscriptions.items():
-                    if notification.topic in topics:
-                        self.enqueue(reaction, self.application_name, notification.id)
-                        log.debug("dispatcher.sent", reaction=reaction, position=notification.id)
+            reactions = [
+                r for r, topics in self.subscriptions.items() if notification.topic in topics
+            ]
+            if not reactions:
+                continue
+            # the event's own trace goes on in the messages (see TracePropagation)
+            stamped = traceparent_in(notification.state)
+            parent = propagate.extract({"traceparent": stamped}) if stamped else None
+            with (
+                structlog.contextvars.bound_contextvars(**ids),
+                tracer.start_as_current_span(
+                    f"dispatch {self.application_name}",
+                    context=parent,
+                    kind=trace.SpanKind.PRODUCER,
+                    attributes={"pixevo.notification_id": notification.id},
+                ),
+            ):
+                for reaction in reactions:
+                    self.enqueue(reaction, self.application_name, notification.id)
+                    log.debug("dispatcher.sent", reaction=reaction, position=notification.id)
         if covered > position:
             self.conn.execute(
                 "INSERT INTO reactions.dispatch_positions (application_name, notification_id) "

@@ -14,8 +14,19 @@ from typing import Any
 
 import msgspec
 import structlog
+from opentelemetry import trace
 
 _configured = False
+
+
+def add_trace_ids(_: Any, __: str, event_dict: Any) -> Any:
+    """The current span's trace and span ids (as in ``traceparent``), on every line logged
+    inside a trace: a log line leads to its trace, and a trace to its lines."""
+    span_context = trace.get_current_span().get_span_context()
+    if span_context.is_valid:
+        event_dict["trace_id"] = format(span_context.trace_id, "032x")
+        event_dict["span_id"] = format(span_context.span_id, "016x")
+    return event_dict
 
 
 def _json(obj: Any, **_: Any) -> str:
@@ -30,6 +41,7 @@ def configure_logging(log_format: str = "console", level: str = "INFO") -> None:
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
+        add_trace_ids,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
     renderer: Any = (

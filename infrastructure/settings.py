@@ -27,6 +27,13 @@ PIXEVO_RATE_LIMIT_BURST   how many of them at once, above that rate (default 20)
 PIXEVO_CORS_ORIGINS       comma-separated origins a browser may call the API from (default none)
 PIXEVO_MARKETPLACE_FEE    the platform's share of a marketplace install's price (default 0.20)
 PIXEVO_FEED_RETENTION_DAYS  days the live feeds' stored messages are kept for resuming (30)
+PIXEVO_TRACING            on (default) or off: trace ids on log lines and responses, spans made
+PIXEVO_OTLP_ENDPOINT      export spans by OTLP/HTTP to this collector (e.g. http://otel:4318)
+PIXEVO_TRACE_FILE         also append spans to this file as JSON lines (development, tests)
+PIXEVO_SERVICE_NAME       the process's service name in traces (the launcher sets pixevo-<process>)
+PIXEVO_METRICS_DIR        where the processes the launcher starts keep their Prometheus samples,
+                          for the API's /metrics to sum (default <data dir>/metrics; set as
+                          PROMETHEUS_MULTIPROC_DIR, which prometheus_client reads at import)
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 LOG_FORMATS = ("console", "json")
+SWITCH = {"on": True, "1": True, "true": True, "off": False, "0": False, "false": False}
 BLOCKED_BILLING = ("waive", "charge")
 
 
@@ -81,6 +89,11 @@ class Settings:
     cors_origins: tuple[str, ...] = ()
     marketplace_fee: Decimal = Decimal("0.20")
     feed_retention_days: int = 30
+    tracing: bool = True
+    otlp_endpoint: str | None = None
+    trace_file: Path | None = None
+    service_name: str = "pixevo"
+    metrics_dir: Path | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -119,6 +132,13 @@ class Settings:
             for key, value in env.items()
             if key.startswith("PIXEVO_PROVIDER_") and key.endswith("_URL")
         }
+        tracing = env.get("PIXEVO_TRACING", "on").lower()
+        if tracing not in SWITCH:
+            raise SettingsError(f"PIXEVO_TRACING must be on or off, not {tracing!r}")
+        otlp = env.get("PIXEVO_OTLP_ENDPOINT") or None
+        if otlp and not otlp.startswith(("http://", "https://")):
+            raise SettingsError(f"PIXEVO_OTLP_ENDPOINT must be an http(s) URL, not {otlp!r}")
+        trace_file, metrics_dir = env.get("PIXEVO_TRACE_FILE"), env.get("PIXEVO_METRICS_DIR")
         return cls(
             database_url=env.get("PIXEVO_DATABASE_URL") or None,
             redis_url=env.get("PIXEVO_REDIS_URL") or None,
@@ -148,6 +168,11 @@ class Settings:
             feed_retention_days=_count(
                 env, "PIXEVO_FEED_RETENTION_DAYS", "30", 36_500, "a number of days, 1..36500"
             ),
+            tracing=SWITCH[tracing],
+            otlp_endpoint=otlp,
+            trace_file=Path(trace_file).absolute() if trace_file else None,
+            service_name=env.get("PIXEVO_SERVICE_NAME") or "pixevo",
+            metrics_dir=Path(metrics_dir).absolute() if metrics_dir else None,
         )
 
     def urls(self) -> tuple[str, str]:
@@ -171,6 +196,10 @@ class Settings:
     def classifier(self) -> str:
         """The image classifier's base URL: configured, or the simulator's moderation route."""
         return self.classifier_url or f"http://127.0.0.1:{self.simulator_port}/moderation"
+
+    def metrics_path(self) -> Path:
+        """Where this host's processes keep their Prometheus samples."""
+        return self.metrics_dir or self.data_dir / "metrics"
 
     def with_urls(self, database_url: str, redis_url: str) -> Settings:
         return replace(self, database_url=database_url, redis_url=redis_url)
@@ -210,6 +239,13 @@ class Settings:
             env["PIXEVO_CORS_ORIGINS"] = ",".join(self.cors_origins)
         env["PIXEVO_MARKETPLACE_FEE"] = str(self.marketplace_fee)
         env["PIXEVO_FEED_RETENTION_DAYS"] = str(self.feed_retention_days)
+        env["PIXEVO_TRACING"] = "on" if self.tracing else "off"
+        if self.otlp_endpoint:
+            env["PIXEVO_OTLP_ENDPOINT"] = self.otlp_endpoint
+        if self.trace_file:
+            env["PIXEVO_TRACE_FILE"] = str(self.trace_file)
+        if self.metrics_dir:
+            env["PIXEVO_METRICS_DIR"] = str(self.metrics_dir)
         if self.database_url:
             env["PIXEVO_DATABASE_URL"] = self.database_url
         if self.redis_url:

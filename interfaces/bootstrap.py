@@ -77,6 +77,7 @@ from infrastructure.settings import Settings
 from infrastructure.signing import AssetSigner
 from infrastructure.storage import LocalBlobStore
 from infrastructure.tokens import StreamTokens, stream_secret
+from infrastructure.tracing import configure_tracing
 from interfaces.http.auth import KeyCache
 from interfaces.http.streams import LiveFeeds
 from projections import generation_queries, workflow_queries
@@ -542,6 +543,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     """The settings, with the embedded servers started for whatever URL is not configured."""
     settings = Settings.from_env(environ)
     configure_logging(settings.log_format, settings.log_level)
+    configure_tracing(settings)
     return embedded.resolve(settings)
 
 

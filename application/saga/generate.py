@@ -20,6 +20,7 @@ from uuid import UUID
 from eventsourcing.domain import DomainEventProtocol
 from eventsourcing.persistence import Tracking
 
+from application import tracing
 from application.assets import result_key
 from application.catalogue import ModelSpec
 from application.generations import GenerationsApplication
@@ -102,7 +103,15 @@ class Generate(Reaction):
             adapter = self.providers.for_model(spec)
             started = time.monotonic()
             try:
-                output = self._run(generation, spec, adapter)
+                with tracing.span(
+                    "provider.call",
+                    attributes={
+                        "pixevo.provider": spec.provider,
+                        "pixevo.model": spec.key,
+                        "pixevo.provider.job_id": generation.job_id,
+                    },
+                ):
+                    output = self._run(generation, spec, adapter)
             except SwitchedModel:
                 generation = self.generations.generation(None, generation.id)
                 continue
@@ -134,6 +143,7 @@ class Generate(Reaction):
             if submitted.output is not None:
                 return submitted.output
             job_id = submitted.job_id
+            tracing.annotate({"pixevo.provider.job_id": job_id})
         sink = None
         if self.live is not None and spec.capabilities.streaming:
             sink = progress_sink(generation, adapter, self.live, self.blobs)

@@ -7,6 +7,7 @@ from uuid import UUID
 from eventsourcing.domain import DomainEventProtocol
 from eventsourcing.persistence import Tracking
 
+from application import tracing
 from application.billing import BillingApplication
 from application.generations import GenerationsApplication
 from application.logs import topic_of
@@ -25,7 +26,8 @@ class SettleGeneration(Reaction):
         self.generations, self.billing = generations, billing
 
     def handle(self, event: DomainEventProtocol[UUID], tracking: Tracking) -> bool:
-        return retry_on_conflict(self._settle)(event, tracking)
+        with tracing.span("billing.settle", attributes={"pixevo.outcome": type(event).__name__}):
+            return retry_on_conflict(self._settle)(event, tracking)
 
     def _settle(self, event: DomainEventProtocol[UUID], tracking: Tracking) -> bool:
         if self.billing.already_processed(tracking):

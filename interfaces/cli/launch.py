@@ -17,6 +17,7 @@ the processes it forked.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -97,6 +98,10 @@ class Launcher:
         env = self.settings.process_env(**self.extra_env)
         # PostgreSQL's pg_stat_activity then says which process holds each connection
         env.setdefault("PGAPPNAME", f"pixevo-{name}")
+        env.setdefault("PIXEVO_SERVICE_NAME", f"pixevo-{name}")
+        # every process's samples in one directory (wiped by fresh_metrics), summed by /metrics;
+        # prometheus_client reads it at import, so it is set before the process starts
+        env.setdefault("PROMETHEUS_MULTIPROC_DIR", str(self.settings.metrics_path()))
         if name == "worker":
             if self.worker_timeout_ms is not None:
                 env["dramatiq_worker_timeout"] = str(self.worker_timeout_ms)
@@ -106,6 +111,7 @@ class Launcher:
 
     def start(self, name: str, log: Path | None = None) -> subprocess.Popen[bytes]:
         """Starts ``name`` in a session of its own; output to ``log`` (default: ours)."""
+        self.settings.metrics_path().mkdir(parents=True, exist_ok=True)
         with ExitStack() as stack:
             out = stack.enter_context(log.open("wb")) if log is not None else None
             return subprocess.Popen(
@@ -123,6 +129,7 @@ class Launcher:
     ) -> Iterator[dict[str, subprocess.Popen[bytes]]]:
         """Starts each of ``names`` (output to ``logs/<name>.log``); stops them all on exit."""
         processes: dict[str, subprocess.Popen[bytes]] = {}
+        fresh_metrics(self.settings)
         try:
             for name in names:
                 processes[name] = self.start(name, logs / f"{name}.log")
@@ -134,6 +141,14 @@ class Launcher:
         """Replaces this process by ``name`` (``pixevo worker`` becomes the Dramatiq worker)."""
         argv = self.argv(name)
         os.execve(argv[0], argv, self.environment(name))  # noqa: S606 - by design
+
+
+def fresh_metrics(settings: Settings) -> None:
+    """Empties the directory where the processes about to start keep their Prometheus samples
+    (once, here: a process's own start must not delete its siblings' files)."""
+    directory = settings.metrics_path()
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True, exist_ok=True)
 
 
 def stop(processes: Iterable[subprocess.Popen[bytes]], grace: float = GRACE_S) -> None:

@@ -23,7 +23,7 @@ from pathlib import Path
 from application.users import EmailTaken
 from infrastructure.migrations import migrate
 from interfaces.bootstrap import PROJECTIONS, Container, build, load_settings
-from interfaces.cli.launch import PROCESSES, Launcher
+from interfaces.cli.launch import PROCESSES, Launcher, fresh_metrics
 from interfaces.cli.launch import stop as stop_all
 
 ADMIN_EMAIL = "admin@pixevo.local"
@@ -76,6 +76,7 @@ def run(_: argparse.Namespace) -> int:
         container.close()
 
     launcher = Launcher(settings)
+    fresh_metrics(settings)
     children = {name: launcher.start(name) for name in PROCESSES}
     stopping = False
 

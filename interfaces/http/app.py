@@ -9,15 +9,18 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import structlog
-from litestar import Litestar
+from litestar import Litestar, Request
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.enums import ScopeType
 from litestar.middleware import DefineMiddleware
 from litestar.openapi.config import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
+from litestar.plugins.opentelemetry import OpenTelemetryConfig, OpenTelemetryPlugin
 from litestar.types import ASGIApp, Receive, Scope, Send
+from opentelemetry import trace
 
+from application.tracing import current_traceparent
 from interfaces.bootstrap import Container
 from interfaces.http import (
     feed_routes,
@@ -38,7 +41,9 @@ log = structlog.get_logger(__name__)
 
 
 def request_context(app: ASGIApp) -> ASGIApp:
-    """Binds a request id (the client's ``X-Request-ID`` or a new one) for every log line."""
+    """Binds a request id (the client's ``X-Request-ID`` or a new one) for every log line, and
+    answers with it and with the request's ``traceparent`` (W3C Trace Context: the trace the
+    request started or continued, under the request's own span)."""
 
     async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in (ScopeType.HTTP, ScopeType.WEBSOCKET):
@@ -57,8 +62,11 @@ def request_context(app: ASGIApp) -> ASGIApp:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message.setdefault("headers", [])
-                message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
+                headers = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
+                traceparent = current_traceparent()
+                if traceparent:
+                    headers.append((b"traceparent", traceparent.encode()))
+                message["headers"] = headers
             await send(message)
 
         try:
@@ -73,6 +81,23 @@ def request_context(app: ASGIApp) -> ASGIApp:
                 )
 
     return middleware
+
+
+def name_span_by_route(request: Request[Any, Any, Any]) -> None:
+    """The request's span is named by its route's template (``GET /v1/generations/{id}``), not
+    its path: the tracing middleware runs before routing knows the template."""
+    template = request.scope.get("path_template")
+    if template:
+        span = trace.get_current_span()
+        span.update_name(f"{request.method} {template}")
+        span.set_attribute("http.route", template)
+
+
+def tracing_plugins(enabled: bool) -> list[OpenTelemetryPlugin]:
+    if not enabled:
+        return []
+    config = OpenTelemetryConfig(exclude_spans=["receive", "send"], exclude=["^/metrics$"])
+    return [OpenTelemetryPlugin(config)]
 
 
 def _provide(get: Callable[[], object]) -> Provide:
@@ -134,7 +159,8 @@ def create_app(container: Container) -> Litestar:
             *marketplace_routes.ROUTES,
         ],
         lifespan=[resources],
-        plugins=[api.channels],
+        plugins=[api.channels, *tracing_plugins(settings.tracing)],
+        before_request=name_span_by_route if settings.tracing else None,
         # what the authentication middleware reads (it has no dependency injection)
         state=State(
             {

@@ -20,7 +20,14 @@ from litestar.routes import HTTPRoute
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 #: What a browser may send on a cross-origin request beyond the CORS-safelisted headers.
-ALLOW_HEADERS = ["Authorization", "Content-Type", "Idempotency-Key", "Last-Event-ID"]
+ALLOW_HEADERS = [
+    "Authorization",
+    "Content-Type",
+    "Idempotency-Key",
+    "Last-Event-ID",
+    "traceparent",
+    "tracestate",
+]
 #: What a page may read from an answer beyond the CORS-safelisted ones.
 EXPOSE_HEADERS = [
     "RateLimit-Limit",
@@ -29,6 +36,7 @@ EXPOSE_HEADERS = [
     "Retry-After",
     "Location",
     "X-Request-ID",
+    "traceparent",
 ]
 ALLOW_METHODS: list[Any] = ["GET", "POST", "PATCH", "DELETE", "OPTIONS"]
 PREFLIGHT_MAX_AGE_S = 600

@@ -1,0 +1,126 @@
+"""One generation is one trace: from the client's ``traceparent`` through the API, the event
+store, the dispatcher, the worker's reactions and the provider call to the settle, read back
+from the spans the processes wrote to ``PIXEVO_TRACE_FILE``."""
+
+from __future__ import annotations
+
+import json
+import secrets
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from infrastructure.settings import Settings
+from interfaces.bootstrap import Container
+from interfaces.cli.launch import with_simulator
+from tests.support.processes import free_port, launcher, wait_for
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+
+def spans_of(path: Path, trace_id: str) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    spans = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [s for s in spans if s["context"]["trace_id"] == f"0x{trace_id}"]
+
+
+def test_one_generation_is_one_trace_from_request_to_settle(
+    settings: Settings, container: Container, simulator: str, tmp_path: Path
+) -> None:
+    trace_file = tmp_path / "spans.jsonl"
+    port = free_port()
+    settings = replace(
+        with_simulator(settings, simulator),
+        http_port=port,
+        trace_file=trace_file,
+        log_format="json",
+    )
+    user = container.users.create("traced@example.com", "10")
+    platform = launcher(settings, PIXEVO_LOG_LEVEL="INFO")
+    base = f"http://127.0.0.1:{port}"
+    # the client starts the trace; the platform continues it
+    trace_id, parent_span = secrets.token_hex(16), secrets.token_hex(8)
+    headers = {
+        "Authorization": f"Bearer {user.api_key}",
+        "traceparent": f"00-{trace_id}-{parent_span}-01",
+    }
+    with platform.running(("api", "worker", "dispatcher", "projections"), tmp_path):
+
+        def healthy() -> bool:
+            try:
+                return httpx.get(f"{base}/health").status_code == 200
+            except httpx.TransportError:
+                return False
+
+        assert wait_for(healthy, timeout=60), (tmp_path / "api.log").read_text()
+        answer = httpx.post(
+            f"{base}/v1/generations",
+            json={"model": "sim-instant", "prompt": "a lighthouse", "params": {"seed": 5}},
+            headers=headers,
+        )
+        assert answer.status_code == 202, answer.text
+        generation_id = answer.json()["id"]
+        # the response names the trace it continued, under the request's own span
+        version, answered_trace, answered_span, _ = answer.headers["traceparent"].split("-")
+        assert (version, answered_trace) == ("00", trace_id)
+        assert answered_span != parent_span
+
+        def settled() -> bool:
+            names = {s["name"] for s in spans_of(trace_file, trace_id)}
+            return "billing.settle" in names
+
+        assert wait_for(settled, timeout=60), sorted(
+            {s["name"] for s in spans_of(trace_file, trace_id)}
+        )
+        view = httpx.get(f"{base}/v1/generations/{generation_id}", headers=headers).json()
+    assert view["status"] == "completed", view
+
+    spans = spans_of(trace_file, trace_id)
+    by_id = {s["context"]["span_id"]: s for s in spans}
+
+    def ancestry(span: dict[str, Any]) -> list[str]:
+        names = []
+        while span is not None:
+            names.append(span["name"])
+            span = by_id.get(span["parent_id"])  # type: ignore[assignment]
+        return names
+
+    [request] = [s for s in spans if s["name"] == "POST /v1/generations"]
+    assert request["parent_id"] == f"0x{parent_span}"
+    assert request["resource"]["attributes"]["service.name"] == "pixevo-api"
+    saves = [s for s in spans if s["name"] == "eventstore.save"]
+    assert any(s["parent_id"] == request["context"]["span_id"] for s in saves)
+
+    [call] = [s for s in spans if s["name"] == "provider.call"]
+    assert call["resource"]["attributes"]["service.name"] == "pixevo-worker"
+    assert call["attributes"]["pixevo.model"] == "sim-instant"
+    job_id = call["attributes"]["pixevo.provider.job_id"]
+    assert job_id
+    # the provider's HTTP calls are children of the call, and carried the trace on
+    assert any(s["parent_id"] == call["context"]["span_id"] for s in spans if "POST" in s["name"])
+
+    # every step hangs, through the dispatcher and the messages, from the client's request
+    for name in ("provider.call", "image.pipeline", "billing.settle"):
+        [step] = [s for s in spans if s["name"] == name]
+        chain = ancestry(step)
+        assert chain[-1] == "POST /v1/generations", chain
+        assert any(link.startswith("dispatch ") for link in chain), chain
+        assert any(link.startswith("react ") for link in chain), chain
+    assert {"reaction fund_generation", "reaction generate", "reaction process_result"} <= {
+        s["name"] for s in spans
+    }, sorted({s["name"] for s in spans})
+
+    # the worker's log lines of this generation carry its trace id, the job id among them
+    lines = [
+        json.loads(line)
+        for line in (tmp_path / "worker.log").read_text().splitlines()
+        if line.startswith("{")
+    ]
+    mine = [line for line in lines if line.get("generation_id") == generation_id]
+    assert mine
+    assert all(line.get("trace_id") == trace_id for line in mine), mine
+    assert any(line.get("job_id") == job_id for line in mine)
