@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from datetime import datetime
 from typing import Any
 
 from opentelemetry import propagate, trace
@@ -74,12 +75,38 @@ def span(
         yield current
 
 
+def record_span(
+    name: str,
+    parent: Context | None,
+    start: datetime,
+    end: datetime,
+    attributes: Mapping[str, Any],
+    error: str | None = None,
+) -> None:
+    """A span for work that ran across several messages and processes (a workflow node, a
+    run), recorded once it has ended, with its real start and end."""
+    attrs = {k: v for k, v in attributes.items() if v is not None}
+    done = tracer.start_span(name, context=parent, attributes=attrs, start_time=_ns(start))
+    if error is not None:
+        done.set_status(trace.Status(trace.StatusCode.ERROR, error[:200]))
+    done.end(end_time=_ns(max(start, end)))
+
+
+def _ns(at: datetime) -> int:
+    return int(at.timestamp() * 1_000_000_000)
+
+
 def annotate(attributes: Mapping[str, Any]) -> None:
     """Adds what became known during a step (a provider's job id) to the current span."""
     current = trace.get_current_span()
     for key, value in attributes.items():
         if value is not None:
             current.set_attribute(key, value)
+
+
+def exporting() -> bool:
+    """Whether this process installed a tracer (spans are made at all)."""
+    return not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
 
 
 def in_trace() -> bool:

@@ -16,8 +16,9 @@ from typing import Any
 from uuid import NAMESPACE_URL, UUID, uuid5
 
 from eventsourcing.application import AggregateNotFoundError
-from eventsourcing.persistence import Tracking
+from eventsourcing.persistence import Recording, Tracking
 
+from application import tracing
 from application.base import PixevoApplication, command
 from application.catalogue import UnknownModel
 from application.errors import Conflict, InvalidRequest, NotFound
@@ -377,6 +378,54 @@ class WorkflowsApplication(PixevoApplication):
         run.retry(node, self.deadline_for(run))
         self.save(run)
         return run_document(run)
+
+    def _notify(self, recordings: list[Recording[UUID]]) -> None:
+        """A span per node and one for the run, recorded as they end, in the trace the run was
+        requested in (a run's nodes run in many messages: no one span is open throughout)."""
+        super()._notify(recordings)
+        if not tracing.exporting():
+            return
+        for recording in recordings:
+            event = recording.domain_event
+            if isinstance(event, WorkflowExecution.NodeCompleted | WorkflowExecution.NodeFailed):
+                self._node_span(event)
+            elif isinstance(event, WorkflowExecution.Ended):
+                self._run_span(event)
+
+    def _requested(self, run_id: UUID) -> Any:
+        return next(iter(self.events.get(run_id, lte=1)))
+
+    def _node_span(self, event: Any) -> None:
+        run = self.run(None, event.originator_id)
+        node = run.nodes[event.node]
+        failed = isinstance(event, WorkflowExecution.NodeFailed)
+        tracing.record_span(
+            f"workflow.node {event.node}",
+            tracing.context_of(self._requested(run.id)),
+            node.get("started_at") or getattr(event, "started_at", None) or event.timestamp,
+            event.timestamp,
+            {
+                "pixevo.workflow_run_id": str(run.id),
+                "pixevo.node": event.node,
+                "pixevo.op": run.spec(event.node)["op"],
+                "pixevo.attempt": event.attempt,
+                "pixevo.generation_id": str(node["generation_id"])
+                if node.get("generation_id")
+                else None,
+            },
+            error=f"{event.code}: {event.message}" if failed else None,
+        )
+
+    def _run_span(self, event: Any) -> None:
+        requested = self._requested(event.originator_id)
+        tracing.record_span(
+            "workflow.run",
+            tracing.context_of(requested),
+            requested.timestamp,
+            event.timestamp,
+            {"pixevo.workflow_run_id": str(event.originator_id), "pixevo.status": event.status},
+            error=None if event.status == "completed" else event.status,
+        )
 
     def change(
         self,

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -28,27 +30,20 @@ def spans_of(path: Path, trace_id: str) -> list[dict[str, Any]]:
     return [s for s in spans if s["context"]["trace_id"] == f"0x{trace_id}"]
 
 
-def test_one_generation_is_one_trace_from_request_to_settle(
-    settings: Settings, container: Container, simulator: str, tmp_path: Path
-) -> None:
-    trace_file = tmp_path / "spans.jsonl"
+@contextmanager
+def traced_platform(settings: Settings, simulator: str, logs: Path) -> Iterator[str]:
+    """The platform's processes, the API among them, writing spans to ``logs/spans.jsonl``."""
     port = free_port()
     settings = replace(
         with_simulator(settings, simulator),
         http_port=port,
-        trace_file=trace_file,
+        trace_file=logs / "spans.jsonl",
         log_format="json",
     )
-    user = container.users.create("traced@example.com", "10")
-    platform = launcher(settings, PIXEVO_LOG_LEVEL="INFO")
     base = f"http://127.0.0.1:{port}"
-    # the client starts the trace; the platform continues it
-    trace_id, parent_span = secrets.token_hex(16), secrets.token_hex(8)
-    headers = {
-        "Authorization": f"Bearer {user.api_key}",
-        "traceparent": f"00-{trace_id}-{parent_span}-01",
-    }
-    with platform.running(("api", "worker", "dispatcher", "projections"), tmp_path):
+    with launcher(settings, PIXEVO_LOG_LEVEL="INFO").running(
+        ("api", "worker", "dispatcher", "projections"), logs
+    ):
 
         def healthy() -> bool:
             try:
@@ -56,7 +51,28 @@ def test_one_generation_is_one_trace_from_request_to_settle(
             except httpx.TransportError:
                 return False
 
-        assert wait_for(healthy, timeout=60), (tmp_path / "api.log").read_text()
+        assert wait_for(healthy, timeout=60), (logs / "api.log").read_text()
+        yield base
+
+
+def a_trace(api_key: str) -> tuple[str, str, dict[str, str]]:
+    """A trace the client starts (its id, the client's span, the headers that carry it)."""
+    trace_id, parent_span = secrets.token_hex(16), secrets.token_hex(8)
+    headers = {
+        "Authorization": f"Bearer {api_key}",
+        "traceparent": f"00-{trace_id}-{parent_span}-01",
+    }
+    return trace_id, parent_span, headers
+
+
+def test_one_generation_is_one_trace_from_request_to_settle(
+    settings: Settings, container: Container, simulator: str, tmp_path: Path
+) -> None:
+    trace_file = tmp_path / "spans.jsonl"
+    user = container.users.create("traced@example.com", "10")
+    # the client starts the trace; the platform continues it
+    trace_id, parent_span, headers = a_trace(user.api_key)
+    with traced_platform(settings, simulator, tmp_path) as base:
         answer = httpx.post(
             f"{base}/v1/generations",
             json={"model": "sim-instant", "prompt": "a lighthouse", "params": {"seed": 5}},
@@ -124,3 +140,67 @@ def test_one_generation_is_one_trace_from_request_to_settle(
     assert mine
     assert all(line.get("trace_id") == trace_id for line in mine), mine
     assert any(line.get("job_id") == job_id for line in mine)
+
+
+GRAPH: dict[str, Any] = {
+    "inputs": {"prompt": {"type": "text", "default": "a quiet harbour"}},
+    "nodes": [
+        {
+            "id": "gen",
+            "op": "generate",
+            "params": {"model": "sim-instant", "seed": 3, "width": 256, "height": 256},
+            "inputs": {"prompt": "$inputs.prompt"},
+        },
+        {"id": "gray", "op": "grayscale", "inputs": {"image": "$nodes.gen"}},
+    ],
+    "outputs": {"final": "$nodes.gray"},
+}
+
+
+def test_a_workflow_run_is_one_trace_with_a_span_per_node(
+    settings: Settings, container: Container, simulator: str, tmp_path: Path
+) -> None:
+    trace_file = tmp_path / "spans.jsonl"
+    user = container.users.create("traced-run@example.com", "10")
+    plain = {"Authorization": f"Bearer {user.api_key}"}
+    with traced_platform(settings, simulator, tmp_path) as base:
+        made = httpx.post(f"{base}/v1/workflows", json={"name": "traced"}, headers=plain)
+        assert made.status_code == 201, made.text
+        workflow_id = made.json()["id"]
+        version = httpx.post(
+            f"{base}/v1/workflows/{workflow_id}/versions", json={"graph": GRAPH}, headers=plain
+        )
+        assert version.status_code == 201, version.text
+        trace_id, _, headers = a_trace(user.api_key)
+        started = httpx.post(
+            f"{base}/v1/workflows/{workflow_id}/runs", json={"inputs": {}}, headers=headers
+        )
+        assert started.status_code == 202, started.text
+        run_id = started.json()["id"]
+
+        def ended() -> bool:
+            return "workflow.run" in {s["name"] for s in spans_of(trace_file, trace_id)}
+
+        assert wait_for(ended, timeout=90), sorted(
+            {s["name"] for s in spans_of(trace_file, trace_id)}
+        )
+        run = httpx.get(f"{base}/v1/workflow-runs/{run_id}", headers=plain).json()
+    assert run["status"] == "completed", run
+
+    spans = spans_of(trace_file, trace_id)
+    [request] = [s for s in spans if s["name"] == "POST /v1/workflows/{workflow_id}/runs"]
+    nodes = {
+        s["attributes"]["pixevo.node"]: s for s in spans if s["name"].startswith("workflow.node")
+    }
+    assert set(nodes) == {"gen", "gray"}
+    assert nodes["gen"]["attributes"]["pixevo.op"] == "generate"
+    assert nodes["gen"]["attributes"]["pixevo.generation_id"]
+    assert nodes["gray"]["attributes"]["pixevo.op"] == "grayscale"
+    for node in nodes.values():
+        assert node["parent_id"] == request["context"]["span_id"]
+        assert node["attributes"]["pixevo.workflow_run_id"] == run_id
+    # the node's generation ran inside the run's trace: its provider call is in it too
+    assert "provider.call" in {s["name"] for s in spans}
+    # nodes ran in order, within the run
+    [whole] = [s for s in spans if s["name"] == "workflow.run"]
+    assert nodes["gen"]["end_time"] <= nodes["gray"]["end_time"] <= whole["end_time"]
