@@ -33,7 +33,7 @@ from application.imaging import (
 from application.logs import topic_of
 from application.moderation import ModerationPolicy
 from application.ports import BlobStore, Deferral
-from application.reactions import Reaction
+from application.reactions import IMAGES_QUEUE, Reaction
 from application.retry import retry_on_conflict
 from domain.generation import Generation
 
@@ -79,7 +79,7 @@ class ProcessResult(Reaction):
     name = "process_result"
     upstream = "generations"
     topics = (topic_of(Generation.Produced),)
-    queue = "images"  # CPU-bound: its own workers, sized by cores
+    queue = IMAGES_QUEUE  # CPU-bound: its own workers, sized by cores
 
     def __init__(
         self,

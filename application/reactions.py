@@ -21,6 +21,11 @@ from eventsourcing.persistence import Tracking
 from application import tracing
 from application.base import PixevoApplication
 
+#: The broker queues reactions are sent to: waiting on providers, and CPU-bound image work.
+REACTIONS_QUEUE = "reactions"
+IMAGES_QUEUE = "images"
+QUEUES = (REACTIONS_QUEUE, IMAGES_QUEUE)
+
 
 class UnknownReaction(LookupError):
     pass
@@ -40,7 +45,7 @@ class Reaction(ABC):
     topics: ClassVar[tuple[str, ...]]
     #: The broker queue its messages go to: CPU-bound work gets a queue (and workers) of its own
     #: so it never holds the threads that wait on providers.
-    queue: ClassVar[str] = "reactions"
+    queue: ClassVar[str] = REACTIONS_QUEUE
 
     @abstractmethod
     def handle(self, event: DomainEventProtocol[UUID], tracking: Tracking) -> bool:

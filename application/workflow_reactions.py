@@ -35,7 +35,7 @@ from application.generations import GenerationNotFound, GenerationsApplication
 from application.inputs import ImageInput, result_image
 from application.logs import topic_of
 from application.ports import BlobStore
-from application.reactions import Reaction
+from application.reactions import IMAGES_QUEUE, Reaction
 from application.retry import retry_on_conflict
 from application.workflow_graph import plan_node
 from application.workflows import WorkflowsApplication
@@ -221,7 +221,7 @@ class RunLocalNode(Reaction):
     name = "run_workflow_local_node"
     upstream = "workflows"
     topics = (topic_of(WorkflowExecution.LocalNodeQueued),)
-    queue = "images"
+    queue = IMAGES_QUEUE
 
     def __init__(
         self, workflows: WorkflowsApplication, blobs: BlobStore, local_ops: LocalOps

@@ -8,9 +8,9 @@ import dramatiq
 import structlog
 
 from application.ports import Deferral
-from application.reactions import Reactor
+from application.reactions import REACTIONS_QUEUE, Reactor
+from infrastructure.metrics import reaction_timer
 
-REACTIONS_QUEUE = "reactions"
 #: Keeps a deferred message durably (see :class:`infrastructure.parking.Parking`).
 Park = Callable[[str, str, int, Deferral], None]
 log = structlog.get_logger(__name__)
@@ -28,7 +28,8 @@ def declare_react_actor(
 
     def react(reaction: str, upstream: str, notification_id: int) -> None:
         try:
-            reactor().react(reaction, upstream, notification_id)
+            with reaction_timer(reaction):
+                reactor().react(reaction, upstream, notification_id)
         except Deferral as deferral:
             park(reaction, upstream, notification_id, deferral)
             log.info("reaction.parked", reason=str(deferral), delay_s=deferral.delay_s)

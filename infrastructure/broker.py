@@ -11,11 +11,13 @@ from __future__ import annotations
 from typing import Any
 
 import dramatiq
+import redis.asyncio as aioredis
 import structlog
 from dramatiq.broker import MessageProxy
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import Middleware
 
+from application.reactions import QUEUES
 from infrastructure.tracing import TracePropagation
 
 HEARTBEAT_TIMEOUT_MS = 10_000
@@ -64,6 +66,18 @@ def broker_namespace(namespace: str) -> str:
     queue's message ids in the list ``<prefix>:<queue>`` and its messages in the hash
     ``<prefix>:<queue>.msgs``."""
     return f"{namespace}-dramatiq"
+
+
+async def queue_depths(client: aioredis.Redis, namespace: str) -> dict[str, int]:
+    """Messages not yet acknowledged in each of the platform's queues (waiting, delayed by a
+    retry's backoff, or being processed), from the broker's keys in Redis."""
+    prefix = broker_namespace(namespace)
+    depths = dict.fromkeys(QUEUES, 0)
+    async for key in client.scan_iter(match=f"{prefix}:*.msgs", count=100):
+        name = (key.decode() if isinstance(key, bytes) else str(key))[len(prefix) + 1 : -5]
+        queue = name.removesuffix(".DQ")
+        depths[queue] = depths.get(queue, 0) + int(await client.hlen(key))
+    return depths
 
 
 def make_broker(redis_url: str, namespace: str) -> RedisBroker:

@@ -10,6 +10,7 @@ Adding a context is adding one record.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
@@ -40,7 +41,7 @@ from application.marketplace_reactions import (
 from application.moderation import RULES_FILE, BlockedBilling, ModerationPolicy, PromptRules
 from application.ports import Deferral
 from application.post_processing import ProcessResult
-from application.reactions import Reaction, Reactor
+from application.reactions import REACTIONS_QUEUE, Reaction, Reactor
 from application.saga import CancelAtProvider, FundGeneration, Generate, SettleGeneration
 from application.saga.deadlines import Deadlines, Patience
 from application.uploads import Uploads
@@ -56,7 +57,7 @@ from application.workflow_reactions import (
 from application.workflows import WorkflowsApplication
 from domain.generation import GenerationFinished
 from infrastructure import embedded
-from infrastructure.actors import REACTIONS_QUEUE, declare_react_actor
+from infrastructure.actors import declare_react_actor
 from infrastructure.breakers import RedisCircuitBreakers
 from infrastructure.broker import make_broker
 from infrastructure.dispatcher import Dispatcher
@@ -340,6 +341,15 @@ class Container:
     @cached_property
     def breakers(self) -> RedisCircuitBreakers:
         return RedisCircuitBreakers(self.redis_url, f"{self.settings.redis_namespace}:breaker")
+
+    async def breaker_states(self) -> dict[str, str]:
+        """Each catalogue provider's breaker state, from the shared breaker storage."""
+        providers = sorted({spec.provider for spec in self.catalogue})
+
+        def read() -> dict[str, str]:
+            return {p: "open" if self.breakers.is_open(p) else "closed" for p in providers}
+
+        return await asyncio.to_thread(read)
 
     @cached_property
     def blobs(self) -> LocalBlobStore:

@@ -149,3 +149,14 @@ __all__ = [
     "page",
     "screened_since",
 ]
+
+
+async def count_overdue(pool: AsyncConnectionPool, now: datetime) -> int:
+    """How many unfinished generations are past their deadline (stuck: the sweep ends each
+    soon after; a count that stays up means the sweep is not running)."""
+    async with pool.connection() as conn:
+        cur = await conn.execute(
+            f"SELECT count(*) FROM {SCHEMA}.generations WHERE deadline_at < %s", [now]
+        )
+        row = await cur.fetchone()
+    return int(row[0]) if row else 0

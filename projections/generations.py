@@ -9,6 +9,7 @@ from typing import Any
 from uuid import UUID
 
 import msgspec
+from prometheus_client import Counter
 from psycopg import Cursor
 from psycopg.rows import DictRow
 from psycopg.types.json import Jsonb
@@ -21,6 +22,13 @@ from domain.credits import to_credits
 from domain.generation import STATUS_AFTER, TERMINAL, Generation
 from projections.base import NotifiedEvent, month_of
 from projections.feed import FeedView
+
+#: Counted by the live runner once its batch is committed (a retried batch counts once).
+ENDED = Counter(
+    "pixevo_generations_total",
+    "Generations that reached a final status, by model and status",
+    ["model", "status"],
+)
 
 COLUMNS = (
     "id",
@@ -284,6 +292,7 @@ class GenerationsView(FeedView):
         self.allowance = allowance or Patience().allowance_of(default_catalogue())
 
     def project(self, curs: Cursor[DictRow], batch: Sequence[NotifiedEvent]) -> None:
+        self._ended: list[tuple[str, str]] = []
         ids = list({item.event.originator_id for item in batch})
         curs.execute(f"SELECT * FROM {self.schema}.generations WHERE id = ANY(%s)", [ids])
         rows: dict[UUID, dict[str, Any] | None] = {row["id"]: dict(row) for row in curs}
@@ -296,6 +305,12 @@ class GenerationsView(FeedView):
             if after is not None and after is not before:
                 after["deadline_at"] = deadline(after, item.event, self.allowance)
             touched.add(key)
+            if (
+                after is not None
+                and type(item.event) in STATUS_AFTER
+                and after["status"] in TERMINAL
+            ):
+                self._ended.append((after["model_key"], after["status"]))
             if after is not None and after is not before and type(item.event) not in _SILENT:
                 kind, data = feed_entry(after, item.event)
                 message = LiveMessage(
@@ -318,6 +333,13 @@ class GenerationsView(FeedView):
         if changed:
             self._upsert(curs, changed)
         self._write_feed(curs, feed)
+
+    def after_commit(self) -> None:
+        super().after_commit()
+        if self.publisher is not None:  # the live tables' runner: each event is counted once
+            for model, status in getattr(self, "_ended", ()):
+                ENDED.labels(model, status).inc()
+        self._ended = []
 
     def _upsert(self, curs: Cursor[DictRow], rows: list[dict[str, Any]]) -> None:
         names = ", ".join(COLUMNS)

@@ -8,6 +8,7 @@ import httpx
 
 from application.catalogue import Catalogue, ModelSpec
 from application.providers import ProviderAdapter
+from infrastructure.metrics import MeteredAdapter
 from infrastructure.providers.http import HttpAdapter
 from infrastructure.providers.images import ImagesAdapter
 from infrastructure.providers.inputs import ProviderInputs
@@ -41,13 +42,13 @@ class Providers:
             timeout=httpx.Timeout(30.0, connect=5.0), limits=httpx.Limits(max_connections=64)
         )
         self.poll_interval_s = poll_interval_s
-        self._adapters: dict[str, HttpAdapter] = {}
+        self._adapters: dict[str, ProviderAdapter] = {}
 
     def for_model(self, model: ModelSpec) -> ProviderAdapter:
         adapter = self._adapters.get(model.provider)
         if adapter is None:
             url, key = self.endpoint(model.provider)
-            adapter = ADAPTERS[model.wire](
+            speaks = ADAPTERS[model.wire](
                 url,
                 key,
                 client=self.client,
@@ -55,6 +56,8 @@ class Providers:
                 poll_interval_s=self.poll_interval_s,
                 inputs=self.inputs,
             )
+            # counted and timed per provider (see infrastructure.metrics)
+            adapter = MeteredAdapter(speaks, model.provider)
             self._adapters[model.provider] = adapter
         return adapter
 

@@ -17,15 +17,17 @@ from litestar.middleware import DefineMiddleware
 from litestar.openapi.config import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.plugins.opentelemetry import OpenTelemetryConfig, OpenTelemetryPlugin
+from litestar.plugins.prometheus import PrometheusConfig
 from litestar.types import ASGIApp, Receive, Scope, Send
 from opentelemetry import trace
 
 from application.tracing import current_traceparent
-from interfaces.bootstrap import Container
+from interfaces.bootstrap import PROJECTIONS, Container
 from interfaces.http import (
     feed_routes,
     generation_routes,
     marketplace_routes,
+    metrics_routes,
     problems,
     upload_routes,
     workflow_routes,
@@ -37,6 +39,10 @@ from interfaces.http.ratelimit import RateLimiter, rate_limit
 from interfaces.http.routes import ROUTES
 
 MAX_BODY_BYTES = 1_000_000
+#: Requests by route template (never the raw path: ids would be labels), method and status.
+REQUEST_METRICS = PrometheusConfig(
+    app_name="pixevo", prefix="pixevo_http", group_path=True, exclude=["^/metrics$"]
+)
 log = structlog.get_logger(__name__)
 
 
@@ -126,6 +132,14 @@ def create_app(container: Container) -> Litestar:
     workflows = workflow_routes.WorkflowServices(
         lambda: container.workflows, api.pool, container.blobs
     )
+    settings = container.settings
+    metrics_sources = metrics_routes.MetricsSources(
+        pool=api.pool,
+        redis=api.redis,
+        namespace=settings.redis_namespace,
+        projections=PROJECTIONS,
+        breakers=container.breaker_states,
+    )
     # what the controllers take by name; built on first use (the API reads only the read side
     # until a route needs the write side)
     dependencies = {
@@ -133,6 +147,7 @@ def create_app(container: Container) -> Litestar:
         "upload_services": _provide(lambda: uploads),
         "workflow_services": _provide(lambda: workflows),
         "marketplace_services": _provide(lambda: marketplace),
+        "metrics_sources": _provide(lambda: metrics_sources),
         "billing": _provide(lambda: container.billing),
         "users": _provide(lambda: container.users),
         "catalogue": _provide(lambda: container.catalogue),
@@ -145,7 +160,6 @@ def create_app(container: Container) -> Litestar:
         "workflow_from_write_side": _provide(lambda: container.workflows.workflow_document),
         "run_at_event": _provide(lambda: container.workflows.run_at),
     }
-    settings = container.settings
     limiter = RateLimiter(
         api.redis, settings.redis_namespace, settings.rate_limit_per_s, settings.rate_limit_burst
     )
@@ -157,6 +171,7 @@ def create_app(container: Container) -> Litestar:
             *upload_routes.ROUTES,
             *workflow_routes.ROUTES,  # the reads included
             *marketplace_routes.ROUTES,
+            *metrics_routes.ROUTES,
         ],
         lifespan=[resources],
         plugins=[api.channels, *tracing_plugins(settings.tracing)],
@@ -172,6 +187,7 @@ def create_app(container: Container) -> Litestar:
         ),
         dependencies=dependencies,
         middleware=[
+            REQUEST_METRICS.middleware,
             request_context,
             allow_header,
             DefineMiddleware(ApiKeyAuthentication, exclude=PUBLIC_PATHS),

@@ -24,7 +24,7 @@ import redis
 from litestar.testing import TestClient
 
 from application.normalise import GenerationRequest
-from infrastructure.actors import REACTIONS_QUEUE
+from application.reactions import REACTIONS_QUEUE
 from infrastructure.broker import broker_namespace
 from infrastructure.settings import Settings
 from interfaces.bootstrap import Container, build

@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +14,8 @@ import pytest
 
 from infrastructure.settings import Settings
 from interfaces.bootstrap import Container
-from interfaces.cli.launch import with_simulator
-from tests.support.processes import free_port, launcher, wait_for
+from tests.support.platform import whole_platform
+from tests.support.processes import wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -28,31 +25,6 @@ def spans_of(path: Path, trace_id: str) -> list[dict[str, Any]]:
         return []
     spans = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     return [s for s in spans if s["context"]["trace_id"] == f"0x{trace_id}"]
-
-
-@contextmanager
-def traced_platform(settings: Settings, simulator: str, logs: Path) -> Iterator[str]:
-    """The platform's processes, the API among them, writing spans to ``logs/spans.jsonl``."""
-    port = free_port()
-    settings = replace(
-        with_simulator(settings, simulator),
-        http_port=port,
-        trace_file=logs / "spans.jsonl",
-        log_format="json",
-    )
-    base = f"http://127.0.0.1:{port}"
-    with launcher(settings, PIXEVO_LOG_LEVEL="INFO").running(
-        ("api", "worker", "dispatcher", "projections"), logs
-    ):
-
-        def healthy() -> bool:
-            try:
-                return httpx.get(f"{base}/health").status_code == 200
-            except httpx.TransportError:
-                return False
-
-        assert wait_for(healthy, timeout=60), (logs / "api.log").read_text()
-        yield base
 
 
 def a_trace(api_key: str) -> tuple[str, str, dict[str, str]]:
@@ -72,7 +44,7 @@ def test_one_generation_is_one_trace_from_request_to_settle(
     user = container.users.create("traced@example.com", "10")
     # the client starts the trace; the platform continues it
     trace_id, parent_span, headers = a_trace(user.api_key)
-    with traced_platform(settings, simulator, tmp_path) as base:
+    with whole_platform(settings, simulator, tmp_path, trace_file=trace_file) as base:
         answer = httpx.post(
             f"{base}/v1/generations",
             json={"model": "sim-instant", "prompt": "a lighthouse", "params": {"seed": 5}},
@@ -163,7 +135,7 @@ def test_a_workflow_run_is_one_trace_with_a_span_per_node(
     trace_file = tmp_path / "spans.jsonl"
     user = container.users.create("traced-run@example.com", "10")
     plain = {"Authorization": f"Bearer {user.api_key}"}
-    with traced_platform(settings, simulator, tmp_path) as base:
+    with whole_platform(settings, simulator, tmp_path, trace_file=trace_file) as base:
         made = httpx.post(f"{base}/v1/workflows", json={"name": "traced"}, headers=plain)
         assert made.status_code == 201, made.text
         workflow_id = made.json()["id"]

@@ -7,12 +7,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
+
+import httpx
 
 from infrastructure.settings import Settings
 from interfaces.cli.launch import WORKER_MODULE, with_simulator
-from tests.support.processes import launcher
+from tests.support.processes import free_port, launcher, wait_for
 
-__all__ = ["platform_processes", "with_simulator"]
+__all__ = ["platform_processes", "whole_platform", "with_simulator"]
 
 
 @contextmanager
@@ -27,3 +30,26 @@ def platform_processes(
     )
     with platform.running(("worker", "dispatcher", "projections"), logs) as processes:
         yield processes
+
+
+@contextmanager
+def whole_platform(settings: Settings, simulator: str, logs: Path, **changes: Any) -> Iterator[str]:
+    """Every process ``pixevo up`` starts but the simulator (the session's), the API among
+    them, logging JSON to ``logs``; yields the API's base URL. ``changes``: to the settings."""
+    port = free_port()
+    settings = replace(
+        with_simulator(settings, simulator), http_port=port, log_format="json", **changes
+    )
+    base = f"http://127.0.0.1:{port}"
+    with launcher(settings, PIXEVO_LOG_LEVEL="INFO").running(
+        ("api", "worker", "dispatcher", "projections"), logs
+    ):
+
+        def healthy() -> bool:
+            try:
+                return httpx.get(f"{base}/health").status_code == 200
+            except httpx.TransportError:
+                return False
+
+        assert wait_for(healthy, timeout=60), (logs / "api.log").read_text()
+        yield base
