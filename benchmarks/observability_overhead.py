@@ -13,9 +13,12 @@ What it measures
       ``PIXEVO_TRACE_FILE`` unset (the file exporter off).
 
     Prometheus metrics (the request middleware, the counters) are always on in both: what is
-    compared is tracing, on top of metrics. The cost of the metrics themselves is measured by
-    running ``benchmarks.credits_http`` and ``benchmarks.generation_requests`` from a checkout
-    of the commit before either existed (see the project's benchmark notes).
+    compared is tracing, on top of metrics. The cost of the metrics themselves: run
+    ``benchmarks.credits_http`` and ``benchmarks.generation_requests`` with
+    ``PIXEVO_TRACING=off`` from this checkout and, alternately, from a worktree of the commit
+    before either existed (``git worktree add ../base b7f257e --detach``, then from each
+    directory ``PYTHONPATH=. .venv/bin/python -m benchmarks.credits_http ...``; the platform's
+    processes run the code of the directory the benchmark runs from).
 
     The collector stub is a child process (``--collector-stub PORT``, so it does not share the
     load generator's GIL): a threaded HTTP server that answers ``POST /v1/traces`` with 200 and
