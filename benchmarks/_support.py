@@ -114,7 +114,9 @@ class Environment:
 
 @contextmanager
 def bench_environment(name: str, *, log_level: str = "WARNING") -> Iterator[Environment]:
-    """Settings for a scratch database and Redis namespace of this benchmark's own."""
+    """Settings for a scratch database and Redis namespace of this benchmark's own; tracing
+    as ``PIXEVO_TRACING`` says (on by default), spans exported as ``PIXEVO_OTLP_ENDPOINT`` and
+    ``PIXEVO_TRACE_FILE`` say (the platform's processes inherit them)."""
     with ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=f"{name}-")))
         server_url = _database_server()
@@ -134,6 +136,9 @@ def bench_environment(name: str, *, log_level: str = "WARNING") -> Iterator[Envi
             # likewise the per-user cap: slots are still taken and given back for every
             # generation, but a burst from the benchmark's one user is not held to 8 at a time
             user_concurrency=10_000,
+            # from the environment, so that any benchmark runs with PIXEVO_TRACING=off (the
+            # children's environment is these settings: the variable would be overridden)
+            tracing=Settings.from_env().tracing,
         )
         yield Environment(settings, server_url, database_url, redis_url, tmp)
 
