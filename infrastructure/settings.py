@@ -28,6 +28,7 @@ PIXEVO_CORS_ORIGINS       comma-separated origins a browser may call the API fro
 PIXEVO_MARKETPLACE_FEE    the platform's share of a marketplace install's price (default 0.20)
 PIXEVO_FEED_RETENTION_DAYS  days the live feeds' stored messages are kept for resuming (30)
 PIXEVO_TRACING            on (default) or off: trace ids on log lines and responses, spans made
+PIXEVO_TRACE_SQL          on or off (default): a span per SQL statement inside traced work
 PIXEVO_OTLP_ENDPOINT      export spans by OTLP/HTTP to this collector (e.g. http://otel:4318)
 PIXEVO_TRACE_FILE         also append spans to this file as JSON lines (development, tests)
 PIXEVO_SERVICE_NAME       the process's service name in traces (the launcher sets pixevo-<process>)
@@ -90,6 +91,7 @@ class Settings:
     marketplace_fee: Decimal = Decimal("0.20")
     feed_retention_days: int = 30
     tracing: bool = True
+    trace_sql: bool = False
     otlp_endpoint: str | None = None
     trace_file: Path | None = None
     service_name: str = "pixevo"
@@ -135,6 +137,9 @@ class Settings:
         tracing = env.get("PIXEVO_TRACING", "on").lower()
         if tracing not in SWITCH:
             raise SettingsError(f"PIXEVO_TRACING must be on or off, not {tracing!r}")
+        trace_sql = env.get("PIXEVO_TRACE_SQL", "off").lower()
+        if trace_sql not in SWITCH:
+            raise SettingsError(f"PIXEVO_TRACE_SQL must be on or off, not {trace_sql!r}")
         otlp = env.get("PIXEVO_OTLP_ENDPOINT") or None
         if otlp and not otlp.startswith(("http://", "https://")):
             raise SettingsError(f"PIXEVO_OTLP_ENDPOINT must be an http(s) URL, not {otlp!r}")
@@ -169,6 +174,7 @@ class Settings:
                 env, "PIXEVO_FEED_RETENTION_DAYS", "30", 36_500, "a number of days, 1..36500"
             ),
             tracing=SWITCH[tracing],
+            trace_sql=SWITCH[trace_sql],
             otlp_endpoint=otlp,
             trace_file=Path(trace_file).absolute() if trace_file else None,
             service_name=env.get("PIXEVO_SERVICE_NAME") or "pixevo",
@@ -240,6 +246,7 @@ class Settings:
         env["PIXEVO_MARKETPLACE_FEE"] = str(self.marketplace_fee)
         env["PIXEVO_FEED_RETENTION_DAYS"] = str(self.feed_retention_days)
         env["PIXEVO_TRACING"] = "on" if self.tracing else "off"
+        env["PIXEVO_TRACE_SQL"] = "on" if self.trace_sql else "off"
         if self.otlp_endpoint:
             env["PIXEVO_OTLP_ENDPOINT"] = self.otlp_endpoint
         if self.trace_file:

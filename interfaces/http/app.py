@@ -16,12 +16,11 @@ from litestar.enums import ScopeType
 from litestar.middleware import DefineMiddleware
 from litestar.openapi.config import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
-from litestar.plugins.opentelemetry import OpenTelemetryConfig, OpenTelemetryPlugin
 from litestar.plugins.prometheus import PrometheusConfig
 from litestar.types import ASGIApp, Receive, Scope, Send
-from opentelemetry import trace
+from opentelemetry import propagate, trace
 
-from application.tracing import current_traceparent
+from application.tracing import current_traceparent, tracer
 from interfaces.bootstrap import PROJECTIONS, Container
 from interfaces.http import (
     feed_routes,
@@ -47,9 +46,13 @@ log = structlog.get_logger(__name__)
 
 
 def request_context(app: ASGIApp) -> ASGIApp:
-    """Binds a request id (the client's ``X-Request-ID`` or a new one) for every log line, and
-    answers with it and with the request's ``traceparent`` (W3C Trace Context: the trace the
-    request started or continued, under the request's own span)."""
+    """Each request's span (kind SERVER, continuing the client's ``traceparent`` when it sent
+    one) and request id (the client's ``X-Request-ID`` or a new one), bound for every log line;
+    the answer carries both: ``X-Request-ID`` and the request's own ``traceparent``.
+
+    The span is made here rather than by OpenTelemetry's ASGI middleware, which collects some
+    twenty attributes per request and cost more CPU than the request it traced (see issue 13's
+    benchmark, ``benchmarks/observability_overhead.py``)."""
 
     async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in (ScopeType.HTTP, ScopeType.WEBSOCKET):
@@ -60,7 +63,7 @@ def request_context(app: ASGIApp) -> ASGIApp:
         request_id = given if 0 < len(given) <= 64 and given.isprintable() else uuid.uuid4().hex
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(request_id=request_id, path=scope.get("path"))
-
+        method = str(scope.get("method", "GET"))
         status = 500
         started = time.perf_counter()
 
@@ -75,35 +78,48 @@ def request_context(app: ASGIApp) -> ASGIApp:
                 message["headers"] = headers
             await send(message)
 
-        try:
-            await app(scope, receive, send_with_id)
-        finally:
-            if scope["type"] == ScopeType.HTTP:
-                log.info(
-                    "http.request",
-                    method=scope.get("method"),
-                    status=status,
-                    duration_ms=round((time.perf_counter() - started) * 1000, 2),
-                )
+        # named by its route's template once routing knows it (name_span_by_route)
+        with server_span(method, headers) as span:
+            try:
+                await app(scope, receive, send_with_id)
+            finally:
+                span.set_attribute("http.response.status_code", status)
+                if status >= 500:
+                    span.set_status(trace.StatusCode.ERROR)
+                if scope["type"] == ScopeType.HTTP:
+                    log.info(
+                        "http.request",
+                        method=method,
+                        status=status,
+                        duration_ms=round((time.perf_counter() - started) * 1000, 2),
+                    )
 
     return middleware
 
 
+def server_span(method: str, headers: dict[bytes, bytes]) -> Any:
+    """The request's span, a child of the caller's span when it sent ``traceparent``."""
+    carried = {
+        name: headers[key].decode("latin-1")
+        for name, key in (("traceparent", b"traceparent"), ("tracestate", b"tracestate"))
+        if key in headers
+    }
+    return tracer.start_as_current_span(
+        method,
+        context=propagate.extract(carried) if carried else None,
+        kind=trace.SpanKind.SERVER,
+        attributes={"http.request.method": method},
+    )
+
+
 def name_span_by_route(request: Request[Any, Any, Any]) -> None:
     """The request's span is named by its route's template (``GET /v1/generations/{id}``), not
-    its path: the tracing middleware runs before routing knows the template."""
+    its path (a path holds ids): the span starts before routing knows the template."""
     template = request.scope.get("path_template")
     if template:
         span = trace.get_current_span()
         span.update_name(f"{request.method} {template}")
         span.set_attribute("http.route", template)
-
-
-def tracing_plugins(enabled: bool) -> list[OpenTelemetryPlugin]:
-    if not enabled:
-        return []
-    config = OpenTelemetryConfig(exclude_spans=["receive", "send"], exclude=["^/metrics$"])
-    return [OpenTelemetryPlugin(config)]
 
 
 def _provide(get: Callable[[], object]) -> Provide:
@@ -174,7 +190,7 @@ def create_app(container: Container) -> Litestar:
             *metrics_routes.ROUTES,
         ],
         lifespan=[resources],
-        plugins=[api.channels, *tracing_plugins(settings.tracing)],
+        plugins=[api.channels],
         before_request=name_span_by_route if settings.tracing else None,
         # what the authentication middleware reads (it has no dependency injection)
         state=State(
