@@ -142,7 +142,9 @@ class ProviderCall:
                 )
                 raise SwitchedModel
         delay = min(DEFER_MAX_S, DEFER_S * 2 ** min(generation.deferrals, 10))
-        self._defer(generation, f"{spec.provider} is unavailable", f"({reason})", delay)
+        self._defer(
+            generation, f"{spec.provider} is unavailable", f"({reason})", delay, failure=reason
+        )
 
     def wait_for_slot(self, generation: Generation, cap: int) -> None:
         """Its user has ``cap`` generations at providers: it waits in line for a slot."""
@@ -156,9 +158,10 @@ class ProviderCall:
         detail: str,
         delay: float | None,
         code: str = "provider_unavailable",
+        failure: str | None = None,
     ) -> None:
         """Records the deferral (or, past its limit, the failure) and raises :class:`Deferral`
-        (or :class:`GenerationFinished`)."""
+        (or :class:`GenerationFinished`). ``failure``: what the provider's call met."""
         now = self.now()
         waiting: list[bool] = []
 
@@ -170,6 +173,7 @@ class ProviderCall:
                     retry_at=None if delay is None else now + timedelta(seconds=delay),
                     give_up_at=now + self.patience.defer_limit,
                     code=code,
+                    failure=failure,
                 )
             )
 
