@@ -57,7 +57,7 @@ from application.workflows import WorkflowsApplication
 from domain.generation import GenerationFinished
 from infrastructure import embedded
 from infrastructure.actors import REACTIONS_QUEUE, declare_react_actor
-from infrastructure.breakers import RedisCircuitBreakers
+from infrastructure.breakers import RedisCircuitBreakers, breaker_namespace
 from infrastructure.broker import make_broker
 from infrastructure.dispatcher import Dispatcher
 from infrastructure.identity import PostgresUserStore
@@ -86,6 +86,7 @@ from projections.generations import GenerationsView
 from projections.ledger import LedgerView
 from projections.marketplace import MarketplaceView
 from projections.model_timings import ModelTimingsView, Timings
+from projections.provider_health import ProviderHealthView
 from projections.result_cache import ProjectedResultCache
 from projections.runner import ProjectionRunner
 from projections.workflows import WorkflowsView
@@ -166,6 +167,7 @@ CONTEXTS: tuple[BoundedContext, ...] = (
                 },
             ),
             Projection(ModelTimingsView),
+            Projection(ProviderHealthView),
         ),
         extras=lambda c, _: {"moderation": c.moderation, "blobs": c.blobs},
         log_key="generation_id",
@@ -338,7 +340,9 @@ class Container:
 
     @cached_property
     def breakers(self) -> RedisCircuitBreakers:
-        return RedisCircuitBreakers(self.redis_url, f"{self.settings.redis_namespace}:breaker")
+        return RedisCircuitBreakers(
+            self.redis_url, breaker_namespace(self.settings.redis_namespace)
+        )
 
     @cached_property
     def blobs(self) -> LocalBlobStore:
