@@ -18,12 +18,14 @@ from litestar.openapi.config import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.types import ASGIApp, Receive, Scope, Send
 
+from infrastructure.breakers import breaker_namespace
 from interfaces.bootstrap import Container
 from interfaces.http import (
     feed_routes,
     generation_routes,
     marketplace_routes,
     problems,
+    provider_health_routes,
     upload_routes,
     workflow_routes,
 )
@@ -101,6 +103,12 @@ def create_app(container: Container) -> Litestar:
     workflows = workflow_routes.WorkflowServices(
         lambda: container.workflows, api.pool, container.blobs
     )
+    provider_health = provider_health_routes.ProviderHealthServices(
+        api.pool,
+        api.redis,
+        breaker_namespace(container.settings.redis_namespace),
+        ((spec.provider, spec.key) for spec in container.catalogue),
+    )
     # what the controllers take by name; built on first use (the API reads only the read side
     # until a route needs the write side)
     dependencies = {
@@ -108,6 +116,7 @@ def create_app(container: Container) -> Litestar:
         "upload_services": _provide(lambda: uploads),
         "workflow_services": _provide(lambda: workflows),
         "marketplace_services": _provide(lambda: marketplace),
+        "provider_health": _provide(lambda: provider_health),
         "billing": _provide(lambda: container.billing),
         "users": _provide(lambda: container.users),
         "catalogue": _provide(lambda: container.catalogue),
@@ -132,6 +141,7 @@ def create_app(container: Container) -> Litestar:
             *upload_routes.ROUTES,
             *workflow_routes.ROUTES,  # the reads included
             *marketplace_routes.ROUTES,
+            *provider_health_routes.ROUTES,
         ],
         lifespan=[resources],
         plugins=[api.channels],

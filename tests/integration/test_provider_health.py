@@ -12,6 +12,7 @@ from uuid import UUID
 
 import pytest
 import redis.asyncio as aioredis
+from litestar.testing import TestClient
 from psycopg_pool import AsyncConnectionPool
 
 from application.ports import CircuitOpen
@@ -20,6 +21,7 @@ from domain.generation import Generation
 from domain.ids import uuid7
 from infrastructure.breakers import breaker_namespace, breaker_states
 from interfaces.bootstrap import Container
+from interfaces.http.app import create_app
 from projections import provider_health_queries as health
 
 pytestmark = pytest.mark.integration
@@ -260,3 +262,82 @@ def test_breaker_states_read_from_redis_without_touching_them(container: Contain
     later = asyncio.run(states(opened_at + timedelta(seconds=breakers.reset_timeout_s + 1)))
     assert later["found"]["replicate"].state == "half-open"  # the next call is a trial
     assert breakers.is_open("replicate")  # reading changed nothing for the workers
+
+
+# -- the routes ------------------------------------------------------------------------------
+
+
+def assert_problem(response: Any, status: int) -> None:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    assert response.json()["detail"]
+
+
+def test_the_admin_route_and_page_show_every_provider_its_failures_and_its_breaker(
+    container: Container,
+) -> None:
+    story = Story()
+    story.ok(NOW - timedelta(seconds=30), 1200)
+    down = story.queued(NOW - timedelta(seconds=20))
+    story.add(
+        down,
+        Generation.Deferred,
+        NOW - timedelta(seconds=10),
+        reason="replicate is unavailable",
+        failure="unavailable",
+    )
+    project(container, story)
+    for _ in range(container.breakers.fail_max):
+        with pytest.raises((ProviderFailure, CircuitOpen)), container.breakers.guard("replicate"):
+            raise ProviderFailure("unavailable", "503")
+    admin = container.users.create("root@example.com", admin=True).api_key
+    someone = container.users.create("someone@example.com").api_key
+
+    with TestClient(create_app(container)) as client:
+        as_admin = {"Authorization": f"Bearer {admin}"}
+        body = client.get("/v1/admin/providers", headers=as_admin)
+        assert body.status_code == 200, body.text
+        providers = {p["provider"]: p for p in body.json()["providers"]}
+        catalogue = {spec.provider for spec in container.catalogue}
+        assert set(providers) == catalogue  # with calls or not
+        replicate = providers["replicate"]
+        assert replicate["breaker"]["state"] == "open"
+        assert replicate["breaker"]["failures"] == container.breakers.fail_max
+        assert replicate["last_5m"] == {
+            "calls": 2,
+            "succeeded": 1,
+            "rejected": 0,
+            "failed": 1,
+            "success_rate": 0.5,
+            "p50_ms": 1200.0,
+            "p95_ms": 1200.0,
+        }
+        assert replicate["last_error"]["generation_id"] == str(down)
+        assert replicate["last_error"]["kind"] == "unavailable"
+        models = {m["model"]: m for m in replicate["models"]}
+        assert {s.key for s in container.catalogue if s.provider == "replicate"} == set(models)
+        assert models["flux-schnell"]["last_1h"]["failed"] == 1
+        assert models["flux-dev"]["last_1h"]["calls"] == 0
+        assert models["flux-dev"]["last_error"] is None
+        assert providers["fal"]["breaker"]["state"] == "closed"
+        assert providers["fal"]["last_5m"]["success_rate"] is None
+
+        someone_token = client.post(
+            "/v1/stream-tokens", headers={"Authorization": f"Bearer {someone}"}
+        ).json()["token"]
+        assert_problem(
+            client.get("/v1/admin/providers", headers={"Authorization": f"Bearer {someone}"}), 403
+        )
+        assert_problem(client.get(f"/v1/admin/providers/page?token={someone_token}"), 403)
+        assert_problem(client.get("/v1/admin/providers/page"), 401)
+        assert_problem(client.get("/v1/admin/providers?token=" + someone_token), 401)  # no header
+
+        token = client.post("/v1/stream-tokens", headers=as_admin).json()["token"]
+        page = client.get(f"/v1/admin/providers/page?token={token}")
+        assert page.status_code == 200, page.text
+        assert page.headers["content-type"].startswith("text/html")
+        html = page.text
+        assert 'data-breaker="open"' in html and str(down) in html
+        assert "50.0 %" in html and "<polyline" in html
+        schema = client.get("/schema/openapi.json").json()["paths"]
+        assert "/v1/admin/providers" in schema and "/v1/admin/providers/page" in schema
