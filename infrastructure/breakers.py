@@ -135,6 +135,8 @@ class RedisCircuitBreakers:
                 exclude=[_healthy],
                 state_storage=storage,
                 name=provider,
+                # the call that opens it raises its own failure: it was made, and failed
+                throw_new_error_on_trip=False,
             )
             self._breakers[provider] = found
         return found

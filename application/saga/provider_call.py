@@ -64,13 +64,15 @@ class ProviderCall:
         synchronous = spec.wire == "images"
         if synchronous:  # it answers when it is done: show it running while it works
             self._record(generation.id, None, 1, spec, adapter)
+        met: str | None = None  # what this call's attempts met at the provider
         for attempt in range(1, spec.retry.attempts + 1):
             try:
                 with self.breakers.guard(spec.provider):
                     submitted = adapter.submit(spec, request)
-            except CircuitOpen:
-                self._fall_back_or_defer(generation, spec, "circuit open")
+            except CircuitOpen:  # an earlier attempt's failure may have opened it
+                self._fall_back_or_defer(generation, spec, met or "circuit open")
             except ProviderFailure as failure:
+                met = failure.kind
                 if not failure.retryable or attempt == spec.retry.attempts:
                     if failure.kind in ("unavailable", "timeout"):
                         self._fall_back_or_defer(generation, spec, failure.kind)
