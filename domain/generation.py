@@ -135,11 +135,14 @@ class Generation(Aggregate):
     class Deferred(Aggregate.Event):
         """It waits (back in ``queued``): for its provider to recover (``retry_at``: the next
         try), or for a slot under its user's cap (``retry_at`` ``None``: when one frees). The
-        first deferral sets ``give_up_at``. Both are ``None`` in events stored before them."""
+        first deferral sets ``give_up_at``. Both are ``None`` in events stored before them.
+        ``failure``: what its provider's call met (``unavailable``, ``timeout``, or ``circuit
+        open``: no call was made); ``None`` for a wait for a slot, and in events before it."""
 
         reason: str
         retry_at: datetime | None = None
         give_up_at: datetime | None = None
+        failure: str | None = None
 
         def apply(self, aggregate: Any) -> None:
             aggregate.status, aggregate.deferred = "queued", self.reason
@@ -433,10 +436,12 @@ class Generation(Aggregate):
         retry_at: datetime | None,
         give_up_at: datetime,
         code: str = "provider_unavailable",
+        failure: str | None = None,
     ) -> bool:
         """Waits (``retry_at``: when to try again; ``None``: until woken), at most until the
         first deferral's ``give_up_at``; past it, fails with ``code``. A generation being
-        cancelled is cancelled instead (no provider has it). ``False`` when it ended."""
+        cancelled is cancelled instead (no provider has it). ``False`` when it ended.
+        ``failure``: what the provider's call met, recorded with the deferral."""
         if self.finished:
             return False
         if self.cancel_requested:
@@ -447,7 +452,13 @@ class Generation(Aggregate):
             self.fail(code, f"{reason}; gave up waiting at {give_up.isoformat()}")
             return False
         if self.deferred != reason or retry_at is not None or self.status != "queued":
-            self.trigger_event(self.Deferred, reason=reason, retry_at=retry_at, give_up_at=give_up)
+            self.trigger_event(
+                self.Deferred,
+                reason=reason,
+                retry_at=retry_at,
+                give_up_at=give_up,
+                failure=failure,
+            )
         return True
 
     @property

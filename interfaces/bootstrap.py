@@ -10,7 +10,6 @@ Adding a context is adding one record.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
@@ -58,7 +57,7 @@ from application.workflows import WorkflowsApplication
 from domain.generation import GenerationFinished
 from infrastructure import embedded
 from infrastructure.actors import declare_react_actor
-from infrastructure.breakers import RedisCircuitBreakers
+from infrastructure.breakers import RedisCircuitBreakers, breaker_namespace
 from infrastructure.broker import make_broker
 from infrastructure.dispatcher import Dispatcher
 from infrastructure.identity import PostgresUserStore
@@ -88,6 +87,7 @@ from projections.generations import GenerationsView
 from projections.ledger import LedgerView
 from projections.marketplace import MarketplaceView
 from projections.model_timings import ModelTimingsView, Timings
+from projections.provider_health import ProviderHealthView
 from projections.result_cache import ProjectedResultCache
 from projections.runner import ProjectionRunner
 from projections.workflows import WorkflowsView
@@ -168,6 +168,7 @@ CONTEXTS: tuple[BoundedContext, ...] = (
                 },
             ),
             Projection(ModelTimingsView),
+            Projection(ProviderHealthView),
         ),
         extras=lambda c, _: {"moderation": c.moderation, "blobs": c.blobs},
         log_key="generation_id",
@@ -340,16 +341,9 @@ class Container:
 
     @cached_property
     def breakers(self) -> RedisCircuitBreakers:
-        return RedisCircuitBreakers(self.redis_url, f"{self.settings.redis_namespace}:breaker")
-
-    async def breaker_states(self) -> dict[str, str]:
-        """Each catalogue provider's breaker state, from the shared breaker storage."""
-        providers = sorted({spec.provider for spec in self.catalogue})
-
-        def read() -> dict[str, str]:
-            return {p: "open" if self.breakers.is_open(p) else "closed" for p in providers}
-
-        return await asyncio.to_thread(read)
+        return RedisCircuitBreakers(
+            self.redis_url, breaker_namespace(self.settings.redis_namespace)
+        )
 
     @cached_property
     def blobs(self) -> LocalBlobStore:

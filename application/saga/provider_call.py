@@ -64,13 +64,15 @@ class ProviderCall:
         synchronous = spec.wire == "images"
         if synchronous:  # it answers when it is done: show it running while it works
             self._record(generation.id, None, 1, spec, adapter)
+        met: str | None = None  # what this call's attempts met at the provider
         for attempt in range(1, spec.retry.attempts + 1):
             try:
                 with self.breakers.guard(spec.provider):
                     submitted = adapter.submit(spec, request)
-            except CircuitOpen:
-                self._fall_back_or_defer(generation, spec, "circuit open")
+            except CircuitOpen:  # an earlier attempt's failure may have opened it
+                self._fall_back_or_defer(generation, spec, met or "circuit open")
             except ProviderFailure as failure:
+                met = failure.kind
                 if not failure.retryable or attempt == spec.retry.attempts:
                     if failure.kind in ("unavailable", "timeout"):
                         self._fall_back_or_defer(generation, spec, failure.kind)
@@ -142,7 +144,9 @@ class ProviderCall:
                 )
                 raise SwitchedModel
         delay = min(DEFER_MAX_S, DEFER_S * 2 ** min(generation.deferrals, 10))
-        self._defer(generation, f"{spec.provider} is unavailable", f"({reason})", delay)
+        self._defer(
+            generation, f"{spec.provider} is unavailable", f"({reason})", delay, failure=reason
+        )
 
     def wait_for_slot(self, generation: Generation, cap: int) -> None:
         """Its user has ``cap`` generations at providers: it waits in line for a slot."""
@@ -156,9 +160,10 @@ class ProviderCall:
         detail: str,
         delay: float | None,
         code: str = "provider_unavailable",
+        failure: str | None = None,
     ) -> None:
         """Records the deferral (or, past its limit, the failure) and raises :class:`Deferral`
-        (or :class:`GenerationFinished`)."""
+        (or :class:`GenerationFinished`). ``failure``: what the provider's call met."""
         now = self.now()
         waiting: list[bool] = []
 
@@ -170,6 +175,7 @@ class ProviderCall:
                     retry_at=None if delay is None else now + timedelta(seconds=delay),
                     give_up_at=now + self.patience.defer_limit,
                     code=code,
+                    failure=failure,
                 )
             )
 

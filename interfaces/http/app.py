@@ -21,6 +21,7 @@ from litestar.types import ASGIApp, Receive, Scope, Send
 from opentelemetry import propagate, trace
 
 from application.tracing import current_traceparent, tracer
+from infrastructure.breakers import breaker_namespace, breaker_states
 from interfaces.bootstrap import PROJECTIONS, Container
 from interfaces.http import (
     feed_routes,
@@ -28,6 +29,7 @@ from interfaces.http import (
     marketplace_routes,
     metrics_routes,
     problems,
+    provider_health_routes,
     upload_routes,
     workflow_routes,
 )
@@ -149,12 +151,25 @@ def create_app(container: Container) -> Litestar:
         lambda: container.workflows, api.pool, container.blobs
     )
     settings = container.settings
+    breakers_at = breaker_namespace(settings.redis_namespace)
+    provider_health = provider_health_routes.ProviderHealthServices(
+        api.pool,
+        api.redis,
+        breakers_at,
+        ((spec.provider, spec.key) for spec in container.catalogue),
+    )
+    providers = sorted({spec.provider for spec in container.catalogue})
+
+    async def breakers() -> dict[str, str]:
+        states = await breaker_states(api.redis, breakers_at, providers)
+        return {name: breaker.state.replace("-", "_") for name, breaker in states.items()}
+
     metrics_sources = metrics_routes.MetricsSources(
         pool=api.pool,
         redis=api.redis,
         namespace=settings.redis_namespace,
         projections=PROJECTIONS,
-        breakers=container.breaker_states,
+        breakers=breakers,
     )
     # what the controllers take by name; built on first use (the API reads only the read side
     # until a route needs the write side)
@@ -164,6 +179,7 @@ def create_app(container: Container) -> Litestar:
         "workflow_services": _provide(lambda: workflows),
         "marketplace_services": _provide(lambda: marketplace),
         "metrics_sources": _provide(lambda: metrics_sources),
+        "provider_health": _provide(lambda: provider_health),
         "billing": _provide(lambda: container.billing),
         "users": _provide(lambda: container.users),
         "catalogue": _provide(lambda: container.catalogue),
@@ -188,6 +204,7 @@ def create_app(container: Container) -> Litestar:
             *workflow_routes.ROUTES,  # the reads included
             *marketplace_routes.ROUTES,
             *metrics_routes.ROUTES,
+            *provider_health_routes.ROUTES,
         ],
         lifespan=[resources],
         plugins=[api.channels],

@@ -441,6 +441,45 @@ def test_no_fallback_allowed_defers_durably_and_tells_the_user_why(saga: Saga) -
     assert deferred.value.delay_s == DEFER_S
     generation = saga.generation(gid)
     assert (generation.status, generation.deferred) == ("queued", "replicate is unavailable")
+    deferral = saga.last(gid, Generation.Deferred)
+    assert isinstance(deferral, Generation.Deferred)
+    assert deferral.failure == "circuit open"  # no call was made: provider health counts none
+
+
+def test_a_deferral_after_failed_calls_records_what_they_met(saga: Saga) -> None:
+    asked = GenerationRequest(model="flux-schnell", prompt="a fox", allow_fallback=False)
+    gid = saga.generations.request(saga.user, asked)[0].id
+    saga.fund(gid)
+    down = ProviderFailure("timeout", "no answer")
+    generate = saga.generate(FakeProviders(replicate=FakeAdapter(down, down, down)))
+    with pytest.raises(Deferral):
+        generate.handle(saga.last(gid, Generation.Queued), saga.tracking("generate"))
+    deferral = saga.last(gid, Generation.Deferred)
+    assert isinstance(deferral, Generation.Deferred)
+    assert (deferral.reason, deferral.failure) == ("replicate is unavailable", "timeout")
+
+
+class OpensAfterOneCall(FakeBreakers):
+    """replicate's breaker opens once one call has gone through it (another worker's failures
+    brought it to the brink)."""
+
+    def is_open(self, provider: str) -> bool:
+        return provider == "replicate" and self.guarded.count("replicate") > 1
+
+
+def test_a_breaker_opened_by_the_calls_own_failure_defers_with_that_failure(saga: Saga) -> None:
+    asked = GenerationRequest(model="flux-schnell", prompt="a fox", allow_fallback=False)
+    gid = saga.generations.request(saga.user, asked)[0].id
+    saga.fund(gid)
+    down = ProviderFailure("unavailable", "503")
+    replicate = FakeAdapter(down, down, down)
+    generate = saga.generate(FakeProviders(replicate=replicate), OpensAfterOneCall())
+    with pytest.raises(Deferral):
+        generate.handle(saga.last(gid, Generation.Queued), saga.tracking("generate"))
+    assert len(replicate.submitted) == 1  # the second attempt met the open breaker
+    deferral = saga.last(gid, Generation.Deferred)
+    assert isinstance(deferral, Generation.Deferred)
+    assert deferral.failure == "unavailable"  # a call was made, and failed
 
 
 def test_an_outage_that_outlasts_the_retries_falls_back(saga: Saga) -> None:
