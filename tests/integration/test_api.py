@@ -62,6 +62,9 @@ IMPLEMENTED = (
     "Models",
     "Generations",
     "Image inputs (uploads and references)",
+    "Workflows",
+    "Marketplace",
+    "Operations",
 )
 #: Routes the OpenAPI document cannot describe (it has no WebSocket operations).
 WEBSOCKETS = {("GET", "/v1/ws")}
