@@ -114,9 +114,10 @@ def server_span(method: str, headers: dict[bytes, bytes]) -> Any:
     )
 
 
-def name_span_by_route(request: Request[Any, Any, Any]) -> None:
+async def name_span_by_route(request: Request[Any, Any, Any]) -> None:
     """The request's span is named by its route's template (``GET /v1/generations/{id}``), not
-    its path (a path holds ids): the span starts before routing knows the template."""
+    its path (a path holds ids): the span starts before routing knows the template. (Async: a
+    plain function here would be run in a thread, a hop per request.)"""
     template = request.scope.get("path_template")
     if template:
         span = trace.get_current_span()
