@@ -111,30 +111,68 @@ class ProjectionRunner:
                 progress(self.position())
         return self.position()
 
-    def run_forever(self, poll_interval: float = 1.0) -> None:
-        """Catches up, then waits for the upstream's NOTIFY (or the poll interval) and repeats."""
+    @property
+    def channel(self) -> str | None:
+        """Where the upstream's writers NOTIFY."""
         channel = getattr(self.upstream, "channel_name", None)
-        listener = (
-            self._listen(self.database_url, channel) if channel and self.database_url else None
-        )
+        return channel if isinstance(channel, str) else None
+
+    def run_forever(self, poll_interval: float = 1.0, wakeups: Wakeups | None = None) -> None:
+        """Catches up, then waits for the upstream's NOTIFY (or the poll interval) and repeats.
+        ``wakeups``: a listener shared by the runners of one process (else one of its own)."""
+        own = None
+        if wakeups is None and self.channel and self.database_url:
+            own = wakeups = Wakeups(self.database_url, [self.channel])
+            own.start()
+        woken = wakeups.event(self.channel) if wakeups is not None and self.channel else None
         try:
             while not self.stopping.is_set():
+                if woken is not None:
+                    woken.clear()  # before reading: a NOTIFY after this read wakes the next wait
                 if self.run_batch():
                     continue
-                if listener is not None:
-                    for _ in listener.notifies(timeout=poll_interval, stop_after=1):
-                        pass
+                if woken is not None:
+                    woken.wait(poll_interval)
                 else:
                     time.sleep(poll_interval)
         finally:
-            if listener is not None:
-                listener.close()
-
-    @staticmethod
-    def _listen(database_url: str, channel: str) -> psycopg.Connection[Any]:
-        conn = psycopg.connect(database_url, autocommit=True)
-        conn.execute(f'LISTEN "{channel}"')
-        return conn
+            if own is not None:
+                own.stop()
 
     def stop(self) -> None:
         self.stopping.set()
+
+
+class Wakeups:
+    """One LISTEN connection for the runners of a process: a NOTIFY on a channel sets that
+    channel's event, which its runners wait on (one connection per process, not per runner)."""
+
+    def __init__(self, database_url: str, channels: list[str]) -> None:
+        self.database_url = database_url
+        self.events = {channel: threading.Event() for channel in channels}
+        self.stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="projection-wakeups", daemon=True)
+
+    def event(self, channel: str) -> threading.Event | None:
+        return self.events.get(channel)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    def _run(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                with psycopg.connect(self.database_url, autocommit=True) as conn:
+                    for channel in self.events:
+                        conn.execute(f'LISTEN "{channel}"')
+                    while not self.stopping.is_set():
+                        for notify in conn.notifies(timeout=1.0):
+                            woken = self.events.get(notify.channel)
+                            if woken is not None:
+                                woken.set()
+            except psycopg.OperationalError as error:  # the runners poll meanwhile
+                log.warning("projection wake-ups lost: %s; listening again", error)
+                self.stopping.wait(1.0)

@@ -17,6 +17,7 @@ from infrastructure.settings import Settings
 from interfaces.bootstrap import PROJECTIONS, REACTIONS, Container, build, load_settings
 from interfaces.cli.launch import Launcher
 from projections import admin
+from projections.runner import Wakeups
 
 
 class CommandError(Exception):
@@ -115,7 +116,11 @@ def projections_run(args: argparse.Namespace) -> int:
     if unknown:
         raise CommandError(f"unknown projection(s): {', '.join(sorted(unknown))}")
     c = container()
-    return run_until_signalled([c.projection(n) for n in names], lambda r: r.run_forever())
+    runners = [c.projection(n) for n in names]
+    # one LISTEN connection for all of them (a connection each would add one per projection)
+    wakeups = Wakeups(c.database_url, sorted({r.channel for r in runners if r.channel}))
+    wakeups.start()
+    return run_until_signalled(runners, lambda r: r.run_forever(wakeups=wakeups))
 
 
 def projections_status(_: argparse.Namespace) -> int:
