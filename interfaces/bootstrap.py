@@ -45,6 +45,7 @@ from application.saga import CancelAtProvider, FundGeneration, Generate, SettleG
 from application.saga.deadlines import Deadlines, Patience
 from application.uploads import Uploads
 from application.users import Users
+from application.webhooks import WebhooksApplication
 from application.workflow_reactions import (
     CancelRunNodes,
     FollowNodeGeneration,
@@ -77,9 +78,10 @@ from infrastructure.settings import Settings
 from infrastructure.signing import AssetSigner
 from infrastructure.storage import LocalBlobStore
 from infrastructure.tokens import StreamTokens, stream_secret
+from infrastructure.webhooks import WebhookSender, resolve_host
 from interfaces.http.auth import KeyCache
 from interfaces.http.streams import LiveFeeds
-from projections import generation_queries, workflow_queries
+from projections import generation_queries, webhook_queries, workflow_queries
 from projections.base import ProjectionView
 from projections.earnings import EarningsView
 from projections.generations import GenerationsView
@@ -88,6 +90,8 @@ from projections.marketplace import MarketplaceView
 from projections.model_timings import ModelTimingsView, Timings
 from projections.result_cache import ProjectedResultCache
 from projections.runner import ProjectionRunner
+from projections.webhooks import CHANNEL as WEBHOOK_CHANNEL
+from projections.webhooks import VIEWS as WEBHOOK_VIEWS
 from projections.workflows import WorkflowsView
 
 #: Connections of an API process's async pool (the API only reads, one statement at a time).
@@ -208,6 +212,17 @@ CONTEXTS: tuple[BoundedContext, ...] = (
         },
         log_key="install_id",
     ),
+    BoundedContext(
+        "webhooks",
+        WebhooksApplication,
+        # the outbox: one view per log whose events become messages, all in proj_webhooks
+        projections=tuple(Projection(view) for view in WEBHOOK_VIEWS),
+        extras=lambda c, _: {
+            "resolve": resolve_host,
+            "allow_private": c.settings.webhooks_allow_private,
+        },
+        log_key="webhook_id",
+    ),
 )
 
 #: Derived from :data:`CONTEXTS`: every application, projection and reaction, by name.
@@ -309,6 +324,10 @@ class Container:
     @property
     def marketplace(self) -> MarketplaceApplication:
         return cast("MarketplaceApplication", self.applications["marketplace"])
+
+    @property
+    def webhooks(self) -> WebhooksApplication:
+        return cast("WebhooksApplication", self.applications["webhooks"])
 
     @cached_property
     def catalogue(self) -> Catalogue:
@@ -473,6 +492,19 @@ class Container:
         """Parked messages sent again, capped generations admitted, deadlines swept."""
         return Scheduler(
             self.database_url, self.parking, self.slots, self.enqueue_reaction, self.sweep
+        )
+
+    def webhook_sender(self) -> WebhookSender:
+        """Sends the webhooks outbox (in the dispatcher's process)."""
+        settings = self.settings
+        return WebhookSender(
+            self.database_url,
+            webhook_queries,
+            WEBHOOK_CHANNEL,
+            self.webhooks.disable,
+            schedule=settings.webhook_retry_schedule,
+            disable_after_s=settings.webhook_disable_after_s,
+            allow_private=settings.webhooks_allow_private,
         )
 
     def sweep(self) -> int:

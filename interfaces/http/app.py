@@ -25,6 +25,7 @@ from interfaces.http import (
     marketplace_routes,
     problems,
     upload_routes,
+    webhook_routes,
     workflow_routes,
 )
 from interfaces.http.auth import PUBLIC_PATHS, ApiKeyAuthentication
@@ -108,6 +109,9 @@ def create_app(container: Container) -> Litestar:
         "upload_services": _provide(lambda: uploads),
         "workflow_services": _provide(lambda: workflows),
         "marketplace_services": _provide(lambda: marketplace),
+        "webhook_services": _provide(
+            lambda: webhook_routes.WebhookServices(lambda: container.webhooks, api.pool)
+        ),
         "billing": _provide(lambda: container.billing),
         "users": _provide(lambda: container.users),
         "catalogue": _provide(lambda: container.catalogue),
@@ -132,6 +136,7 @@ def create_app(container: Container) -> Litestar:
             *upload_routes.ROUTES,
             *workflow_routes.ROUTES,  # the reads included
             *marketplace_routes.ROUTES,
+            *webhook_routes.ROUTES,
         ],
         lifespan=[resources],
         plugins=[api.channels],

@@ -62,6 +62,7 @@ IMPLEMENTED = (
     "Models",
     "Generations",
     "Image inputs (uploads and references)",
+    "Webhooks",
 )
 #: Routes the OpenAPI document cannot describe (it has no WebSocket operations).
 WEBSOCKETS = {("GET", "/v1/ws")}
