@@ -65,8 +65,8 @@ def address_refusal(address: str, *, allow_private: bool = False) -> str | None:
     for kind, test in (
         ("loopback", ip.is_loopback),
         ("link-local", ip.is_link_local),
-        ("private", ip.is_private),
         ("reserved", ip.is_reserved),
+        ("private", ip.is_private),
         ("non-public", not ip.is_global),
     ):
         if test:
@@ -109,7 +109,7 @@ def check_destination(
     :class:`InvalidRequest` naming why not."""
     parts = parse_url(url)
     host = parts.hostname or ""
-    addresses = list(resolve(host, port_of(parts)))
+    addresses = resolve_with(resolve, host, port_of(parts))
     if not addresses:
         raise InvalidRequest("url", f"the host {host!r} does not resolve")
     for address in addresses:
@@ -119,6 +119,12 @@ def check_destination(
                 "url", f"the host {host!r} resolves to {why}; webhooks go to public addresses"
             )
     return parts, addresses
+
+
+def resolve_with(resolve: AddressResolver, host: str, port: int) -> list[str]:
+    """The host's addresses: an IP literal is its own (never asked of a resolver)."""
+    literal = _literal_only(host, port)
+    return list(literal) if literal else list(resolve(host, port))
 
 
 def endpoint_document(endpoint: WebhookEndpoint, *, secret: bool = True) -> dict[str, Any]:

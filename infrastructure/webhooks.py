@@ -42,7 +42,7 @@ import psycopg
 import structlog
 
 from application.errors import InvalidRequest
-from application.webhooks import address_refusal, parse_url, port_of
+from application.webhooks import address_refusal, parse_url, port_of, resolve_with
 
 log = structlog.get_logger(__name__)
 
@@ -318,7 +318,7 @@ class WebhookSender:
         except InvalidRequest as bad:
             return Outcome(error=f"invalid url: {bad}", refused=True)
         host, port = parts.hostname or "", port_of(parts)
-        addresses = list(self.resolve(host, port))
+        addresses = resolve_with(self.resolve, host, port)
         if not addresses:
             return Outcome(error=f"{host} does not resolve")
         for address in addresses:

@@ -505,6 +505,8 @@ class Container:
             schedule=settings.webhook_retry_schedule,
             disable_after_s=settings.webhook_disable_after_s,
             allow_private=settings.webhooks_allow_private,
+            # due retries are found by polling: no later than the shortest retry delay
+            poll_s=max(0.05, min([1.0, *(d for d in settings.webhook_retry_schedule if d > 0)])),
         )
 
     def sweep(self) -> int:
