@@ -12,7 +12,7 @@ import json
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -267,9 +267,7 @@ def test_events_arrive_in_order_and_are_redelivered_in_order_with_their_ids(
 
     # a range that holds only the middle event: only it again
     history = platform.deliveries(headers, endpoint["id"])
-    originals = sorted(
-        (d for d in history if not d["redelivery"]), key=lambda d: d["occurred_at"]
-    )
+    originals = sorted((d for d in history if not d["redelivery"]), key=lambda d: d["occurred_at"])
     middle = originals[1]["occurred_at"]
     middle_at = datetime.fromisoformat(middle)
     one = platform.http.post(
