@@ -116,7 +116,7 @@ def resolve_host(host: str, port: int) -> list[str]:
         pass
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except (OSError, UnicodeError):
+    except (OSError, UnicodeError, ValueError):
         return []
     return sorted({str(info[4][0]) for info in infos})
 
