@@ -93,8 +93,9 @@ async def redeliver(
     since: datetime,
     until: datetime | None,
 ) -> int:
-    """Queues again, behind what is pending and in their original order, the endpoint's
-    messages of events in ``[since, until)``; they keep their message ids. Returns how many."""
+    """Queues again, behind what is pending and in the events' order, every message of the
+    log the endpoint subscribes to (since its registration) of events in ``[since, until)``;
+    they keep their message ids. Returns how many."""
     async with pool.connection() as conn, conn.transaction():
         cur = conn.cursor()
         await cur.execute(
@@ -104,11 +105,12 @@ async def redeliver(
         await cur.execute(
             f"INSERT INTO {SCHEMA}.deliveries "
             "(endpoint_id, message_id, event_type, occurred_at, redelivery) "
-            "SELECT endpoint_id, message_id, event_type, occurred_at, true "
-            f"FROM {SCHEMA}.deliveries WHERE endpoint_id = %(endpoint)s AND NOT redelivery "
-            "AND occurred_at >= %(since)s "
-            "AND (%(until)s::timestamptz IS NULL OR occurred_at < %(until)s) "
-            "ORDER BY sequence",
+            "SELECT e.id, v.message_id, v.event_type, v.occurred_at, true "
+            f"FROM {SCHEMA}.endpoints e JOIN {SCHEMA}.events v ON v.owner_id = e.owner_id "
+            "AND v.event_type = ANY(e.events) AND v.occurred_at >= e.created_at "
+            "WHERE e.id = %(endpoint)s AND v.occurred_at >= %(since)s "
+            "AND (%(until)s::timestamptz IS NULL OR v.occurred_at < %(until)s) "
+            "ORDER BY v.occurred_at, v.message_id",
             {"endpoint": endpoint_id, "since": since, "until": until},
         )
         queued = cur.rowcount

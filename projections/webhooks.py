@@ -10,8 +10,9 @@ A view follows one upstream log, so there are four, writing one schema (``proj_w
 
 An event view records each message once (``events``, by a message id derived from the
 upstream application and the notification id, so it is the same for every endpoint and for
-every redelivery) and a delivery row for every active endpoint of the event's owner subscribed
-to its type and registered by the event's time. The endpoints view, projecting a registration,
+every redelivery) and a delivery row for every endpoint of the event's owner (not deleted: a
+disabled one keeps them pending until it is enabled) subscribed to its type and registered by
+the event's time. The endpoints view, projecting a registration,
 adds the deliveries of the owner's messages from the registration on that an event view
 recorded before it knew the endpoint (the views run at their own pace). Both take the owner's
 advisory lock first, so whichever commits second sees the other's rows, and a delivery is made
@@ -116,7 +117,7 @@ class OutboxView(ProjectionView):
             "FROM unnest(%s::text[], %s::uuid[], %s::text[], %s::timestamptz[]) "
             "WITH ORDINALITY AS v(message_id, owner_id, event_type, occurred_at, ord) "
             f"JOIN {self.schema}.endpoints e ON e.owner_id = v.owner_id "
-            "AND e.status = 'active' AND v.event_type = ANY(e.events) "
+            "AND e.status <> 'deleted' AND v.event_type = ANY(e.events) "
             "AND e.created_at <= v.occurred_at "
             "ORDER BY v.ord, e.id "
             "ON CONFLICT (endpoint_id, message_id) WHERE NOT redelivery DO NOTHING",
@@ -240,6 +241,7 @@ class WebhookGenerationsView(OutboxView):
             Generation.Requested,
             Generation.Queued,
             Generation.FellBack,
+            Generation.Produced,
             Generation.Processed,
             Generation.Completed,
             Generation.Failed,
@@ -281,6 +283,8 @@ class WebhookGenerationsView(OutboxView):
                 data["model"] = event.model
             elif isinstance(event, Generation.FellBack):
                 data["model"] = event.to_model
+            elif isinstance(event, Generation.Produced):
+                data["artefacts"] = data["artefacts"] or ["original"]
             elif isinstance(event, Generation.Processed):
                 data["artefacts"] = [a["kind"] for a in event.artefacts]
             else:

@@ -161,3 +161,20 @@ def test_message_ids_are_stable_per_application_and_position() -> None:
     assert message_id("generations", 7) == message_id("generations", 7)
     assert message_id("generations", 7) != message_id("workflows", 7)
     assert message_id("generations", 7) != message_id("generations", 8)
+
+
+def test_a_disabled_endpoint_keeps_its_events_pending_until_enabled(container: Container) -> None:
+    owner = uuid4()
+    endpoint = container.webhooks.register(owner, URL, ["generation.failed"])
+    assert container.webhooks.disable(endpoint["id"], "failing since then: last status 500")
+    project(container, "webhook_endpoints")
+    failed_generation(container, owner, 7)
+    project(container, "webhook_generations")
+    (pending,) = deliveries(container, endpoint["id"])
+    assert pending["status"] == "pending"
+    with container.pool.connection() as conn:
+        assert webhook_queries.claim(conn, datetime.now(UTC)) is None  # not sent while disabled
+    container.webhooks.enable(owner, endpoint["id"])
+    project(container, "webhook_endpoints")
+    with container.pool.connection() as conn:
+        assert webhook_queries.claim(conn, datetime.now(UTC)) == endpoint["id"]
