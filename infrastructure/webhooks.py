@@ -40,6 +40,7 @@ import httpx
 import prometheus_client
 import psycopg
 import structlog
+from psycopg_pool import ConnectionPool
 
 from application.errors import InvalidRequest
 from application.webhooks import address_refusal, parse_url, port_of, resolve_with
@@ -165,7 +166,8 @@ class WebhookSender:
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         """``schedule``: the delay before each attempt (the first is immediate whatever it
-        says); ``threads``: endpoints sent to at once (each holds a connection)."""
+        says); ``threads``: endpoints sent to at once (each borrows a connection from the
+        sender's pool while it sends)."""
         self.database_url = database_url
         self.outbox, self.channel = outbox, channel
         self.disable = disable
@@ -178,6 +180,10 @@ class WebhookSender:
         self.stopping = threading.Event()
         self._wake = threading.Condition()
         self._wakeups = 0
+        # connections are borrowed for one attempt (an idle sender holds about two)
+        self.pool = ConnectionPool(
+            database_url, min_size=1, max_size=threads, timeout=10, open=False
+        )
         self.client = httpx.Client(
             timeout=httpx.Timeout(15.0, connect=5.0),
             follow_redirects=False,
@@ -189,6 +195,7 @@ class WebhookSender:
     # -- running ---------------------------------------------------------------------------------
 
     def run_forever(self) -> None:
+        self.pool.open()
         workers = [
             threading.Thread(target=self._work, name=f"webhooks-{i}", daemon=True)
             for i in range(self.threads)
@@ -198,6 +205,7 @@ class WebhookSender:
             thread.start()
         for thread in workers:
             thread.join()
+        self.pool.close()
         self.client.close()
 
     def stop(self) -> None:
@@ -217,32 +225,25 @@ class WebhookSender:
                     while not self.stopping.is_set():
                         for _ in conn.notifies(timeout=self.poll_s, stop_after=1):
                             self._wake_all()
-            except psycopg.Error:
-                log.warning("webhook listener lost its connection", exc_info=True)
+            except psycopg.Error as error:
+                log.warning("webhook listener lost its connection", error=str(error))
                 self.stopping.wait(1.0)
 
     def _work(self) -> None:
-        conn: psycopg.Connection[Any] | None = None
         while not self.stopping.is_set():
             with self._wake:
                 seen = self._wakeups
             try:
-                if conn is None or conn.closed:
-                    conn = psycopg.connect(self.database_url)
-                worked = self.send_one(conn)
-            except psycopg.Error:
-                log.warning("webhook sender's database call failed", exc_info=True)
-                if conn is not None:
-                    conn.close()
-                conn = None
+                with self.pool.connection() as conn:
+                    worked = self.send_one(conn)
+            except psycopg.Error as error:  # the pool's timeout included
+                log.warning("webhook sender's database call failed", error=str(error))
                 self.stopping.wait(1.0)
                 continue
             if not worked:
                 with self._wake:
                     if self._wakeups == seen and not self.stopping.is_set():
                         self._wake.wait(self.poll_s)
-        if conn is not None:
-            conn.close()
 
     # -- one attempt -----------------------------------------------------------------------------
 

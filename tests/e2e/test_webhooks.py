@@ -26,6 +26,8 @@ from domain.generation import TERMINAL
 from infrastructure.settings import Settings
 from interfaces.bootstrap import Container, build
 from interfaces.cli.launch import with_simulator
+from tests.e2e.test_marketplace import published
+from tests.e2e.test_workflows import finished
 from tests.support.processes import free_port, launcher, wait_for
 from tests.support.services import scratch_database, scratch_namespace
 
@@ -336,3 +338,32 @@ def test_a_failing_endpoint_is_disabled_with_the_reason_then_enabled_and_resumes
         lambda: platform.deliveries(headers, endpoint["id"])[0]["status"] == "delivered",
         timeout=10,
     )
+
+
+def test_an_install_and_a_run_of_the_copy_are_delivered(platform: Platform) -> None:
+    creator, buyer = platform.user(), platform.user()
+    listing = published(platform, creator, "1")  # type: ignore[arg-type]
+    receiver = platform.receiver()
+    endpoint = platform.register(
+        buyer, receiver.url, ["install.created", "workflow_run.completed", "workflow_run.failed"]
+    )
+    installed = platform.http.post(f"/v1/listings/{listing['id']}/install", headers=buyer)
+    assert installed.status_code == 201, installed.text
+    install = installed.json()
+    started = platform.http.post(
+        f"/v1/workflows/{install['workflow_id']}/runs", json={"inputs": {}}, headers=buyer
+    )
+    assert started.status_code == 202, started.text
+    run = finished(platform, buyer, started.json()["id"])  # type: ignore[arg-type]
+    assert run["status"] == "completed", run
+
+    assert wait_for(lambda: receiver.count() >= 2, timeout=30)
+    messages = [verified(endpoint["secret"], r) for r in receiver.received]
+    assert [m["type"] for m in messages] == ["install.created", "workflow_run.completed"]
+    assert messages[0]["data"]["id"] == install["install_id"]
+    assert messages[0]["data"]["listing_id"] == listing["id"]
+    assert messages[0]["data"]["workflow_id"] == install["workflow_id"]
+    assert messages[0]["data"]["price_credits"] == "1.0000"
+    assert messages[1]["data"]["id"] == run["id"]
+    assert messages[1]["data"]["workflow_id"] == install["workflow_id"]
+    assert messages[1]["data"]["status"] == "completed"
