@@ -24,7 +24,7 @@ from standardwebhooks import Webhook
 
 from domain.generation import TERMINAL
 from infrastructure.settings import Settings
-from interfaces.bootstrap import Container, build
+from interfaces.bootstrap import build
 from interfaces.cli.launch import with_simulator
 from tests.e2e.test_marketplace import published
 from tests.e2e.test_workflows import finished
@@ -104,15 +104,20 @@ def receiving(receiver: Receiver) -> ThreadingHTTPServer:
 
 @dataclass
 class Platform:
-    container: Container
     http: httpx.Client
+    admin: dict[str, str]
     receivers: list[Receiver] = field(default_factory=list)
     users: int = 0
 
     def user(self) -> dict[str, str]:
         self.users += 1
-        made = self.container.users.create(f"hooks{self.users}@example.com", "50")
-        headers = {"Authorization": f"Bearer {made.api_key}"}
+        made = self.http.post(
+            "/v1/admin/users",
+            json={"email": f"hooks{self.users}@example.com", "credits": "50"},
+            headers=self.admin,
+        )
+        assert made.status_code == 201, made.text
+        headers = {"Authorization": f"Bearer {made.json()['api_key']}"}
         funded = lambda: self.http.get("/v1/credits", headers=headers).json()["balance"] != "0.0000"  # noqa: E731
         assert wait_for(funded, timeout=20)
         return headers
@@ -171,7 +176,11 @@ def platform(
             webhook_disable_after_s=DISABLE_AFTER_S,
         )
         settings = with_simulator(settings, simulator_url)
+        # migrated, an admin made, and closed: the platform's processes need the connections
         container = build(settings)
+        root = container.users.create("root@example.com", admin=True)
+        admin = {"Authorization": f"Bearer {root.api_key}"}
+        container.close()
         processes = launcher(settings, PIXEVO_LOG_LEVEL="INFO")
         with (
             processes.running(("api", "worker", "dispatcher", "projections"), Path(logs)),
@@ -185,12 +194,11 @@ def platform(
                     return False
 
             assert wait_for(healthy, timeout=60), (Path(logs) / "api.log").read_text()
-            platform = Platform(container, http)
+            platform = Platform(http, admin)
             yield platform
             for receiver in platform.receivers:
                 if receiver.server is not None:
                     receiver.server.shutdown()
-        container.close()
 
 
 def verified(secret: str, received: Received) -> dict[str, Any]:
