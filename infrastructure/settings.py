@@ -35,6 +35,10 @@ PIXEVO_SERVICE_NAME       the process's service name in traces (the launcher set
 PIXEVO_METRICS_DIR        where the processes the launcher starts keep their Prometheus samples,
                           for the API's /metrics to sum (default <data dir>/metrics; set as
                           PROMETHEUS_MULTIPROC_DIR, which prometheus_client reads at import)
+PIXEVO_WEBHOOKS_ALLOW_PRIVATE    1: webhook endpoints on private/loopback addresses are allowed
+PIXEVO_WEBHOOK_RETRY_SCHEDULE    comma-separated seconds of a delivery's attempts (default
+                                 0,5,300,1800,7200,18000,36000,36000: about 27 h)
+PIXEVO_WEBHOOK_DISABLE_AFTER_S   continuous failure after which an endpoint is disabled (5 days)
 """
 
 from __future__ import annotations
@@ -48,6 +52,8 @@ from pathlib import Path
 LOG_FORMATS = ("console", "json")
 SWITCH = {"on": True, "1": True, "true": True, "off": False, "0": False, "false": False}
 BLOCKED_BILLING = ("waive", "charge")
+#: Seconds before each attempt of a webhook delivery (Standard Webhooks' schedule: ~27 h).
+WEBHOOK_RETRY_SCHEDULE = (0.0, 5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0)
 
 
 class SettingsError(ValueError):
@@ -96,6 +102,9 @@ class Settings:
     trace_file: Path | None = None
     service_name: str = "pixevo"
     metrics_dir: Path | None = None
+    webhooks_allow_private: bool = False
+    webhook_retry_schedule: tuple[float, ...] = WEBHOOK_RETRY_SCHEDULE
+    webhook_disable_after_s: float = 5 * 86400.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -179,6 +188,11 @@ class Settings:
             trace_file=Path(trace_file).absolute() if trace_file else None,
             service_name=env.get("PIXEVO_SERVICE_NAME") or "pixevo",
             metrics_dir=Path(metrics_dir).absolute() if metrics_dir else None,
+            webhooks_allow_private=_flag(env, "PIXEVO_WEBHOOKS_ALLOW_PRIVATE"),
+            webhook_retry_schedule=_schedule(env.get("PIXEVO_WEBHOOK_RETRY_SCHEDULE")),
+            webhook_disable_after_s=_seconds(
+                env, "PIXEVO_WEBHOOK_DISABLE_AFTER_S", str(5 * 86400), 0.001, 365 * 86400
+            ),
         )
 
     def urls(self) -> tuple[str, str]:
@@ -253,6 +267,11 @@ class Settings:
             env["PIXEVO_TRACE_FILE"] = str(self.trace_file)
         if self.metrics_dir:
             env["PIXEVO_METRICS_DIR"] = str(self.metrics_dir)
+        env["PIXEVO_WEBHOOKS_ALLOW_PRIVATE"] = "1" if self.webhooks_allow_private else "0"
+        env["PIXEVO_WEBHOOK_RETRY_SCHEDULE"] = ",".join(
+            f"{s:g}" for s in self.webhook_retry_schedule
+        )
+        env["PIXEVO_WEBHOOK_DISABLE_AFTER_S"] = str(self.webhook_disable_after_s)
         if self.database_url:
             env["PIXEVO_DATABASE_URL"] = self.database_url
         if self.redis_url:
@@ -317,3 +336,26 @@ def _origins(value: str) -> tuple[str, ...]:
                 f"PIXEVO_CORS_ORIGINS takes origins like https://app.example.com, not {origin!r}"
             )
     return origins
+
+
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    value = env.get(name, "0").strip().lower()
+    if value not in ("", "0", "1", "true", "false", "yes", "no"):
+        raise SettingsError(f"{name} must be 1 or 0, not {value!r}")
+    return value in ("1", "true", "yes")
+
+
+def _schedule(value: str | None) -> tuple[float, ...]:
+    """``0,5,300`` as the seconds before each attempt of a webhook delivery."""
+    if value is None or not value.strip():
+        return WEBHOOK_RETRY_SCHEDULE
+    try:
+        delays = tuple(float(part) for part in value.split(","))
+    except ValueError:
+        delays = ()
+    if not delays or len(delays) > 100 or not all(0 <= d <= 7 * 86400 for d in delays):
+        raise SettingsError(
+            "PIXEVO_WEBHOOK_RETRY_SCHEDULE must be 1 to 100 comma-separated delays in seconds "
+            f"(each 0..604800), not {value!r}"
+        )
+    return delays

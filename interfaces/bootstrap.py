@@ -45,6 +45,7 @@ from application.saga import CancelAtProvider, FundGeneration, Generate, SettleG
 from application.saga.deadlines import Deadlines, Patience
 from application.uploads import Uploads
 from application.users import Users
+from application.webhooks import WebhooksApplication
 from application.workflow_reactions import (
     CancelRunNodes,
     FollowNodeGeneration,
@@ -78,9 +79,10 @@ from infrastructure.signing import AssetSigner
 from infrastructure.storage import LocalBlobStore
 from infrastructure.tokens import StreamTokens, stream_secret
 from infrastructure.tracing import configure_tracing
+from infrastructure.webhooks import WebhookSender, resolve_host
 from interfaces.http.auth import KeyCache
 from interfaces.http.streams import LiveFeeds
-from projections import generation_queries, workflow_queries
+from projections import generation_queries, webhook_queries, workflow_queries
 from projections.base import ProjectionView
 from projections.earnings import EarningsView
 from projections.generations import GenerationsView
@@ -90,6 +92,8 @@ from projections.model_timings import ModelTimingsView, Timings
 from projections.provider_health import ProviderHealthView
 from projections.result_cache import ProjectedResultCache
 from projections.runner import ProjectionRunner
+from projections.webhooks import CHANNEL as WEBHOOK_CHANNEL
+from projections.webhooks import VIEWS as WEBHOOK_VIEWS
 from projections.workflows import WorkflowsView
 
 #: Connections of an API process's async pool (the API only reads, one statement at a time).
@@ -211,6 +215,17 @@ CONTEXTS: tuple[BoundedContext, ...] = (
         },
         log_key="install_id",
     ),
+    BoundedContext(
+        "webhooks",
+        WebhooksApplication,
+        # the outbox: one view per log whose events become messages, all in proj_webhooks
+        projections=tuple(Projection(view) for view in WEBHOOK_VIEWS),
+        extras=lambda c, _: {
+            "resolve": resolve_host,
+            "allow_private": c.settings.webhooks_allow_private,
+        },
+        log_key="webhook_id",
+    ),
 )
 
 #: Derived from :data:`CONTEXTS`: every application, projection and reaction, by name.
@@ -312,6 +327,10 @@ class Container:
     @property
     def marketplace(self) -> MarketplaceApplication:
         return cast("MarketplaceApplication", self.applications["marketplace"])
+
+    @property
+    def webhooks(self) -> WebhooksApplication:
+        return cast("WebhooksApplication", self.applications["webhooks"])
 
     @cached_property
     def catalogue(self) -> Catalogue:
@@ -478,6 +497,21 @@ class Container:
         """Parked messages sent again, capped generations admitted, deadlines swept."""
         return Scheduler(
             self.database_url, self.parking, self.slots, self.enqueue_reaction, self.sweep
+        )
+
+    def webhook_sender(self) -> WebhookSender:
+        """Sends the webhooks outbox (in the dispatcher's process)."""
+        settings = self.settings
+        return WebhookSender(
+            self.database_url,
+            webhook_queries,
+            WEBHOOK_CHANNEL,
+            self.webhooks.disable,
+            schedule=settings.webhook_retry_schedule,
+            disable_after_s=settings.webhook_disable_after_s,
+            allow_private=settings.webhooks_allow_private,
+            # due retries are found by polling: no later than the shortest retry delay
+            poll_s=max(0.05, min([1.0, *(d for d in settings.webhook_retry_schedule if d > 0)])),
         )
 
     def sweep(self) -> int:

@@ -105,9 +105,12 @@ def simulator(args: argparse.Namespace) -> int:
 
 
 def dispatcher(_: argparse.Namespace) -> int:
-    """The dispatchers and, beside them, the scheduler (parked work, slots, deadlines)."""
+    """The dispatchers and, beside them, the scheduler (parked work, slots, deadlines) and the
+    webhook sender."""
     c = container()
-    return run_until_signalled([*c.dispatchers(), c.scheduler()], lambda d: d.run_forever())
+    return run_until_signalled(
+        [*c.dispatchers(), c.scheduler(), c.webhook_sender()], lambda d: d.run_forever()
+    )
 
 
 def projections_run(args: argparse.Namespace) -> int:
@@ -141,6 +144,11 @@ def projections_status(_: argparse.Namespace) -> int:
 def projections_rebuild(args: argparse.Namespace) -> int:
     if args.name not in PROJECTIONS:
         raise CommandError(f"unknown projection {args.name!r}; known: {', '.join(PROJECTIONS)}")
+    if not getattr(PROJECTIONS[args.name], "rebuildable", True):
+        raise CommandError(
+            f"{args.name} holds delivery state (what was sent, when): rebuilding it from the "
+            "logs would send everything again, so it is not rebuilt"
+        )
     c = container()
     live = c.projection(args.name)
     fresh = c.projection(args.name, schema=f"{live.view.schema}_rebuild")

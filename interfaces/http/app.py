@@ -31,6 +31,7 @@ from interfaces.http import (
     problems,
     provider_health_routes,
     upload_routes,
+    webhook_routes,
     workflow_routes,
 )
 from interfaces.http.auth import PUBLIC_PATHS, ApiKeyAuthentication
@@ -181,6 +182,9 @@ def create_app(container: Container) -> Litestar:
         "marketplace_services": _provide(lambda: marketplace),
         "metrics_sources": _provide(lambda: metrics_sources),
         "provider_health": _provide(lambda: provider_health),
+        "webhook_services": _provide(
+            lambda: webhook_routes.WebhookServices(lambda: container.webhooks, api.pool)
+        ),
         "billing": _provide(lambda: container.billing),
         "users": _provide(lambda: container.users),
         "catalogue": _provide(lambda: container.catalogue),
@@ -206,6 +210,7 @@ def create_app(container: Container) -> Litestar:
             *marketplace_routes.ROUTES,
             *metrics_routes.ROUTES,
             *provider_health_routes.ROUTES,
+            *webhook_routes.ROUTES,
         ],
         lifespan=[resources],
         plugins=[api.channels],

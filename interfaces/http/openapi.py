@@ -73,11 +73,16 @@ LINKS: dict[tuple[str, str], dict[str, tuple[str, str, dict[str, str]]]] = {
         "GetListing": ("get", "/v1/listings/{listing_id}", {}),
         "InstallListing": ("post", "/v1/listings/{listing_id}/install", {}),
     },
+    ("post", "/v1/webhooks"): {
+        "GetWebhook": ("get", "/v1/webhooks/{webhook_id}", {}),
+        "WebhookDeliveries": ("get", "/v1/webhooks/{webhook_id}/deliveries", {}),
+    },
 }
 _LINK_PARAMETERS = {
     "generation_id": "$response.body#/id",
     "upload_id": "$response.body#/id",
     "listing_id": "$response.body#/id",
+    "webhook_id": "$response.body#/id",
 }
 RATE_LIMIT_HEADERS = {
     "RateLimit-Limit": "requests a user may make at once (the burst)",

@@ -65,6 +65,7 @@ IMPLEMENTED = (
     "Workflows",
     "Marketplace",
     "Operations",
+    "Webhooks",
 )
 #: Routes the OpenAPI document cannot describe (it has no WebSocket operations).
 WEBSOCKETS = {("GET", "/v1/ws")}

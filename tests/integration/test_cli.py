@@ -122,6 +122,10 @@ def test_projections_status_rebuild_and_partitions(
     assert rebuilt.returncode == 0, rebuilt.stderr
     assert "swapped in" in rebuilt.stdout
     assert pixevo(settings, "projections", "rebuild", "nope").returncode == 2
+    # the webhooks outbox is delivery state: rebuilding it would send everything again
+    refused = pixevo(settings, "projections", "rebuild", "webhook_generations")
+    assert refused.returncode == 2, refused.stdout
+    assert "send everything again" in refused.stderr
     ensured = pixevo(settings, "partitions", "ensure", "--months-ahead", "6")
     assert ensured.returncode == 0, ensured.stderr
     with container.pool.connection() as conn:
