@@ -49,7 +49,7 @@ What it measures
 
 Command
     .venv/bin/python -m benchmarks.observability_overhead [--clients 32] [--duration 6]
-        [--warmup 2] [--repeats 3] [--api-workers 1] [--unexported]
+        [--warmup 2] [--repeats 3] [--api-workers 1] [--unexported] [--sample-ratio 1]
         [--throughput-target 0.90] [--p99-target 1.10]
 
     The defaults take about 2 minutes (repeats x 2 endpoints x 2 configurations x
@@ -106,7 +106,7 @@ NAME = "observability_overhead"
 WITHOUT, WITH, UNEXPORTED = "without", "with", "unexported"
 HOW = {
     WITHOUT: "PIXEVO_TRACING=off",
-    WITH: "PIXEVO_OTLP_ENDPOINT={stub}",
+    WITH: "PIXEVO_OTLP_ENDPOINT={stub}, PIXEVO_TRACE_SAMPLE_RATIO={ratio}",
     UNEXPORTED: "on, no exporter: spans made and dropped",
 }
 CREDITS, GENERATIONS = "GET /v1/credits", "POST /v1/generations"
@@ -378,6 +378,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="also a third API, tracing on without an exporter (spans made, then dropped): "
         "separates the cost of making spans from the cost of exporting them",
     )
+    parser.add_argument(
+        "--sample-ratio",
+        type=float,
+        default=1.0,
+        help="PIXEVO_TRACE_SAMPLE_RATIO of the API with tracing (default 1: every request)",
+    )
     parser.add_argument("--collector-stub", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.collector_stub is None and (args.repeats < 1 or args.clients < 1):
@@ -407,7 +413,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         stub = stack.enter_context(StubProcess(env.settings))
         configs = {
             WITHOUT: replace(env.settings, tracing=False, otlp_endpoint=None),
-            WITH: replace(env.settings, tracing=True, otlp_endpoint=stub.url),
+            WITH: replace(
+                env.settings,
+                tracing=True,
+                otlp_endpoint=stub.url,
+                trace_sample_ratio=args.sample_ratio,
+            ),
         }
         if args.unexported:
             configs[UNEXPORTED] = replace(env.settings, tracing=True, otlp_endpoint=None)
@@ -416,7 +427,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             api = ApiProcess(_named(env, settings, label), free_port(), args.api_workers)
             apis[label] = stack.enter_context(api)
             print(
-                f"API {label} tracing ({HOW[label].format(stub=stub.url)}) on {api.base_url}: "
+                f"API {label} tracing ({HOW[label].format(stub=stub.url, ratio=args.sample_ratio)})"
+                f" on {api.base_url}: "
                 f"healthy after "
                 f"{api.wait_healthy():.1f} s"
             )
@@ -582,7 +594,8 @@ def measure(
                 "without": "PIXEVO_TRACING=off",
                 "unexported": bool(args.unexported),
                 "with": "tracing on, PIXEVO_OTLP_ENDPOINT = a local collector stub (child "
-                "process answering 200 with an empty body), no trace file",
+                "process answering 200 with an empty body), no trace file, "
+                f"PIXEVO_TRACE_SAMPLE_RATIO={args.sample_ratio}",
                 "load_generator": "credits_http.load (raw) and generation_requests.post_load, "
                 "this process",
             },

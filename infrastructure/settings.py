@@ -28,6 +28,7 @@ PIXEVO_CORS_ORIGINS       comma-separated origins a browser may call the API fro
 PIXEVO_MARKETPLACE_FEE    the platform's share of a marketplace install's price (default 0.20)
 PIXEVO_FEED_RETENTION_DAYS  days the live feeds' stored messages are kept for resuming (30)
 PIXEVO_TRACING            on (default) or off: trace ids on log lines and responses, spans made
+PIXEVO_TRACE_SAMPLE_RATIO share of new traces recorded and exported, 0..1 (default 1: all)
 PIXEVO_TRACE_SQL          on or off (default): a span per SQL statement inside traced work
 PIXEVO_OTLP_ENDPOINT      export spans by OTLP/HTTP to this collector (e.g. http://otel:4318)
 PIXEVO_TRACE_FILE         also append spans to this file as JSON lines (development, tests)
@@ -98,6 +99,7 @@ class Settings:
     feed_retention_days: int = 30
     tracing: bool = True
     trace_sql: bool = False
+    trace_sample_ratio: float = 1.0
     otlp_endpoint: str | None = None
     trace_file: Path | None = None
     service_name: str = "pixevo"
@@ -184,6 +186,9 @@ class Settings:
             ),
             tracing=SWITCH[tracing],
             trace_sql=SWITCH[trace_sql],
+            trace_sample_ratio=_number(
+                env, "PIXEVO_TRACE_SAMPLE_RATIO", "1", 0, 1, "a fraction between 0 and 1"
+            ),
             otlp_endpoint=otlp,
             trace_file=Path(trace_file).absolute() if trace_file else None,
             service_name=env.get("PIXEVO_SERVICE_NAME") or "pixevo",
@@ -261,6 +266,7 @@ class Settings:
         env["PIXEVO_FEED_RETENTION_DAYS"] = str(self.feed_retention_days)
         env["PIXEVO_TRACING"] = "on" if self.tracing else "off"
         env["PIXEVO_TRACE_SQL"] = "on" if self.trace_sql else "off"
+        env["PIXEVO_TRACE_SAMPLE_RATIO"] = str(self.trace_sample_ratio)
         if self.otlp_endpoint:
             env["PIXEVO_OTLP_ENDPOINT"] = self.otlp_endpoint
         if self.trace_file:

@@ -24,13 +24,18 @@ from dramatiq.middleware import Middleware
 from opentelemetry import context, propagate, trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+from opentelemetry.sdk.trace.export import (
+    BatchSpanProcessor,
+    ConsoleSpanExporter,
+    SpanExporter,
+)
 from opentelemetry.sdk.trace.sampling import (
     ALWAYS_OFF,
     ALWAYS_ON,
     ParentBased,
     Sampler,
     SamplingResult,
+    TraceIdRatioBased,
 )
 from opentelemetry.trace import Link, SpanKind
 from opentelemetry.util.types import Attributes
@@ -43,10 +48,17 @@ MESSAGE_OPTION = "trace_context"
 _configured = False
 
 
-class NoRootClientSpans(Sampler):
-    """Traces start at work (a request, a message, a step), never at a client call of its own:
-    the projection runners' and the dispatcher's polling queries would each start a trace of
-    one span, thousands a minute, with nothing to say."""
+class RootSampler(Sampler):
+    """Whether a new trace is recorded. Traces start at work (a request, a message, a step),
+    never at a client call of its own: the projection runners' and the dispatcher's polling
+    queries would each start a trace of one span, thousands a minute, with nothing to say. Of
+    the rest, ``ratio`` are recorded (``PIXEVO_TRACE_SAMPLE_RATIO``); what a recorded trace
+    leads to is recorded too, wherever it runs (the platform's sampler is parent-based), and
+    an unrecorded one still has its trace id on every log line and response."""
+
+    def __init__(self, ratio: float = 1.0) -> None:
+        self.ratio = ratio
+        self._sampled = ALWAYS_ON if ratio >= 1 else TraceIdRatioBased(ratio)
 
     def should_sample(
         self,
@@ -58,13 +70,22 @@ class NoRootClientSpans(Sampler):
         links: Sequence[Link] | None = None,
         trace_state: trace.TraceState | None = None,
     ) -> SamplingResult:
-        sampler = ALWAYS_OFF if kind == SpanKind.CLIENT else ALWAYS_ON
+        sampler = ALWAYS_OFF if kind == SpanKind.CLIENT else self._sampled
         return sampler.should_sample(
             parent_context, trace_id, name, kind, attributes, links, trace_state
         )
 
     def get_description(self) -> str:
-        return "NoRootClientSpans"
+        return f"RootSampler(ratio={self.ratio})"
+
+
+def batched(exporter: SpanExporter) -> BatchSpanProcessor:
+    """Spans exported in the background, in small batches often: with the library's defaults
+    (a 2,048-span queue exported every 5 s) a busy API filled the queue between exports and
+    dropped spans, logging a warning for each, which cost more than the spans themselves."""
+    return BatchSpanProcessor(
+        exporter, max_queue_size=16_384, schedule_delay_millis=200, max_export_batch_size=512
+    )
 
 
 def _json_line(span: ReadableSpan) -> str:
@@ -80,7 +101,7 @@ def configure_tracing(settings: Settings) -> None:
     _configured = True
     provider = TracerProvider(
         resource=Resource.create({"service.name": settings.service_name}),
-        sampler=ParentBased(root=NoRootClientSpans()),
+        sampler=ParentBased(root=RootSampler(settings.trace_sample_ratio)),
     )
     if settings.otlp_endpoint:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import (  # noqa: PLC0415
@@ -90,11 +111,11 @@ def configure_tracing(settings: Settings) -> None:
         endpoint = settings.otlp_endpoint.rstrip("/")
         if not endpoint.endswith("/v1/traces"):
             endpoint += "/v1/traces"
-        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint, timeout=5)))
+        provider.add_span_processor(batched(OTLPSpanExporter(endpoint, timeout=5)))
     if settings.trace_file:
         out: IO[str] = settings.trace_file.open("a", buffering=1, encoding="utf-8")
         exporter = ConsoleSpanExporter(out=out, formatter=_json_line)
-        provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=500))
+        provider.add_span_processor(batched(exporter))
     trace.set_tracer_provider(provider)
     atexit.register(provider.shutdown)
     _instrument_clients(settings.trace_sql)

@@ -122,19 +122,30 @@ async def redeliver(
 # -- the gauge ---------------------------------------------------------------------------------
 
 
+#: Active endpoints whose oldest undelivered message has failed at least once.
+_FAILING = (
+    f"SELECT count(*) FROM {SCHEMA}.endpoints e CROSS JOIN LATERAL ("
+    f"SELECT d.status FROM {SCHEMA}.deliveries d WHERE d.endpoint_id = e.id "
+    "AND d.status IN ('pending', 'failing') ORDER BY d.sequence LIMIT 1) h "
+    "WHERE e.status = 'active' AND h.status = 'failing'"
+)
+
+
 def failing_endpoints(pool: ConnectionPool | Connection[Any]) -> int:
     """Active endpoints whose oldest undelivered message has failed at least once."""
-    query = (
-        f"SELECT count(*) FROM {SCHEMA}.endpoints e CROSS JOIN LATERAL ("
-        f"SELECT d.status FROM {SCHEMA}.deliveries d WHERE d.endpoint_id = e.id "
-        "AND d.status IN ('pending', 'failing') ORDER BY d.sequence LIMIT 1) h "
-        "WHERE e.status = 'active' AND h.status = 'failing'"
-    )
     if isinstance(pool, ConnectionPool):
         with pool.connection() as conn:
-            row = conn.execute(query).fetchone()
+            row = conn.execute(_FAILING).fetchone()
     else:
-        row = pool.execute(query).fetchone()
+        row = pool.execute(_FAILING).fetchone()
+    return int(row[0]) if row else 0
+
+
+async def count_failing_endpoints(pool: AsyncConnectionPool) -> int:
+    """:func:`failing_endpoints`, for the API (``/metrics``)."""
+    async with pool.connection() as conn:
+        cur = await conn.execute(_FAILING)
+        row = await cur.fetchone()
     return int(row[0]) if row else 0
 
 

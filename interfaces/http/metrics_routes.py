@@ -22,7 +22,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from infrastructure.broker import queue_depths
 from infrastructure.metrics import CONTENT_TYPE_LATEST, exposition, gauge
-from projections import generation_queries
+from projections import generation_queries, webhook_queries
 from projections.base import ProjectionView
 from projections.position_queries import log_head, projected_to
 
@@ -41,8 +41,6 @@ class MetricsSources:
     projections: Mapping[str, type[ProjectionView]]
     #: Each provider's breaker state ("closed", "open" or "half_open").
     breakers: Callable[[], Awaitable[Mapping[str, str]]]
-    #: Extra gauges read at scrape time (webhooks' failing endpoints, ...).
-    extra: tuple[Callable[[AsyncConnectionPool], Awaitable[Metric]], ...] = ()
 
 
 async def _lag(sources: MetricsSources) -> Metric:
@@ -97,6 +95,16 @@ async def _overdue(sources: MetricsSources) -> Metric:
     )
 
 
+async def _webhooks_failing(sources: MetricsSources) -> Metric:
+    count = await webhook_queries.count_failing_endpoints(sources.pool)
+    return gauge(
+        "pixevo_webhook_endpoints_failing",
+        "Active webhook endpoints whose oldest undelivered message has failed at least once",
+        "",
+        {"": float(count)},
+    )
+
+
 async def scraped(sources: MetricsSources) -> list[Metric]:
     """The gauges of the shared state; a part that fails or is slow is logged and left out."""
     parts: list[Awaitable[Metric]] = [
@@ -104,7 +112,7 @@ async def scraped(sources: MetricsSources) -> list[Metric]:
         _queues(sources),
         _breakers(sources),
         _overdue(sources),
-        *(read(sources.pool) for read in sources.extra),
+        _webhooks_failing(sources),
     ]
     results = await asyncio.gather(
         *(asyncio.wait_for(part, SCRAPE_TIMEOUT_S) for part in parts), return_exceptions=True

@@ -19,7 +19,7 @@ from opentelemetry.trace import SpanKind
 
 from application import tracing
 from infrastructure.settings import Settings, SettingsError
-from infrastructure.tracing import NoRootClientSpans, TracePropagation
+from infrastructure.tracing import RootSampler, TracePropagation
 
 #: A tracer of its own (the process-wide provider is left alone: other tests share it).
 tracer = TracerProvider().get_tracer("test")
@@ -83,7 +83,7 @@ def test_outside_any_span_nothing_is_stamped() -> None:
     ],
 )
 def test_traces_start_at_work_never_at_a_lone_client_call(kind: SpanKind, decision: Any) -> None:
-    result = NoRootClientSpans().should_sample(None, 1, "span", kind)
+    result = RootSampler().should_sample(None, 1, "span", kind)
     assert result.decision == decision
 
 
@@ -111,10 +111,24 @@ def test_a_message_carries_its_senders_trace_to_the_actor() -> None:
     assert seen == [sender.get_span_context().trace_id]
 
 
+def test_a_ratio_of_new_traces_is_recorded_and_their_children_with_them() -> None:
+    sampler = RootSampler(0.25)
+    decisions = [
+        sampler.should_sample(None, trace_id, "GET", SpanKind.SERVER).decision
+        for trace_id in range(1, 2**64, 2**64 // 4000)
+    ]
+    recorded = decisions.count(Decision.RECORD_AND_SAMPLE) / len(decisions)
+    assert 0.2 < recorded < 0.3
+    assert RootSampler(0.0).should_sample(None, 7, "GET", SpanKind.SERVER).decision == Decision.DROP
+
+
 def test_the_tracing_setting_is_a_switch() -> None:
     assert Settings.from_env({}).tracing is True
     assert Settings.from_env({"PIXEVO_TRACING": "off"}).tracing is False
     with pytest.raises(SettingsError, match="PIXEVO_TRACING"):
         Settings.from_env({"PIXEVO_TRACING": "sometimes"})
+    assert Settings.from_env({"PIXEVO_TRACE_SAMPLE_RATIO": "0.1"}).trace_sample_ratio == 0.1
+    with pytest.raises(SettingsError, match="PIXEVO_TRACE_SAMPLE_RATIO"):
+        Settings.from_env({"PIXEVO_TRACE_SAMPLE_RATIO": "2"})
     with pytest.raises(SettingsError, match="PIXEVO_OTLP_ENDPOINT"):
         Settings.from_env({"PIXEVO_OTLP_ENDPOINT": "collector:4318"})
