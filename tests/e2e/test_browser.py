@@ -10,7 +10,6 @@ installs them where it can); only where they are missing is the test skipped, sa
 from __future__ import annotations
 
 import shutil
-import sys
 import threading
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -25,7 +24,7 @@ import pytest
 from infrastructure.settings import Settings
 from interfaces.bootstrap import Container, build
 from tests.support.platform import platform_processes, with_simulator
-from tests.support.processes import child_env, free_port, running, wait_for
+from tests.support.processes import free_port, start_api, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -148,22 +147,6 @@ def browser() -> Iterator[Any]:
 def stack() -> Iterator[ExitStack]:
     with ExitStack() as stack:
         yield stack
-
-
-def start_api(stack: ExitStack, settings: Settings, log: Path) -> str:
-    port = free_port()
-    env = child_env(settings, PIXEVO_HTTP_PORT=str(port))
-    stack.enter_context(running([sys.executable, "-m", "interfaces.cli", "api"], env, log))
-    base = f"http://127.0.0.1:{port}"
-
-    def healthy() -> bool:
-        try:
-            return httpx.get(f"{base}/health").status_code == 200
-        except httpx.TransportError:
-            return False
-
-    assert wait_for(healthy, timeout=30), log.read_text()
-    return base
 
 
 def test_feeds_and_calls_from_a_browser_same_origin_and_cross_origin(

@@ -11,7 +11,6 @@ skipped where they are missing.
 from __future__ import annotations
 
 import shutil
-import sys
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
@@ -24,7 +23,7 @@ import pytest
 from infrastructure.settings import Settings
 from interfaces.bootstrap import build
 from tests.support.platform import platform_processes, with_simulator
-from tests.support.processes import child_env, free_port, running, wait_for
+from tests.support.processes import start_api, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -40,22 +39,6 @@ class Platform:
     admin: dict[str, str]
     user: dict[str, str]
     simulator: str
-
-
-def start_api(stack: ExitStack, settings: Settings, log: Path) -> str:
-    port = free_port()
-    env = child_env(settings, PIXEVO_HTTP_PORT=str(port))
-    stack.enter_context(running([sys.executable, "-m", "interfaces.cli", "api"], env, log))
-    base = f"http://127.0.0.1:{port}"
-
-    def healthy() -> bool:
-        try:
-            return httpx.get(f"{base}/health").status_code == 200
-        except httpx.TransportError:
-            return False
-
-    assert wait_for(healthy, timeout=30), log.read_text()
-    return base
 
 
 @pytest.fixture

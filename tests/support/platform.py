@@ -9,11 +9,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from infrastructure.settings import Settings
 from interfaces.cli.launch import WORKER_MODULE, with_simulator
-from tests.support.processes import free_port, launcher, wait_for
+from tests.support.processes import free_port, launcher, wait_healthy
 
 __all__ = ["platform_processes", "whole_platform", "with_simulator"]
 
@@ -44,12 +42,5 @@ def whole_platform(settings: Settings, simulator: str, logs: Path, **changes: An
     with launcher(settings, PIXEVO_LOG_LEVEL="INFO").running(
         ("api", "worker", "dispatcher", "projections"), logs
     ):
-
-        def healthy() -> bool:
-            try:
-                return httpx.get(f"{base}/health").status_code == 200
-            except httpx.TransportError:
-                return False
-
-        assert wait_for(healthy, timeout=60), (logs / "api.log").read_text()
+        wait_healthy(base, logs / "api.log", timeout=60)
         yield base

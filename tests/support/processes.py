@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
+
+import httpx
 
 from infrastructure.settings import Settings
 from interfaces.cli.launch import Launcher, stop
@@ -58,3 +61,25 @@ def wait_for(condition: Callable[[], bool], timeout: float = 30.0, interval: flo
             return True
         time.sleep(interval)
     return condition()
+
+
+def wait_healthy(base: str, log: Path, timeout: float = 30) -> None:
+    """Waits until the API at ``base`` answers ``/health`` (its log in the failure if not)."""
+
+    def healthy() -> bool:
+        try:
+            return httpx.get(f"{base}/health").status_code == 200
+        except httpx.TransportError:
+            return False
+
+    assert wait_for(healthy, timeout=timeout), log.read_text() if log.exists() else log
+
+
+def start_api(stack: ExitStack, settings: Settings, log: Path) -> str:
+    """``pixevo api`` for ``settings`` on a free port, stopped with ``stack``; its base URL."""
+    port = free_port()
+    env = child_env(settings, PIXEVO_HTTP_PORT=str(port))
+    stack.enter_context(running([sys.executable, "-m", "interfaces.cli", "api"], env, log))
+    base = f"http://127.0.0.1:{port}"
+    wait_healthy(base, log)
+    return base
