@@ -116,7 +116,7 @@ def check_destination(
         why = address_refusal(address, allow_private=allow_private)
         if why is not None:
             raise InvalidRequest(
-                "url", f"the host {host!r} resolves to {why}; webhooks go to public addresses"
+                "url", f"refused: {why} (of the host {host!r}); webhooks go to public addresses"
             )
     return parts, addresses
 

@@ -21,7 +21,7 @@ from psycopg_pool import AsyncConnectionPool
 from application.users import User
 from application.webhooks import WebhooksApplication
 from interfaces.http import webhook_dto as dto
-from interfaces.http.problems import ProblemError
+from interfaces.http.problems import FieldError, ProblemError
 from interfaces.http.ratelimit import RATE_LIMITED
 from projections import position_queries, webhook_queries
 from projections.ledger_queries import BadCursor
@@ -149,7 +149,8 @@ class Webhooks(Controller):
         """Sends again, in their order and with their ``webhook-id``s, the messages of the
         events in ``[since, until)``, behind anything pending."""
         if data.until is not None and data.until <= data.since:
-            raise ProblemError(422, "until must be after since")
+            message = "must be after since"
+            raise ProblemError(422, f"until {message}", errors=[FieldError("until", message)])
         await asyncio.to_thread(webhook_services.webhooks.endpoint, request.user.id, webhook_id)
         queued = await webhook_queries.redeliver(
             webhook_services.pool, request.user.id, webhook_id, data.since, data.until
