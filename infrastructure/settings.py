@@ -104,6 +104,8 @@ class Settings:
     trace_file: Path | None = None
     service_name: str = "pixevo"
     metrics_dir: Path | None = None
+    #: ``PROMETHEUS_MULTIPROC_DIR`` of this process (prometheus_client's own variable).
+    prometheus_dir: Path | None = None
     webhooks_allow_private: bool = False
     webhook_retry_schedule: tuple[float, ...] = WEBHOOK_RETRY_SCHEDULE
     webhook_disable_after_s: float = 5 * 86400.0
@@ -193,6 +195,9 @@ class Settings:
             trace_file=Path(trace_file).absolute() if trace_file else None,
             service_name=env.get("PIXEVO_SERVICE_NAME") or "pixevo",
             metrics_dir=Path(metrics_dir).absolute() if metrics_dir else None,
+            prometheus_dir=Path(env["PROMETHEUS_MULTIPROC_DIR"]).absolute()
+            if env.get("PROMETHEUS_MULTIPROC_DIR")
+            else None,
             webhooks_allow_private=_flag(env, "PIXEVO_WEBHOOKS_ALLOW_PRIVATE"),
             webhook_retry_schedule=_schedule(env.get("PIXEVO_WEBHOOK_RETRY_SCHEDULE")),
             webhook_disable_after_s=_seconds(

@@ -582,6 +582,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     settings = Settings.from_env(environ)
     configure_logging(settings.log_format, settings.log_level)
     configure_tracing(settings)
+    if settings.prometheus_dir is not None:  # where this process's samples go must exist
+        settings.prometheus_dir.mkdir(parents=True, exist_ok=True)
     return embedded.resolve(settings)
 
 

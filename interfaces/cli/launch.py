@@ -102,6 +102,7 @@ class Launcher:
         # every process's samples in one directory (wiped by fresh_metrics), summed by /metrics;
         # prometheus_client reads it at import, so it is set before the process starts
         env.setdefault("PROMETHEUS_MULTIPROC_DIR", str(self.settings.metrics_path()))
+        Path(env["PROMETHEUS_MULTIPROC_DIR"]).mkdir(parents=True, exist_ok=True)
         if name == "worker":
             if self.worker_timeout_ms is not None:
                 env["dramatiq_worker_timeout"] = str(self.worker_timeout_ms)
@@ -111,7 +112,6 @@ class Launcher:
 
     def start(self, name: str, log: Path | None = None) -> subprocess.Popen[bytes]:
         """Starts ``name`` in a session of its own; output to ``log`` (default: ours)."""
-        self.settings.metrics_path().mkdir(parents=True, exist_ok=True)
         with ExitStack() as stack:
             out = stack.enter_context(log.open("wb")) if log is not None else None
             return subprocess.Popen(
