@@ -545,7 +545,8 @@ class Container:
         projection = self._projections[name]
         view_class = projection.view
         live = schema is None or schema == view_class.live_schema()
-        store = datastore(self.database_url, schema or view_class.live_schema())
+        # one connection: the runner holds its DDL lock on a session of its own
+        store = datastore(self.database_url, schema or view_class.live_schema(), max_overflow=0)
         view = view_class(store, **projection.extras(self, live))
         upstream = self.applications[view_class.upstream]
         return ProjectionRunner(

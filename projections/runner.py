@@ -10,6 +10,7 @@ position the (new) tables record.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -65,7 +66,7 @@ class ProjectionRunner:
 
     def start(self) -> None:
         if not self._started:
-            with self.view.datastore.get_connection() as lock:
+            with self._ddl_session() as lock:
                 lock.execute("SELECT pg_advisory_lock(%s)", [DDL_LOCK])  # DDL must not race
                 try:
                     self.view.create_table()
@@ -74,6 +75,14 @@ class ProjectionRunner:
                 finally:
                     lock.execute("SELECT pg_advisory_unlock(%s)", [DDL_LOCK])
             self._started = True
+
+    def _ddl_session(self) -> contextlib.AbstractContextManager[Any]:
+        """Where the DDL lock is held while the view's own connection makes its tables: a
+        short-lived session of its own (the view's pool then needs one connection, not two
+        kept for good), or the pool's second connection when there is no URL to open one."""
+        if self.database_url:
+            return psycopg.connect(self.database_url, autocommit=True)
+        return self.view.datastore.get_connection()
 
     def position(self) -> int:
         return self.view.max_tracking_id(self.view.upstream) or 0

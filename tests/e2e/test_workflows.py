@@ -173,8 +173,9 @@ def test_a_diamond_runs_its_branches_at_once_and_charges_what_its_nodes_cost(
         [sys.executable, "-m", "interfaces.cli", "audit", "run", run["id"], "--json"],
         env=child_env(platform.container.settings),
         capture_output=True,
-        check=True,
+        check=False,
     )
+    assert audit.returncode == 0, (audit.stdout.decode(), audit.stderr.decode()[-3000:])
     report = json.loads(audit.stdout)
     assert report["agrees"] is True
     assert {n["node"]: n["in_ledger"] for n in report["nodes"]} == {

@@ -278,13 +278,14 @@ def assert_problem(response: Any, status: int) -> None:
 def test_the_admin_route_and_page_show_every_provider_its_failures_and_its_breaker(
     container: Container,
 ) -> None:
+    now = datetime.now(UTC).replace(microsecond=0)  # the route reads the clock
     story = Story()
-    story.ok(NOW - timedelta(seconds=30), 1200)
-    down = story.queued(NOW - timedelta(seconds=20))
+    story.ok(now - timedelta(seconds=30), 1200)
+    down = story.queued(now - timedelta(seconds=20))
     story.add(
         down,
         Generation.Deferred,
-        NOW - timedelta(seconds=10),
+        now - timedelta(seconds=10),
         reason="replicate is unavailable",
         failure="unavailable",
     )

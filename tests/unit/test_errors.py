@@ -39,6 +39,7 @@ from application.ports import CircuitOpen
 from application.retry import ConcurrencyConflict
 from application.uploads import ImageTooLarge, NotAnImage, UploadNotFound
 from application.users import EmailTaken, InvalidEmail
+from application.webhooks import EndpointNotFound
 from application.workflow_graph import InvalidGraph
 from application.workflow_ops import LocalOpError
 from application.workflows import IdempotencyConflict as RunKeyConflict
@@ -46,6 +47,7 @@ from application.workflows import RunNotFound, WorkflowNotFound
 from domain.errors import DomainError, HoldClosed, InsufficientCredits, InvalidAmount, UnknownHold
 from domain.generation import GenerationFinished
 from domain.marketplace import AlreadyRefunded, ListingClosed, OwnListing
+from domain.webhook import EndpointDeleted
 from domain.workflow import RunFinished
 from infrastructure.tokens import InvalidStreamToken
 from interfaces.http import problems
@@ -60,6 +62,8 @@ EXPECTED: dict[type[Exception], int] = {
     GenerationNotFound: 404,
     UploadNotFound: 404,
     WorkflowNotFound: 404,
+    EndpointNotFound: 404,
+    EndpointDeleted: 409,
     RunNotFound: 404,
     UnknownHold: 404,
     EmailTaken: 409,
