@@ -126,10 +126,15 @@ async def scraped(sources: MetricsSources) -> list[Metric]:
     return families
 
 
-@get("/metrics", exclude_from_auth=True)
+#: Prometheus' text format (Litestar adds the charset).
+TEXT_FORMAT = CONTENT_TYPE_LATEST.split("; charset")[0]
+
+
+@get("/metrics", exclude_from_auth=True, media_type=TEXT_FORMAT)
 async def metrics(metrics_sources: NamedDependency[MetricsSources]) -> Response[bytes]:
+    """Prometheus text format: every process's counters and the shared state's gauges."""
     body = exposition(await scraped(metrics_sources))
-    return Response(body, media_type=CONTENT_TYPE_LATEST)
+    return Response(body, media_type=TEXT_FORMAT)
 
 
 ROUTES = [metrics]

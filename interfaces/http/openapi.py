@@ -31,7 +31,7 @@ REQUEST_BODIES: tuple[type[msgspec.Struct], ...] = (
     dto.CreateUser,
     dto.Grant,
 )
-PUBLIC = ("/health", "/ready", SIGNED)  # a signed link needs no key
+PUBLIC = ("/health", "/ready", "/metrics", SIGNED)  # a signed link needs no key
 _IMAGES = ("image/png", "image/jpeg", "image/webp")
 _RESULTS = (*_IMAGES, "image/avif", "video/mp4")
 #: Routes whose body is a file, not JSON: (method, path) -> the media types they take.
