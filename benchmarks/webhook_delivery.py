@@ -42,6 +42,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
+import psycopg
 
 from benchmarks._support import (
     argument_parser,
@@ -155,8 +156,26 @@ def main(argv: Sequence[str] | None = None) -> int:
             deadline = time.monotonic() + max(120.0, args.count * 0.5)
             while receipts.count() < args.count and time.monotonic() < deadline:
                 time.sleep(0.1)
+        if receipts.count() < args.count:
+            explain_missing(env.database_url)
     server.shutdown()
     return report(args, receipts, submitted, postgres, load_before)
+
+
+def explain_missing(database_url: str) -> None:
+    """What became of the generations and deliveries when some never arrived."""
+    with psycopg.connect(database_url) as conn:
+        statuses = conn.execute(
+            "SELECT status, count(*) FROM proj_generations.generations GROUP BY 1 ORDER BY 1"
+        ).fetchall()
+        deliveries = conn.execute(
+            "SELECT status, count(*) FROM proj_webhooks.deliveries GROUP BY 1 ORDER BY 1"
+        ).fetchall()
+        messages = conn.execute("SELECT count(*) FROM proj_webhooks.events").fetchone()
+    print(
+        f"not all arrived: generations by status {dict(statuses)}; "
+        f"deliveries by status {dict(deliveries)}; messages {messages[0] if messages else 0}"
+    )
 
 
 def report(
