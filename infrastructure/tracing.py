@@ -133,13 +133,6 @@ def _instrument_clients(sql: bool) -> None:
         PsycopgInstrumentor().instrument(enable_commenter=False, skip_dep_check=True)
 
 
-def flush() -> None:
-    """Exports what is buffered (before a process exits on its own terms, and in tests)."""
-    provider = trace.get_tracer_provider()
-    if isinstance(provider, TracerProvider):
-        provider.force_flush()
-
-
 class TracePropagation(Middleware):
     """Carries the sender's trace context in the message and continues it where the message is
     processed: a CONSUMER span around the actor, current while it runs (so the reaction's
