@@ -334,30 +334,43 @@ class GenerationsApplication(PixevoApplication):
             raise GenerationNotFound(f"no generation {generation_id}")
         return generation
 
-    def change(self, generation_id: UUID, change: Callable[[Generation], None]) -> None:
-        """Loads the generation, applies ``change`` and saves it; conflicts are retried."""
+    def change(self, target: UUID | Generation, change: Callable[[Generation], None]) -> Generation:
+        """Applies ``change`` to the generation and saves it; conflicts are retried. Answers the
+        generation as saved, for the caller to go on with instead of loading it again.
 
-        def record() -> None:
-            generation = self.generation(None, generation_id)
+        ``target``: its id, or the generation as the caller loaded (or was last answered) it:
+        the first attempt changes that one; a conflict loads it afresh."""
+        loaded = [target] if isinstance(target, Generation) else []
+        generation_id = target.id if isinstance(target, Generation) else target
+
+        def record() -> Generation:
+            generation = loaded.pop() if loaded else self.generation(None, generation_id)
             change(generation)
             self.save(generation)
+            return generation
 
-        retry_on_conflict(record)()
+        return retry_on_conflict(record)()
 
     def change_tracked(
         self,
         tracking: Tracking,
-        generation_id: UUID,
+        target: UUID | Generation,
         change: Callable[[Generation], None],
         *,
         applies: Callable[[Generation], bool] = lambda g: not g.finished,
     ) -> bool:
         """A reaction's effect: ``change`` the generation and record it with ``tracking`` in one
         transaction (only the tracking when the change no longer ``applies``); conflicts are
-        retried. ``False`` when the tracked event was handled before."""
+        retried. ``False`` when the tracked event was handled before.
+
+        ``target`` is the generation's id, or the generation the reaction already loaded (and
+        has not changed since): the first attempt then changes that one instead of loading it
+        again; a conflict (someone else changed it meanwhile) loads it afresh."""
+        loaded = [target] if isinstance(target, Generation) else []
+        generation_id = target.id if isinstance(target, Generation) else target
 
         def record() -> bool:
-            generation = self.generation(None, generation_id)
+            generation = loaded.pop() if loaded else self.generation(None, generation_id)
             if not applies(generation):
                 return self.save_tracked(tracking)
             change(generation)

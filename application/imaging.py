@@ -28,7 +28,14 @@ class ProcessedImage:
 
 
 class ImagePipeline(Protocol):
-    def process(self, data: bytes, output_format: str, *, video: bool) -> ProcessedImage: ...
+    def process(self, data: bytes, *, video: bool) -> ProcessedImage:
+        """What it takes to show the result: the artefact the classifier judges, the
+        thumbnail, blurhash and quality (a video: all of its artefacts)."""
+        ...
+
+    def derive(self, data: bytes, output_format: str, *, video: bool) -> list[Artefact]:
+        """The artefacts made after it is shown (none for a video)."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)

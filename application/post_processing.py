@@ -1,11 +1,15 @@
 """After a provider produced a result: derivatives, scores and the moderation verdict.
 
-    process_result   Produced -> the pipeline (artefacts, blurhash, quality), the classifier
-                                 -> Processed, then Completed (visible) or Blocked
+    process_result   Produced  -> what showing it needs (preview, thumbnail, blurhash, quality),
+                                  the classifier -> Processed, then Completed (visible) or Blocked
+    derive_result    Completed -> the derivatives nobody waited for (full-size WebP, AVIF, the
+                     Reinstated   social card, the original re-encoded) -> Derived
 
-The artefacts are stored before anything is recorded (blob keys are the generation's and the
-artefact's, so a repeated run overwrites the same files); the events and the tracking record
-then commit together, so a redelivered message records nothing twice.
+Moderation gates visibility: the classifier judges the preview before the generation is
+completed, and derivatives are made only for a visible result. The artefacts are stored before
+anything is recorded (blob keys are the generation's and the artefact's, so a repeated run
+overwrites the same files); the events and the tracking record then commit together, so a
+redelivered message records nothing twice.
 """
 
 from __future__ import annotations
@@ -100,9 +104,7 @@ class ProcessResult(Reaction):
         try:
             with tracing.span("image.pipeline", attributes={"pixevo.kind": spec.kind}):
                 processed = self.pipeline.process(
-                    self.blobs.get(str(result["storage_key"])),
-                    generation.output_format,
-                    video=spec.kind == "video",
+                    self.blobs.get(str(result["storage_key"])), video=spec.kind == "video"
                 )
                 for artefact in processed.artefacts:
                     key = artefact_key(generation.id, artefact.kind, artefact.format)
@@ -144,12 +146,55 @@ class ProcessResult(Reaction):
                 current.complete(cost)
 
         return self.generations.change_tracked(
-            tracking, generation.id, judge, applies=lambda g: g.status == "processing"
+            tracking, generation, judge, applies=lambda g: g.status == "processing"
         )
 
     def _fail(self, tracking: Tracking, generation_id: UUID, message: str) -> bool:
         return self.generations.change_tracked(
             tracking, generation_id, lambda g: g.fail("processing_failed", message)
+        )
+
+
+class DeriveResult(Reaction):
+    """The rest of a visible result's artefacts, made after it was shown."""
+
+    name = "derive_result"
+    upstream = "generations"
+    topics = (topic_of(Generation.Completed), topic_of(Generation.Reinstated))
+    queue = IMAGES_QUEUE
+
+    def __init__(
+        self, generations: GenerationsApplication, blobs: BlobStore, pipeline: ImagePipeline
+    ) -> None:
+        self.generations, self.blobs, self.pipeline = generations, blobs, pipeline
+
+    def handle(self, event: DomainEventProtocol[UUID], tracking: Tracking) -> bool:
+        generation = self.generations.generation(None, event.originator_id)
+        if (
+            generation.status != "completed"
+            or generation.processed is None
+            or generation.from_cache is not None  # it has what its source had
+            or self.generations.already_processed(tracking)
+        ):
+            return False
+        spec = self.generations.catalogue.get(generation.model)
+        source = self.blobs.get(str((generation.result or {})["storage_key"]))
+        try:
+            with tracing.span("image.derivatives", attributes={"pixevo.kind": spec.kind}):
+                made = self.pipeline.derive(
+                    source, generation.output_format, video=spec.kind == "video"
+                )
+                for artefact in made:
+                    key = artefact_key(generation.id, artefact.kind, artefact.format)
+                    self.blobs.put(key, artefact.data, artefact.media_type)
+        except ProcessingFailed:  # it decoded for the preview: shown as it is, without them
+            made = []  # recorded all the same: a stream waiting for them learns there are none
+        artefacts = [_stored(generation.id, a) for a in made]
+        return self.generations.change_tracked(
+            tracking,
+            generation,
+            lambda current: current.derived(artefacts),
+            applies=lambda current: not current.derivatives_made,
         )
 
 

@@ -43,6 +43,8 @@ class Reaction(ABC):
     #: The application whose events it reacts to, and to which of them.
     upstream: ClassVar[str]
     topics: ClassVar[tuple[str, ...]]
+    #: Names it had before, so that messages sent under them are still handled.
+    former_names: ClassVar[tuple[str, ...]] = ()
     #: The broker queue its messages go to: CPU-bound work gets a queue (and workers) of its own
     #: so it never holds the threads that wait on providers.
     queue: ClassVar[str] = REACTIONS_QUEUE
@@ -60,6 +62,12 @@ class Reactor:
     ) -> None:
         self.applications = dict(applications)
         self.reactions = {reaction.name: reaction for reaction in reactions}
+        self.aliases = {
+            former: reaction.name
+            for reaction in self.reactions.values()
+            for former in reaction.former_names
+            if former not in self.reactions
+        }
 
     def subscriptions(self, upstream: str) -> dict[str, tuple[str, ...]]:
         """``{reaction name: topics}`` of the reactions following ``upstream``."""
@@ -70,11 +78,12 @@ class Reactor:
 
     def queue_of(self, reaction_name: str) -> str:
         try:
-            return self.reactions[reaction_name].queue
+            return self.reactions[self.aliases.get(reaction_name, reaction_name)].queue
         except KeyError:
             raise UnknownReaction(f"no reaction {reaction_name!r}") from None
 
     def react(self, reaction_name: str, upstream: str, notification_id: int) -> bool:
+        reaction_name = self.aliases.get(reaction_name, reaction_name)
         try:
             reaction = self.reactions[reaction_name]
             app = self.applications[upstream]

@@ -39,7 +39,7 @@ from application.marketplace_reactions import (
 )
 from application.moderation import RULES_FILE, BlockedBilling, ModerationPolicy, PromptRules
 from application.ports import Deferral
-from application.post_processing import ProcessResult
+from application.post_processing import DeriveResult, ProcessResult
 from application.reactions import REACTIONS_QUEUE, Reaction, Reactor
 from application.saga import CancelAtProvider, FundGeneration, Generate, SettleGeneration
 from application.saga.deadlines import Deadlines, Patience
@@ -148,9 +148,9 @@ CONTEXTS: tuple[BoundedContext, ...] = (
         "generations",
         GenerationsApplication,
         reactions=(
-            lambda c: FundGeneration(c.generations, c.billing, ProjectedResultCache(c.pool)),
             lambda c: Generate(
                 c.generations,
+                FundGeneration(c.generations, c.billing, ProjectedResultCache(c.pool)),
                 c.providers,
                 c.breakers,
                 c.blobs,
@@ -161,6 +161,7 @@ CONTEXTS: tuple[BoundedContext, ...] = (
             lambda c: CancelAtProvider(c.generations, c.providers),
             lambda c: SettleGeneration(c.generations, c.billing),
             lambda c: ProcessResult(c.generations, c.blobs, PyvipsPipeline(), c.classifier),
+            lambda c: DeriveResult(c.generations, c.blobs, PyvipsPipeline()),
         ),
         projections=(
             # it publishes the live feed (not while rebuilding)

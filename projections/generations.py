@@ -127,6 +127,15 @@ def _processed(row: dict[str, Any], event: Any) -> None:
     }
 
 
+def _derived(row: dict[str, Any], event: Any) -> None:
+    meta = row["result_metadata"] or {}
+    processed = dict(meta.get("processed") or {})
+    kinds = {a["kind"] for a in event.artefacts}
+    kept = [a for a in processed.get("artefacts") or [] if a["kind"] not in kinds]
+    processed["artefacts"] = [*kept, *event.artefacts]
+    row["result_metadata"] = {**meta, "processed": processed}
+
+
 def _blocked(row: dict[str, Any], event: Any) -> None:
     row.update(
         error={"code": "content_blocked", "message": f"blocked by {event.layer} moderation"},
@@ -173,6 +182,7 @@ _CHANGES: dict[type, Callable[[dict[str, Any], Any], None]] = {
     Generation.Submitted: lambda row, _: row.update(notice=None, waiting=None),
     Generation.Produced: _produced,
     Generation.Processed: _processed,
+    Generation.Derived: _derived,
     Generation.Blocked: _blocked,
     Generation.Reinstated: lambda row, _: row.update(error=None),
     Generation.Completed: _completed,
@@ -190,6 +200,8 @@ _CHANGES: dict[type, Callable[[dict[str, Any], Any], None]] = {
 
 #: Changes subscribers do not see (the status stays ``processing``; ``completed`` follows).
 _SILENT = frozenset({Generation.Processed})
+#: The live message of a completed generation's derivatives, made after it was shown.
+DERIVATIVES = "derivatives"
 _DATES = ("created_at", "updated_at", "completed_at", "deadline_at")
 _AMOUNTS = ("cost_credits", "charged_credits")
 
@@ -220,6 +232,8 @@ def feed_entry(row: dict[str, Any], event: Any) -> tuple[str, dict[str, Any]]:
     """
     if type(event) in STATUS_AFTER and row["status"] in TERMINAL:  # it ended: type = status
         return row["status"], row_to_json(row)
+    if isinstance(event, Generation.Derived):  # shown already: the whole generation again
+        return DERIVATIVES, row_to_json(row)
     return "status", {
         "generation_id": str(row["id"]),
         "status": row["status"],
@@ -269,6 +283,7 @@ class GenerationsView(FeedView):
             Generation.CancelRequested,
             Generation.Produced,
             Generation.Processed,
+            Generation.Derived,
             Generation.Completed,
             Generation.Blocked,
             Generation.Reinstated,

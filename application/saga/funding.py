@@ -19,6 +19,10 @@ from domain.generation import Generation
 
 
 class FundGeneration(Reaction):
+    """Funding, the first step of :class:`~application.saga.generate.Generate`, which runs it
+    in the same message (:meth:`prepare`) before it submits: no hop through the dispatcher
+    between the two. On its own (:meth:`handle`) it records its tracking when it is done."""
+
     name = "fund_generation"
     upstream = "generations"
     topics = (topic_of(Generation.Requested),)
@@ -32,11 +36,19 @@ class FundGeneration(Reaction):
         self.generations, self.billing, self.cache = generations, billing, cache
 
     def handle(self, event: DomainEventProtocol[UUID], tracking: Tracking) -> bool:
-        return retry_on_conflict(self._fund)(event.originator_id, tracking)
-
-    def _fund(self, generation_id: UUID, tracking: Tracking) -> bool:
         if self.generations.already_processed(tracking):
             return False
+        ready = self.prepare(event.originator_id, tracking)
+        return ready is None or self.generations.save_tracked(tracking)
+
+    def prepare(self, generation_id: UUID, tracking: Tracking) -> Generation | None:
+        """The generation funded and queued for its provider, as saved (untracked: the caller
+        records ``tracking`` once the provider's part is done). ``None`` when funding ended it
+        (insufficient credits, served from the cache, a hold given back after a cancel): then
+        the effect was recorded with ``tracking``."""
+        return retry_on_conflict(self._prepare)(generation_id, tracking)
+
+    def _prepare(self, generation_id: UUID, tracking: Tracking) -> Generation | None:
         generation = self.generations.generation(None, generation_id)
         if generation.status == "requested" and generation.shared_hold is not None:
             generation.fund(generation.shared_hold)  # its cause was funded before it was made
@@ -54,7 +66,12 @@ class FundGeneration(Reaction):
         elif generation.finished and generation.hold_id is None and not generation.shared_hold:
             # cancelled while its hold was being placed: give the credits back
             self.billing.release_cause(generation.user_id, generation.cause)
-        return self.generations.save_tracked(tracking, generation)
+        if generation.finished:
+            self.generations.save_tracked(tracking, generation)
+            return None
+        if generation.pending_events:  # not when a redelivered message finds it queued
+            self.generations.save(generation)
+        return generation
 
     def _serve_or_queue(self, generation: Generation) -> None:
         """A deterministic model asked with an explicit seed: an identical completed request

@@ -1,4 +1,9 @@
-"""Generate: a queued generation goes to its model's provider and comes back produced.
+"""Generate: a requested generation is funded, goes to its model's provider and comes back
+produced, all in one message (funding is :class:`~application.saga.funding.FundGeneration`'s
+step, run first: no dispatcher hop between funding and submitting). The tracking record of the
+``Requested`` event is recorded with the last of its effects (produced, failed, cancelled, or
+what funding ended it with); the steps between are saved as they happen, so a redelivered
+message resumes where the last one stopped.
 
 The job id is recorded (by :class:`ProviderCall`) before anyone waits on it, so a redelivered
 message resumes waiting on the same job instead of submitting again. A transient failure while
@@ -36,6 +41,7 @@ from application.providers import (
 )
 from application.reactions import Reaction
 from application.saga.deadlines import Clock, Patience, utc_now
+from application.saga.funding import FundGeneration
 from application.saga.progress import progress_sink
 from application.saga.provider_call import ProviderCall, SwitchedModel
 from domain.generation import Generation, GenerationFinished
@@ -49,12 +55,15 @@ log = logging.getLogger(__name__)
 
 class Generate(Reaction):
     name = "generate"
+    #: Messages sent before funding and submitting were one reaction still find it.
+    former_names = ("fund_generation",)
     upstream = "generations"
-    topics = (topic_of(Generation.Queued),)
+    topics = (topic_of(Generation.Requested),)
 
     def __init__(
         self,
         generations: GenerationsApplication,
+        funding: FundGeneration,
         providers: ProviderDirectory,
         breakers: CircuitBreakers,
         blobs: BlobStore,
@@ -66,15 +75,20 @@ class Generate(Reaction):
         now: Clock = utc_now,
     ) -> None:
         self.generations, self.providers, self.blobs = generations, providers, blobs
+        self.funding = funding
         self.patience = patience or Patience()
         self.call = ProviderCall(generations, breakers, sleep, self.patience, now)
         self.live, self.slots, self.sleep, self.now = live, slots, sleep, now
 
     def handle(self, event: DomainEventProtocol[UUID], tracking: Tracking) -> bool:
-        generation = self.generations.generation(None, event.originator_id)
-        if generation.finished or self.generations.already_processed(tracking):
-            self._release(generation.id)
+        if self.generations.already_processed(tracking):
+            self._release(event.originator_id)
             return False
+        ready = self.funding.prepare(event.originator_id, tracking)
+        if ready is None:  # funding ended it (and recorded so)
+            self._release(event.originator_id)
+            return True
+        generation = ready
         slots = self.slots
         if (  # not at a provider yet, and the user has as many there as they may
             slots is not None
@@ -111,43 +125,45 @@ class Generate(Reaction):
                         "pixevo.provider.job_id": generation.job_id,
                     },
                 ):
-                    output = self._run(generation, spec, adapter)
+                    output, generation = self._run(generation, spec, adapter)
             except SwitchedModel:
                 generation = self.generations.generation(None, generation.id)
                 continue
             except ProviderFailure as failure:
+                current = self.generations.generation(None, generation.id)
                 log.warning(
                     "provider.failed",
                     extra={
                         "kind": failure.kind,
                         "detail": failure.message[:200],
-                        "job_id": self.generations.generation(None, generation.id).job_id,
+                        "job_id": current.job_id,
                     },
                 )
-                return self._finish(tracking, generation.id, self._failed(failure, spec))
+                return self._finish(tracking, current, self._failed(failure, spec))
             except GenerationFinished:
                 return False
             if output is None:  # cancelled
                 return self._finish(tracking, generation.id, Generation.cancel)
-            return self._produce(tracking, generation.id, adapter, output, started)
+            return self._produce(tracking, generation, adapter, output, started)
 
     def _run(
         self, generation: Generation, spec: ModelSpec, adapter: ProviderAdapter
-    ) -> Output | None:
-        """The provider's output, or ``None`` when the generation was cancelled."""
+    ) -> tuple[Output | None, Generation]:
+        """The provider's output (``None`` when the generation was cancelled), and the
+        generation as this reaction last saved it."""
         job_id = generation.job_id  # set when a redelivered message resumes a submitted job
         if generation.cancel_requested and job_id is None:  # nothing at a provider to follow
-            return None
+            return None, generation
         if job_id is None:
-            submitted = self.call.submit(generation, spec, adapter)
+            submitted, generation = self.call.submit(generation, spec, adapter)
             if submitted.output is not None:
-                return submitted.output
+                return submitted.output, generation
             job_id = submitted.job_id
             tracing.annotate({"pixevo.provider.job_id": job_id})
         sink = None
         if self.live is not None and spec.capabilities.streaming:
             sink = progress_sink(generation, adapter, self.live, self.blobs)
-        return self._wait(generation.id, spec, adapter, job_id or "", sink)
+        return self._wait(generation.id, spec, adapter, job_id or "", sink), generation
 
     def _wait(
         self,
@@ -207,7 +223,7 @@ class Generate(Reaction):
     def _produce(
         self,
         tracking: Tracking,
-        generation_id: UUID,
+        generation: Generation,
         adapter: ProviderAdapter,
         output: Output,
         started: float,
@@ -216,7 +232,7 @@ class Generate(Reaction):
         log.info(
             "provider.produced", extra={"content_type": output.content_type, "bytes": len(data)}
         )
-        key = result_key(generation_id, output.content_type)
+        key = result_key(generation.id, output.content_type)
         self.blobs.put(key, data, output.content_type)
         elapsed_ms = int((time.monotonic() - started) * 1000)
 
@@ -225,7 +241,7 @@ class Generate(Reaction):
                 key, output.width, output.height, output.content_type, len(data), elapsed_ms
             )
 
-        return self._finish(tracking, generation_id, produced)
+        return self._finish(tracking, generation, produced)
 
-    def _finish(self, tracking: Tracking, generation_id: UUID, change: Change) -> bool:
-        return self.generations.change_tracked(tracking, generation_id, change)
+    def _finish(self, tracking: Tracking, generation: UUID | Generation, change: Change) -> bool:
+        return self.generations.change_tracked(tracking, generation, change)

@@ -56,14 +56,14 @@ class ProviderCall:
 
     def submit(
         self, generation: Generation, spec: ModelSpec, adapter: ProviderAdapter
-    ) -> Submitted:
-        """The accepted job (recorded); raises :class:`SwitchedModel` after a fallback,
-        :class:`Deferral` while no provider can take it, :class:`ProviderFailure` when it
-        failed for good."""
+    ) -> tuple[Submitted, Generation]:
+        """The accepted job (recorded), and the generation as recorded; raises
+        :class:`SwitchedModel` after a fallback, :class:`Deferral` while no provider can take
+        it, :class:`ProviderFailure` when it failed for good."""
         request = self.generations.sent_request(generation)
         synchronous = spec.wire == "images"
         if synchronous:  # it answers when it is done: show it running while it works
-            self._record(generation.id, None, 1, spec, adapter)
+            generation = self._record(generation, None, 1, spec, adapter)
         met: str | None = None  # what this call's attempts met at the provider
         for attempt in range(1, spec.retry.attempts + 1):
             try:
@@ -90,7 +90,7 @@ class ProviderCall:
                 self.sleep(delay)
                 continue
             if not synchronous:
-                self._record(generation.id, submitted.job_id, attempt, spec, adapter)
+                generation = self._record(generation, submitted.job_id, attempt, spec, adapter)
             log.info(
                 "provider.submitted",
                 extra={
@@ -100,7 +100,7 @@ class ProviderCall:
                     "attempt": attempt,
                 },
             )
-            return submitted
+            return submitted, generation
         raise ProviderFailure("provider_error", "no attempt left")  # pragma: no cover
 
     @staticmethod
@@ -111,14 +111,14 @@ class ProviderCall:
 
     def _record(
         self,
-        generation_id: UUID,
+        generation: Generation,
         job_id: str | None,
         attempt: int,
         spec: ModelSpec,
         adapter: ProviderAdapter,
-    ) -> None:
+    ) -> Generation:
         try:
-            self.generations.change(generation_id, lambda g: g.submitted(job_id, attempt))
+            return self.generations.change(generation, lambda g: g.submitted(job_id, attempt))
         except GenerationFinished:  # cancelled while we submitted: take the job back
             if job_id:
                 adapter.cancel(spec, job_id)

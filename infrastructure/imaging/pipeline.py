@@ -1,4 +1,8 @@
-"""The image pipeline: one decode, six artefacts, a blurhash and a quality score (pyvips).
+"""The image pipeline: six artefacts, a blurhash and a quality score (pyvips), in two steps.
+
+What showing the image needs comes first (:func:`visible`: the preview the classifier judges,
+the thumbnail, blurhash, quality); the rest (:func:`derivatives`) is made after the result was
+shown, by a reaction of its own, each step decoding the source once.
 
     thumb    256 px (longest side) WebP        preview  512 px WebP
     full     full-size WebP                    modern   full-size AVIF (JPEG where AVIF is not
@@ -15,9 +19,9 @@ itself, stripped of its container metadata (:mod:`.video`).
 
 Every artefact is saved with ``keep=NONE``: EXIF (GPS included), XMP, IPTC, comments and the ICC
 profile are dropped, after the pixels were converted to sRGB (through the embedded profile, if
-any), so what a viewer shows is what the generator made and nothing about where. The source is
-decoded once into memory; the encoders run on a small thread pool (libvips releases the GIL), so
-the slow ones (full WebP, AVIF) overlap.
+any), so what a viewer shows is what the generator made and nothing about where. The
+derivatives' encoders run on a small thread pool (libvips releases the GIL), so the slow ones
+(full WebP, AVIF) overlap.
 """
 
 from __future__ import annotations
@@ -25,8 +29,10 @@ from __future__ import annotations
 import contextlib
 import math
 import threading
+from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TypeVar
 
 import av
 import blurhash
@@ -36,11 +42,15 @@ from application.imaging import Artefact, ProcessedImage, ProcessingFailed
 from infrastructure.imaging.video import MEDIA_TYPE as MP4_MEDIA_TYPE
 from infrastructure.imaging.video import first_frame, strip_metadata
 
+T = TypeVar("T")
 KEEP_NONE = pyvips.enums.ForeignKeep.NONE
 SIZES = {"thumb": 256, "preview": 512}
 SOCIAL_SIZE = (1200, 630)
 #: The artefacts of an image, in the order they are recorded and listed (the original last).
 IMAGE_KINDS = ("thumb", "preview", "social", "full", "modern", "original")
+#: Made before the image is shown (the classifier judges the preview); the rest follow.
+VISIBLE_KINDS = ("thumb", "preview")
+DERIVED_KINDS = ("social", "full", "modern", "original")
 WEBP_Q, AVIF_Q, JPEG_Q = 80, 50, 85
 #: Encoder effort, measured (benchmarks/image_pipeline.py, 1024 px photo-like source): AVIF
 #: effort 0 encodes ~5x faster than 2 at the same size and PSNR (+-0.1 dB); effort 4 is ~10x
@@ -193,9 +203,33 @@ def social_card(source: pyvips.Image) -> Artefact:
     return _artefact("social", card, "jpeg", progressive=False)
 
 
-def process(data: bytes, output_format: str) -> ProcessedImage:
-    """All artefacts of one still image (the first frame of an animation)."""
-    source = to_srgb(pyvips.Image.new_from_buffer(data, "", access="random")).copy_memory()
+def _decoded(data: bytes) -> pyvips.Image:
+    return to_srgb(pyvips.Image.new_from_buffer(data, "", access="random")).copy_memory()
+
+
+def visible(data: bytes) -> ProcessedImage:
+    """What it takes to show a still image (the first frame of an animation): the preview the
+    classifier judges, the thumbnail, the blurhash and the quality score. Its ``artefacts``
+    are :data:`VISIBLE_KINDS`; :func:`derivatives` makes the rest later."""
+    source = _decoded(data)
+    preview_image = _fit(source, SIZES["preview"]).copy_memory()
+    thumb_image = _fit(preview_image, SIZES["thumb"])
+    return ProcessedImage(
+        artefacts=[
+            _artefact("thumb", thumb_image, "webp"),
+            _artefact("preview", preview_image, "webp"),
+        ],
+        width=source.width,
+        height=source.height,
+        blurhash=blurhash_of(thumb_image),
+        quality_score=quality_of(preview_image).score,
+    )
+
+
+def derivatives(data: bytes, output_format: str) -> list[Artefact]:
+    """The artefacts nobody waits for (:data:`DERIVED_KINDS`), the slow encoders overlapping
+    on the pool."""
+    source = _decoded(data)
     modern = "avif" if avif_available() else "jpeg"
     pool = _executor()
     slow: list[tuple[str, pyvips.Image, str]] = [
@@ -204,19 +238,21 @@ def process(data: bytes, output_format: str) -> ProcessedImage:
         ("original", source, output_format),
     ]
     futures = [pool.submit(_artefact, kind, image, fmt) for kind, image, fmt in slow]
-    futures.append(pool.submit(social_card, source))
-    preview_image = _fit(source, SIZES["preview"]).copy_memory()
-    thumb_image = _fit(preview_image, SIZES["thumb"])
-    small = [_artefact("preview", preview_image, "webp"), _artefact("thumb", thumb_image, "webp")]
-    hash_ = blurhash_of(thumb_image)
-    quality = quality_of(preview_image)
-    made = {a.kind: a for a in [*small, *(f.result() for f in futures)]}
+    made = {a.kind: a for a in [social_card(source), *(f.result() for f in futures)]}
+    return [made[k] for k in DERIVED_KINDS]
+
+
+def process(data: bytes, output_format: str) -> ProcessedImage:
+    """Every artefact of one still image at once (what :func:`visible` and then
+    :func:`derivatives` make)."""
+    shown = visible(data)
+    made = {a.kind: a for a in [*shown.artefacts, *derivatives(data, output_format)]}
     return ProcessedImage(
         artefacts=[made[k] for k in IMAGE_KINDS],
-        width=source.width,
-        height=source.height,
-        blurhash=hash_,
-        quality_score=quality.score,
+        width=shown.width,
+        height=shown.height,
+        blurhash=shown.blurhash,
+        quality_score=shown.quality_score,
     )
 
 
@@ -243,15 +279,25 @@ def process_video(data: bytes) -> ProcessedImage:
 class PyvipsPipeline:
     """The :class:`application.imaging.ImagePipeline` port."""
 
-    def process(self, data: bytes, output_format: str, *, video: bool) -> ProcessedImage:
-        try:
-            return process_video(data) if video else process(data, output_format)
-        except pyvips.Error as error:
-            message = _first_line(error)
-            raise ProcessingFailed(f"the result is not a readable image: {message}") from None
-        except av.FFmpegError as error:  # InvalidDataError and the like
-            message = _first_line(error)
-            raise ProcessingFailed(f"the result is not a readable video: {message}") from None
+    def process(self, data: bytes, *, video: bool) -> ProcessedImage:
+        return _readable(lambda: process_video(data) if video else visible(data))
+
+    def derive(self, data: bytes, output_format: str, *, video: bool) -> list[Artefact]:
+        if video:  # a video's artefacts are all made before it is shown
+            return []
+        return _readable(lambda: derivatives(data, output_format))
+
+
+def _readable(make: Callable[[], T]) -> T:
+    """``make()``, a decoding error raised as :class:`ProcessingFailed`."""
+    try:
+        return make()
+    except pyvips.Error as error:
+        message = _first_line(error)
+        raise ProcessingFailed(f"the result is not a readable image: {message}") from None
+    except av.FFmpegError as error:  # InvalidDataError and the like
+        message = _first_line(error)
+        raise ProcessingFailed(f"the result is not a readable video: {message}") from None
 
 
 def _first_line(error: Exception) -> str:

@@ -39,7 +39,7 @@ from interfaces.http.problems import ProblemError
 from interfaces.http.views import view_of_row
 from projections import generation_queries, position_queries
 from projections.feed_queries import GENERATIONS, StoredFeed
-from projections.generations import GenerationsView, row_from_json
+from projections.generations import DERIVATIVES, GenerationsView, row_from_json
 from projections.model_timings import Timings
 from projections.workflow_queries import RUNS
 
@@ -64,11 +64,39 @@ class Out:
 
 
 HEARTBEAT = Out("heartbeat", 0, {})
+#: The messages that carry the whole generation.
+WHOLE_TYPES = FINAL_TYPES | {DERIVATIVES}
+#: How long a completed generation's stream stays open for its ``derivatives`` message (they
+#: follow in well under a second; a result processed before they existed never gets one).
+DERIVATIVES_WAIT = timedelta(seconds=60)
+
+
+def _last_word(message: LiveMessage, now: datetime) -> bool:
+    """Whether nothing more will come for a generation after ``message``: an end other than
+    ``completed``, its derivatives, or a completion that has no derivatives to wait for (served
+    from the cache, with its source's) or waited for them past :data:`DERIVATIVES_WAIT`."""
+    if message.type != "completed":
+        return message.type in WHOLE_TYPES
+    completed_at = message.data.get("completed_at")
+    return (
+        bool(message.data.get("served_from_cache"))
+        or completed_at is None
+        or now - datetime.fromisoformat(completed_at) > DERIVATIVES_WAIT
+    )
+
+
+def _ended(stored: list[LiveMessage]) -> LiveMessage | None:
+    """A finished generation's last word (``None`` while more may come): its final message,
+    carrying the generation as the latest stored message has it (derivatives follow it)."""
+    if not stored or not _last_word(stored[-1], datetime.now(UTC)):
+        return None
+    final = next((m for m in reversed(stored) if m.type in FINAL_TYPES), stored[-1])
+    return msgspec.structs.replace(final, data=stored[-1].data, position=stored[-1].position)
 
 
 def _render(message: LiveMessage) -> Out:
     data = message.data
-    if message.type in FINAL_TYPES:  # the whole generation, as GET /v1/generations/{id} has it
+    if message.type in WHOLE_TYPES:  # the whole generation, as GET /v1/generations/{id} has it
         data = msgspec.to_builtins(view_of_row(row_from_json(data)))
     return Out(message.type, message.position or 0, data)
 
@@ -153,6 +181,7 @@ class _Seen:
         self.model: str | None = None
         self.running_since: datetime | None = None
         self.real_progress = False
+        self.last: LiveMessage | None = None
         self.finished = False
 
     def take(self, message: LiveMessage) -> Out | None:
@@ -186,7 +215,14 @@ class _Seen:
             running = message.data.get("status") == "running"
             self.running_since = datetime.fromisoformat(message.data["at"]) if running else None
             self.model = message.data.get("model")
-        self.finished = message.type in FINAL_TYPES
+        self.last = message
+        self.finished = _last_word(message, datetime.now(UTC))
+
+    def waited_enough(self) -> bool:
+        """Whether a completion's wait for its derivatives is over (checked between messages)."""
+        if self.last is not None and not self.finished:
+            self.finished = _last_word(self.last, datetime.now(UTC))
+        return self.finished
 
     def estimating(self, streaming_models: frozenset[str]) -> bool:
         """Whether to estimate: running on a model that reports no progress of its own."""
@@ -250,12 +286,8 @@ class LiveFeeds:
         ).open(self.subscribe_lock)
         try:
             stored = await self._owned(user_id, generation_id)
-            done = (
-                last is not None
-                and bool(stored)
-                and stored[-1].type in FINAL_TYPES
-                and (stored[-1].position or 0) <= last
-            )
+            ended = _ended(stored)
+            done = last is not None and ended is not None and (ended.position or 0) <= last
             if done:  # nothing will ever come: no stream (a never-started generator's finally
                 await subscription.close()  # would not run, so do not rely on closing one)
         except BaseException:
@@ -302,8 +334,9 @@ class LiveFeeds:
         queue: asyncio.Queue[bytes],
     ) -> AsyncGenerator[Out, None]:
         """The events of one generation: missed ones from the store, then live, then it closes."""
-        if last is None and stored and stored[-1].type in FINAL_TYPES:
-            yield _render(stored[-1])  # a finished generation: its final event, and done
+        ended = _ended(stored)
+        if last is None and ended is not None:
+            yield _render(ended)  # a finished generation: its final event, and done
             return
         seen = _Seen(last or 0)
         for message in stored:
@@ -332,6 +365,8 @@ class LiveFeeds:
                 if seen.estimating(streaming) and now - last_estimate >= ESTIMATE_EVERY_S:
                     last_estimate = now
                     yield await _estimate(self.timings, seen, generation_id)
+                if seen.waited_enough():
+                    return
                 continue
             if (live := seen.take(decode(raw))) is not None:
                 yield live

@@ -72,12 +72,12 @@ const within = (ms, what) => new Promise((_, no) => setTimeout(() => no(new Erro
   await Promise.race([new Promise(yes => {
     const path = '/v1/generations/' + generation.id + '/events?token=' + token;
     const feed = new EventSource(api + path);
-    for (const type of ['status', 'progress', 'completed', 'failed'])
+    for (const type of ['status', 'progress', 'completed', 'derivatives', 'failed'])
       feed.addEventListener(type, e => {
         events.push(type);
-        if (type === 'completed' || type === 'failed') { feed.close(); yes(); }
+        if (type === 'derivatives' || type === 'failed') { feed.close(); yes(); }
       });
-  }), within(30000, 'no final event')]);
+  }), within(30000, 'no derivatives after the final event')]);
   await Promise.race([socketDone, within(30000, 'no completed message')]);
   socket.close();
   done({status: made.status, remaining: made.headers.get('RateLimit-Remaining'),
@@ -172,7 +172,7 @@ def test_feeds_and_calls_from_a_browser_same_origin_and_cross_origin(
         got = driver.execute_async_script(FEEDS_JS, api, key, BODY)
         assert "error" not in got, (origin, got)
         assert got["status"] == 202 and got["remaining"] is not None, (origin, got)
-        assert got["events"][-1] == "completed", (origin, got)
+        assert got["events"][-2:] == ["completed", "derivatives"], (origin, got)
         assert "completed" in got["socket"], (origin, got)
 
     driver.get(stranger)

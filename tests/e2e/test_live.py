@@ -32,7 +32,8 @@ from tests.support.processes import child_env, free_port, running, wait_for
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 FINAL = ("completed", "failed", "cancelled", "blocked")
-STORED = ("status", *FINAL)  # the event types that have a position of their own
+#: The event types that have a position of their own (``derivatives`` follow ``completed``).
+STORED = ("status", *FINAL, "derivatives")
 
 
 @dataclass
@@ -162,11 +163,12 @@ def test_reconnect_with_last_event_id_misses_nothing_and_repeats_nothing(
         "running",
         "processing",
         "completed",
+        "derivatives",  # the stream stays open for them, then ends
     ]
     missed = [e for e in second if e.event in STORED and int(e.id) <= ids[3]]
     assert [json.loads(e.data)["status"] for e in missed] == ["funded", "queued", "running"]
     assert any(e.event == "progress" for e in second)  # live after the catch-up
-    assert second[-1].event == "completed"
+    assert second[-1].event == "derivatives"
 
 
 def generation_of(event: ServerSentEvent) -> str:
@@ -191,11 +193,17 @@ def test_a_subscriber_on_another_api_process_receives_the_worker_s_events(
                 made.append(create(producer))
             if event.data:
                 events.append(event)
-            if event.event == "completed":
+            if event.event == "derivatives":
                 break
     mine = [e for e in events if generation_of(e) == made[0]]
-    assert statuses(mine) == ["requested", "funded", "queued", "running", "processing", "completed"]
-    assert json.loads(mine[-1].data)["result"]["url"].endswith("/assets/original")
+    assert statuses(mine) == [
+        *("requested", "funded", "queued", "running", "processing", "completed", "derivatives")
+    ]
+    shown, derived = (json.loads(e.data)["result"] for e in mine[-2:])
+    assert shown["url"].endswith("/assets/original")
+    kinds = {d["kind"] for d in shown["derivatives"]}
+    assert kinds == {"thumb", "preview"}  # what a viewer needs, the moment it is visible
+    assert {d["kind"] for d in derived["derivatives"]} > kinds  # the rest, when they are made
 
 
 def test_estimated_progress_rises_stays_below_100_and_the_final_event_carries_the_result(
@@ -221,8 +229,8 @@ def test_estimated_progress_rises_stays_below_100_and_the_final_event_carries_th
     assert percents == sorted(percents)
     assert percents[-1] > percents[0]
     assert all(0 < p < 100 for p in percents)
-    final = events[-1]
-    assert final.event == "completed"
+    assert [e.event for e in events[-2:]] == ["completed", "derivatives"]
+    final = events[-2]
     result = json.loads(final.data)
     assert result["status"] == "completed"
     assert result["result"]["url"] == f"/v1/generations/{generation_id}/assets/original"
@@ -248,7 +256,7 @@ def test_a_streaming_provider_sends_real_progress_and_previews_at_most_twice_a_s
         assert image.status_code == 200
         assert image.headers["content-type"] == "image/jpeg"
         assert image.content[:2] == b"\xff\xd8"
-    assert events[-1].event == "completed"
+    assert [e.event for e in events[-2:]] == ["completed", "derivatives"]
 
 
 def test_a_finished_generation_sends_its_final_event_and_then_204(
@@ -262,7 +270,8 @@ def test_a_finished_generation_sends_its_final_event_and_then_204(
 
         assert wait_for(completed, timeout=30)
         path = f"/v1/generations/{generation_id}/events"
-        assert wait_for(lambda: len(stored_positions(platform, generation_id)) == 6, timeout=10)
+        # five statuses, completed, then derivatives once they are made
+        assert wait_for(lambda: len(stored_positions(platform, generation_id)) == 7, timeout=10)
         events = read(client, path)
         assert [e.event for e in events] == ["completed"]
         again = client.get(path, headers={"Last-Event-ID": events[0].id})
@@ -335,11 +344,11 @@ def test_the_user_feed_resumes_and_catches_up_what_redis_never_delivered(
         with api.client(key_of(platform, "catch-up@example.com")) as client:
             generation_id = create(client, "sim-instant")
             user_id = UUID(client.get("/v1/me").json()["user_id"])
-            assert wait_for(lambda: len(stored_positions(platform, generation_id)) == 6, 30)
+            assert wait_for(lambda: len(stored_positions(platform, generation_id)) == 7, 30)
             first = stored_positions(platform, generation_id)[0]
-            # resume from the first event: the five after it, from the store
+            # resume from the first event: the six after it, from the store
             resumed = read(
-                client, "/v1/events", last_event_id=str(first), until=lambda e: len(e) >= 5
+                client, "/v1/events", last_event_id=str(first), until=lambda e: len(e) >= 6
             )
             assert [int(e.id) for e in resumed] == stored_positions(platform, generation_id)[1:]
             lost = max(stored_positions(platform, generation_id)) + 1_000_000

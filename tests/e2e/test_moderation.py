@@ -89,7 +89,15 @@ def test_a_completed_image_carries_its_artefacts_blurhash_and_scores(
     wait_funded_projection(client, headers)
     generation = generate(client, headers, "a quiet harbour")
     assert generation["status"] == "completed", generation
-    result = generation["result"]
+    shown = {d["kind"] for d in generation["result"]["derivatives"]}
+    assert {"thumb", "preview"} <= shown  # shown with what a viewer needs; the rest follow
+
+    def derived() -> dict[str, Any]:
+        path = f"/v1/generations/{generation['id']}"
+        return dict(client.get(path, headers=headers).json()["result"])
+
+    assert wait_for(lambda: len(derived()["derivatives"]) == len(KINDS))
+    result = derived()
     assert result["blurhash"]
     assert 0 <= result["quality_score"] <= 1
     assert 0 <= result["nsfw_score"] < 0.8

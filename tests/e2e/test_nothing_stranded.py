@@ -21,10 +21,12 @@ import dramatiq
 import httpx
 import pytest
 import redis
+from eventsourcing.persistence import Tracking
 from litestar.testing import TestClient
 
 from application.normalise import GenerationRequest
 from application.reactions import REACTIONS_QUEUE
+from application.saga import FundGeneration
 from infrastructure.broker import broker_namespace
 from infrastructure.settings import Settings
 from interfaces.bootstrap import Container, build
@@ -189,12 +191,11 @@ def test_a_provider_that_hangs_is_failed_at_the_deadline_and_the_hold_released(
 def test_a_message_lost_after_funding_is_failed_at_the_deadline_and_the_hold_released(
     stores: Container, tuned: Settings, tmp_path: Path
 ) -> None:
-    """A worker funds the generation while no dispatcher runs; a dispatcher then sends its
-    ``generate`` message while no worker runs, and Redis loses it: nothing will ever run it."""
+    """A worker takes the generation's ``generate`` message and funds it, then dies before
+    it reaches the provider, and Redis loses the message: nothing will ever run it again."""
     platform = launcher(tuned, PIXEVO_LOG_LEVEL="INFO")
     queue = BrokerQueue(tuned)
-    funding, sweeping = tmp_path / "funding", tmp_path / "sweeping"
-    funding.mkdir()
+    sweeping = tmp_path / "sweeping"
     sweeping.mkdir()
     with ExitStack() as stack:
         stack.callback(queue.close)
@@ -204,20 +205,16 @@ def test_a_message_lost_after_funding_is_failed_at_the_deadline_and_the_hold_rel
         wait_funded_projection(client, headers)
         body = {"model": "sim-instant", "prompt": "lost", "params": {"seed": 24}}
         generation_id = client.post("/v1/generations", json=body, headers=headers).json()["id"]
-        with platform.running(["dispatcher"], funding):
-            assert wait_for(
-                lambda: ("fund_generation", generation_id) in queue.waiting(), timeout=60
-            )
-        with platform.running(["worker"], funding):
-            assert wait_for(
-                lambda: status_of(client, headers, generation_id) == "queued", timeout=60
-            )
-        assert wait_for(
-            lambda: len(client.get("/v1/credits", headers=headers).json()["holds"]) == 1
-        )
 
         stack.enter_context(platform.running(["dispatcher"], sweeping))
         assert wait_for(lambda: ("generate", generation_id) in queue.waiting(), timeout=60)
+        # the funding step of the worker that took it (then died, its message lost)
+        funding = FundGeneration(stores.generations, stores.billing)
+        assert funding.prepare(UUID(generation_id), Tracking("generations->generate", 1))
+        assert wait_for(lambda: status_of(client, headers, generation_id) == "queued", timeout=60)
+        assert wait_for(
+            lambda: len(client.get("/v1/credits", headers=headers).json()["holds"]) == 1
+        )
         queue.lose()
         assert queue.waiting() == []
         assert status_of(client, headers, generation_id) == "queued"  # funded, and now lost

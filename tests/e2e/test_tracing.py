@@ -98,7 +98,7 @@ def test_one_generation_is_one_trace_from_request_to_settle(
         assert chain[-1] == "POST /v1/generations", chain
         assert any(link.startswith("dispatch ") for link in chain), chain
         assert any(link.startswith("react ") for link in chain), chain
-    assert {"reaction fund_generation", "reaction generate", "reaction process_result"} <= {
+    assert {"reaction generate", "reaction process_result", "reaction derive_result"} <= {
         s["name"] for s in spans
     }, sorted({s["name"] for s in spans})
 

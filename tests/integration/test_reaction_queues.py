@@ -22,9 +22,12 @@ def test_image_processing_has_a_queue_of_its_own(settings: Settings) -> None:
         container.__dict__["broker"] = stub  # declare the actors on a broker we can inspect
         assert set(container.react_actors) == {"reactions", "images"}
         container.enqueue_reaction("process_result", "generations", 7)
-        container.enqueue_reaction("fund_generation", "generations", 8)
-        assert stub.queues["images"].qsize() == 1
+        container.enqueue_reaction("generate", "generations", 8)
+        container.enqueue_reaction("derive_result", "generations", 9)
+        assert stub.queues["images"].qsize() == 2
         assert stub.queues["reactions"].qsize() == 1
+        container.enqueue_reaction("fund_generation", "generations", 10)  # a former name
+        assert stub.queues["reactions"].qsize() == 2
         message = stub.queues["images"].get_nowait()
         assert b'"actor_name":"react_images"' in message.replace(b" ", b"")
     finally:

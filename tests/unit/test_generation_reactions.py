@@ -170,7 +170,12 @@ class Saga:
 
     def generate(self, providers: FakeProviders, breakers: FakeBreakers | None = None) -> Generate:
         return Generate(
-            self.generations, providers, breakers or FakeBreakers(), self.blobs, sleep=self.sleeps
+            self.generations,
+            FundGeneration(self.generations, self.billing),
+            providers,
+            breakers or FakeBreakers(),
+            self.blobs,
+            sleep=self.sleeps,
         )
 
     def available(self) -> int:
@@ -289,6 +294,32 @@ def test_generate_sends_the_recorded_request_and_records_job_then_result(saga: S
     assert adapter.waited == ["job-1"]
     assert saga.blobs.data[(generation.result or {})["storage_key"]] == PNG
     assert len(adapter.submitted) == 1  # the second delivery submitted nothing
+
+
+def test_one_message_funds_submits_and_records_the_result(saga: Saga) -> None:
+    """No hop between funding and submitting: the ``Requested`` event's message does both,
+    and its tracking record is written with the result, once."""
+    gid = saga.request()
+    quote = saga.generation(gid).quote
+    adapter = FakeAdapter()
+    generate = saga.generate(FakeProviders(replicate=adapter))
+    assert saga.deliver(generate, saga.last(gid, Generation.Requested)) == (True, False)
+    generation = saga.generation(gid)
+    assert (generation.status, generation.job_id) == ("processing", "job-1")
+    assert generation.hold_id == hold_id_for(Cause("generation", str(gid)))
+    assert saga.available() == to_units(10) - quote
+    assert len(adapter.submitted) == 1
+    kinds = [type(e).__name__ for e in saga.generations.events.get(gid)]
+    assert kinds == ["Requested", "Funded", "Queued", "Submitted", "Produced"]
+
+
+def test_funding_that_ends_the_generation_submits_nothing(saga: Saga) -> None:
+    saga.billing.place_hold(saga.user, to_units(10) - 1, Cause("elsewhere", "x"))
+    gid = saga.request()
+    adapter = FakeAdapter()
+    generate = saga.generate(FakeProviders(replicate=adapter))
+    assert saga.deliver(generate, saga.last(gid, Generation.Requested)) == (True, False)
+    assert (saga.generation(gid).status, adapter.submitted) == ("failed", [])
 
 
 def test_a_redelivered_message_resumes_the_recorded_job_without_submitting(saga: Saga) -> None:

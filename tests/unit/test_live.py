@@ -158,3 +158,37 @@ def test_a_live_message_that_overtook_a_lost_one_does_not_hide_it() -> None:
     assert seen.sent == set()
     assert seen.take_all([_status(12, gid), _status(13, gid)]) == []  # duplicates, live
     assert [o.id for o in seen.take_all([_status(14, gid)])] == [14]
+
+
+def _whole(
+    position: int, kind: str, completed_at: datetime, *, cached: bool = False
+) -> LiveMessage:
+    data = {"completed_at": completed_at.isoformat(), "served_from_cache": cached}
+    return LiveMessage(type=kind, user_id=uuid4(), data=data, position=position)
+
+
+def test_a_completed_stream_waits_for_its_derivatives_for_a_while() -> None:
+    from interfaces.http.streams import DERIVATIVES_WAIT, _ended, _Seen  # noqa: PLC0415
+
+    now = datetime.now(UTC)
+    running = _status(1, uuid4())
+    completed = _whole(2, "completed", now)
+    assert _ended([running, completed]) is None  # its derivatives are coming
+    seen = _Seen(0)
+    for message in (running, completed):
+        seen.note(message)
+    assert not seen.finished
+    assert not seen.waited_enough()
+    seen.note(_whole(3, "derivatives", now))
+    assert seen.finished
+    ended = _ended([running, completed, _whole(3, "derivatives", now)])
+    assert ended is not None
+    assert (ended.type, ended.position) == ("completed", 3)  # the end, as it is now
+    # served from the cache: nothing follows; a completion from long ago: nothing will
+    assert _ended([_whole(2, "completed", now, cached=True)]) is not None
+    assert _ended([_whole(2, "completed", now - DERIVATIVES_WAIT * 2)]) is not None
+    stale = _Seen(0)
+    stale.note(_whole(2, "completed", now - DERIVATIVES_WAIT * 2))
+    assert stale.waited_enough()
+    failed = _whole(2, "failed", now)
+    assert _ended([failed]) == failed

@@ -13,7 +13,7 @@ import pytest
 from application.normalise import GenerationRequest
 from application.ports import Deferral
 from application.providers import ProviderFailure
-from application.saga import CancelAtProvider, Generate, SettleGeneration
+from application.saga import CancelAtProvider, FundGeneration, Generate, SettleGeneration
 from application.saga.deadlines import Deadlines, Patience
 from application.saga.provider_call import DEFER_S
 from domain.billing import CreditAccount
@@ -70,6 +70,7 @@ def saga() -> Saga:
 def generate(saga: Saga, adapter: FakeAdapter, clock: Clock, **kwargs: Any) -> Generate:
     return Generate(
         saga.generations,
+        FundGeneration(saga.generations, saga.billing),
         FakeProviders(replicate=adapter, openai=adapter),
         kwargs.pop("breakers", FakeBreakers()),
         saga.blobs,

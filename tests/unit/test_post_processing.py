@@ -19,24 +19,32 @@ from application.imaging import (
 from application.moderation import ModerationPolicy
 from application.normalise import GenerationRequest
 from application.ports import Deferral
-from application.post_processing import ProcessResult
+from application.post_processing import DeriveResult, ProcessResult
 from domain.generation import Generation
 from tests.support.fakes import MemoryBlobs
 
-KINDS = ("thumb", "preview", "full", "modern", "original")
+SHOWN = ("thumb", "preview")
+DERIVED = ("full", "modern", "original")
 
 
 class Pipeline:
     def __init__(self, fail: bool = False) -> None:
-        self.fail, self.runs = fail, 0
+        self.fail, self.runs, self.derived = fail, 0, 0
 
-    def process(self, data: bytes, output_format: str, *, video: bool) -> ProcessedImage:
+    def process(self, data: bytes, *, video: bool) -> ProcessedImage:
         self.runs += 1
         if self.fail:
             raise ProcessingFailed("the result is not a readable image: truncated")
         assert (data, video) == (b"raw", False)
-        artefacts = [Artefact(k, k.encode(), 64, 64, "webp", "image/webp") for k in KINDS]
+        artefacts = [Artefact(k, k.encode(), 64, 64, "webp", "image/webp") for k in SHOWN]
         return ProcessedImage(artefacts, 64, 64, "LEHV6nWB2yk8", 0.61)
+
+    def derive(self, data: bytes, output_format: str, *, video: bool) -> list[Artefact]:
+        self.derived += 1
+        if self.fail:
+            raise ProcessingFailed("the result is not a readable image: truncated")
+        assert (data, output_format, video) == (b"raw", "png", False)
+        return [Artefact(k, k.encode(), 64, 64, "webp", "image/webp") for k in DERIVED]
 
 
 class Classifier:
@@ -87,9 +95,63 @@ def test_a_clean_image_is_processed_then_completed_at_its_cost() -> None:
     assert done.status == "completed"
     assert done.charged == 3000
     assert done.processed is not None
-    assert [a["kind"] for a in done.processed["artefacts"]] == list(KINDS)
+    assert [a["kind"] for a in done.processed["artefacts"]] == list(SHOWN)
     assert done.processed["classifier"] == "test-classifier-1"
     assert blobs.get(f"generations/{generation.id}/thumb.webp") == b"thumb"
+
+
+def derive(
+    app: GenerationsApplication, blobs: MemoryBlobs, generation: Generation, pipeline: Pipeline
+) -> bool:
+    """Delivers the generation's last ``Completed`` event to ``derive_result`` (as 6)."""
+    reaction = DeriveResult(app, blobs, pipeline)
+    event = next(
+        e
+        for e in reversed(list(app.events.get(generation.id)))
+        if isinstance(e, Generation.Completed)
+    )
+    return reaction.handle(event, Tracking("generations", 6))
+
+
+def test_derivatives_follow_a_shown_result_once() -> None:
+    app, blobs, generation = produced(ModerationPolicy())
+    pipeline = Pipeline()
+    assert run(app, blobs, generation, pipeline=pipeline)
+    shown = app.generation(None, generation.id).version
+    assert derive(app, blobs, generation, pipeline)
+    assert not derive(app, blobs, generation, pipeline)  # redelivered: nothing again
+    done = app.generation(None, generation.id)
+    assert pipeline.derived == 1
+    assert (done.status, done.version) == ("completed", shown + 1)
+    assert done.processed is not None
+    assert [a["kind"] for a in done.processed["artefacts"]] == [*SHOWN, *DERIVED]
+    assert blobs.get(f"generations/{generation.id}/full.webp") == b"full"
+    assert isinstance(list(app.events.get(generation.id))[-1], Generation.Derived)
+
+
+def test_derivatives_that_cannot_be_made_are_recorded_as_none() -> None:
+    """A stream waiting for them learns that the shown artefacts are all there is."""
+    app, blobs, generation = produced(ModerationPolicy())
+    assert run(app, blobs, generation, pipeline=Pipeline())
+    assert derive(app, blobs, generation, Pipeline(fail=True))
+    assert not derive(app, blobs, generation, Pipeline())  # recorded once: not made again
+    done = app.generation(None, generation.id)
+    last = list(app.events.get(generation.id))[-1]
+    assert isinstance(last, Generation.Derived)
+    assert last.artefacts == []
+    assert done.processed is not None
+    assert [a["kind"] for a in done.processed["artefacts"]] == list(SHOWN)
+
+
+def test_a_blocked_result_gets_no_derivatives() -> None:
+    app, blobs, generation = produced(ModerationPolicy(0.5, "waive"))
+    pipeline = Pipeline()
+    assert run(app, blobs, generation, pipeline=pipeline, classifier=Classifier(score=0.9))
+    assert app.generation(None, generation.id).status == "blocked"
+    reaction = DeriveResult(app, blobs, pipeline)
+    blocked = list(app.events.get(generation.id))[-1]
+    assert not reaction.handle(blocked, Tracking("generations", 6))
+    assert pipeline.derived == 0
 
 
 @pytest.mark.parametrize(("billing", "charged"), [("waive", 0), ("charge", 3000)])
@@ -147,10 +209,10 @@ def test_a_delivery_overtaken_by_its_duplicate_finds_the_tracking_record() -> No
     app, blobs, generation = produced(ModerationPolicy())
 
     class Overtaken(Pipeline):
-        def process(self, data: bytes, output_format: str, *, video: bool) -> ProcessedImage:
+        def process(self, data: bytes, *, video: bool) -> ProcessedImage:
             if not self.runs:  # while this delivery is in the pipeline, its duplicate finishes
                 assert run(app, blobs, generation)
-            return super().process(data, output_format, video=video)
+            return super().process(data, video=video)
 
     assert not run(app, blobs, generation, pipeline=Overtaken())
     events = list(app.events.get(generation.id))

@@ -12,7 +12,7 @@ from application.generations import GenerationsApplication, GenerationState
 from application.imaging import Classification
 from application.moderation import ModerationPolicy
 from application.normalise import GenerationRequest
-from application.post_processing import ProcessResult
+from application.post_processing import DeriveResult, ProcessResult
 from domain.generation import Generation
 from infrastructure.imaging.pipeline import IMAGE_KINDS, PyvipsPipeline
 from infrastructure.simulator.render import render
@@ -45,6 +45,11 @@ def completed(
     reaction = ProcessResult(app, blobs, PyvipsPipeline(), Classifier())
     event = next(e for e in app.events.get(generation.id) if isinstance(e, Generation.Produced))
     assert reaction.handle(event, Tracking("generations", 5))
+    completed = list(app.events.get(generation.id))[-1]
+    if isinstance(completed, Generation.Completed):  # then the derivatives
+        assert DeriveResult(app, blobs, PyvipsPipeline()).handle(
+            completed, Tracking("generations", 6)
+        )
     return app, blobs, generation.id
 
 

@@ -145,4 +145,4 @@ def test_what_is_not_a_readable_video_fails_processing(
         data = with_audio(source, keep_video=False)
     assert isinstance(data, bytes)
     with pytest.raises(ProcessingFailed, match=message):
-        pipeline.PyvipsPipeline().process(data, "png", video=True)
+        pipeline.PyvipsPipeline().process(data, video=True)
