@@ -115,8 +115,8 @@ def stage(c: Container, user_id: UUID, run: str, first: int, count: int, pngs: l
         recordings = c.generations.save(generation)
         last_requested.append(recordings[0].notification.id)  # Requested comes first
         staged.append((generation.id, key, len(png)))
-    # the worker's fund_generation sees each Requested (a no-op: the status moved on)
-    wanted = [Tracking(tracking_name("generations", "fund_generation"), i) for i in last_requested]
+    # the worker's generate reaction sees each Requested (a no-op: the status moved on)
+    wanted = [Tracking(tracking_name("generations", "generate"), i) for i in last_requested]
     deadline = time.monotonic() + 60
     while wanted and time.monotonic() < deadline:
         wanted = [t for t in wanted if not c.generations.already_processed(t)]
