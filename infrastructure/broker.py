@@ -1,14 +1,40 @@
 """The Dramatiq broker on Redis, tuned for prompt recovery, and the logging-context middleware.
 
-A worker killed with SIGKILL leaves its messages in its acknowledgement set until some other
-consumer's *maintenance* notices the dead heartbeat. With Dramatiq's defaults (60 s heartbeat,
-maintenance on 0.1 % of fetches) that can take many minutes; here the heartbeat timeout is 10 s
-and maintenance runs on 20 % of fetches, so orphans are requeued within seconds of the timeout.
+A worker killed with SIGKILL leaves the messages it was processing in its acknowledgement set
+until some other worker's *maintenance* (a branch of Dramatiq's ``dispatch.lua``) finds that
+worker's heartbeat older than the heartbeat timeout and puts them back on their queues. The
+recovery time is therefore the timeout plus the wait for the next maintenance, plus a fetch.
+
+When a heartbeat is refreshed: every call of the dispatch script (fetch, ack, enqueue, ...)
+first writes ``ZADD <ns>:__heartbeats__ <now> <broker id>``, one broker id per worker process.
+A consumer stops fetching, though, once it holds its prefetch (twice its threads) unacked, so
+a worker whose threads are all busy on long provider calls may go quiet on that queue; only its
+other consumers' idle fetches kept it alive. Relying on that, a short timeout could declare a
+live, busy worker dead and run its messages twice. So each worker process runs a
+:class:`KeepAlive` thread: every :data:`KEEP_ALIVE_MS` it refreshes its heartbeat (whatever its
+consumers are doing) and runs maintenance on every declared queue and delay queue. Maintenance
+runs nowhere else (``maintenance_chance`` 0: not by chance on fetches, nor in the API or the
+dispatcher), so after it has lost Redis the thread refreshes only, for one timeout, before it
+maintains again: a Redis outage must not make every other live worker look dead the moment it
+ends (they refresh within :data:`KEEP_ALIVE_MS` of reconnecting).
+
+Numbers. Before: a 10 s timeout and maintenance on 20 % of fetches (~0.5 s later on average):
+10.6 s measured. Now: a 3 s timeout (``PIXEVO_WORKER_HEARTBEAT_TIMEOUT_S``), refreshed every
+0.5 s, so a live worker looks dead only after 2.5 s without running a thread that sleeps
+between two Redis writes (a stalled process, a Redis or network outage: what any timeout
+admits); a dead one is found at most 3 s + 0.5 s after its last heartbeat and its message is
+fetched within the next poll (:data:`WORKER_POLL_MS`). ``benchmarks/worker_recovery.py``
+measures kill -> resumed. Heartbeats carry each process's wall clock: hosts' clocks must agree
+well within the 2.5 s, and every worker must use the same timeout (the shortest one rules).
+Should a live worker be taken for dead anyway, a generation is still not submitted twice: the
+job id is recorded before anyone waits on it, and a redelivered message waits on that job.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import threading
+import time
+from typing import Any, Protocol
 
 import dramatiq
 import redis.asyncio as aioredis
@@ -20,11 +46,18 @@ from dramatiq.middleware import Middleware
 from application.reactions import QUEUES
 from infrastructure.tracing import TracePropagation
 
-HEARTBEAT_TIMEOUT_MS = 10_000
+#: Without a heartbeat for this long a worker is taken for dead (the platform's default; the
+#: setting ``PIXEVO_WORKER_HEARTBEAT_TIMEOUT_S`` changes it, at least 4 keep-alives long).
+HEARTBEAT_TIMEOUT_MS = 3_000
+#: How often a worker process refreshes its heartbeat and maintains the queues.
+KEEP_ALIVE_MS = 500
 #: How long an idle worker waits between fetches (Dramatiq backs off up to 1 s by default, which
 #: shows up directly in a generation's latency; 100 ms measured p95 122 ms instead of 156 ms).
 WORKER_POLL_MS = 100
-MAINTENANCE_CHANCE = 200_000  # per million fetches
+#: Dispatch-script commands the script has no branch for: it refreshes the caller's heartbeat
+#: (the first thing it does for any command) and, for ``MAINTAIN``, runs maintenance.
+HEARTBEAT, MAINTAIN = "heartbeat", "maintain"
+log = structlog.get_logger(__name__)
 
 
 #: Ids bound where a message is sent that travel with it, to be bound where it is processed.
@@ -80,13 +113,96 @@ async def queue_depths(client: aioredis.Redis, namespace: str) -> dict[str, int]
     return depths
 
 
-def make_broker(redis_url: str, namespace: str) -> RedisBroker:
-    broker = RedisBroker(
-        url=redis_url,
-        namespace=broker_namespace(namespace),
-        heartbeat_timeout=HEARTBEAT_TIMEOUT_MS,
-        maintenance_chance=MAINTENANCE_CHANCE,
-    )
+class RecoveringRedisBroker(RedisBroker):
+    """Dramatiq's Redis broker with maintenance on demand (:meth:`maintain`) instead of by
+    chance on its commands."""
+
+    def __init__(self, url: str, namespace: str, heartbeat_timeout_ms: int) -> None:
+        super().__init__(  # type: ignore[no-untyped-call]  # Dramatiq: untyped
+            url=url,
+            namespace=namespace,
+            heartbeat_timeout=heartbeat_timeout_ms,
+            maintenance_chance=0,  # only on demand: see _should_do_maintenance
+        )
+
+    def _should_do_maintenance(self, command: str) -> int:
+        return int(command == MAINTAIN)
+
+    def queues_to_maintain(self) -> list[str]:
+        return sorted(self.get_declared_queues() | self.get_declared_delay_queues())
+
+    def heartbeat(self) -> None:
+        """Refreshes this process's heartbeat."""
+        getattr(self, f"do_{HEARTBEAT}")(QUEUES[0])  # the queue is not used
+
+    def maintain(self) -> None:
+        """Refreshes this process's heartbeat and, on every declared queue, puts the messages
+        of workers whose heartbeat is older than the timeout back on it."""
+        for queue in self.queues_to_maintain():
+            getattr(self, f"do_{MAINTAIN}")(queue)
+
+
+class Maintained(Protocol):
+    def heartbeat(self) -> None: ...
+    def maintain(self) -> None: ...
+
+
+class KeepAlive(Middleware):
+    """In a worker process, a thread that keeps its heartbeat fresh and maintains the queues
+    every ``interval_s``; after a failure it only refreshes, for ``quiet_s``, before it
+    maintains again (see the module's docstring)."""
+
+    def __init__(self, interval_s: float, quiet_s: float) -> None:
+        self.interval_s, self.quiet_s = interval_s, quiet_s
+        self.stopping = threading.Event()
+        self.thread: threading.Thread | None = None
+        #: Since when Redis has answered without a failure (``None``: it has just failed).
+        self.contact_since: float | None = None
+
+    def after_worker_boot(self, broker: dramatiq.Broker, _worker: Any) -> None:
+        if isinstance(broker, RecoveringRedisBroker):
+            self.start(broker)
+
+    def before_worker_shutdown(self, _broker: dramatiq.Broker, _worker: Any) -> None:
+        self.stop()
+
+    def start(self, broker: Maintained) -> None:
+        self.stopping.clear()
+        self.contact_since = time.monotonic()  # a new process, too, waits one quiet period
+        self.thread = threading.Thread(
+            target=self.run, args=(broker,), name="pixevo-keep-alive", daemon=True
+        )
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        if self.thread is not None:
+            self.thread.join(timeout=self.interval_s * 4)
+
+    def run(self, broker: Maintained) -> None:
+        while not self.stopping.wait(self.interval_s):
+            self.tick(broker, time.monotonic())
+
+    def tick(self, broker: Maintained, now: float) -> None:
+        """One round: maintain if Redis has answered for ``quiet_s``, else only refresh."""
+        try:
+            if self.contact_since is not None and now - self.contact_since >= self.quiet_s:
+                broker.maintain()
+            else:
+                broker.heartbeat()
+        except Exception as error:  # noqa: BLE001 - the thread must outlive any failure
+            self.contact_since = None
+            log.warning("broker.keep_alive_failed", error=repr(error))
+            return
+        if self.contact_since is None:
+            self.contact_since = now
+
+
+def make_broker(
+    redis_url: str, namespace: str, heartbeat_timeout_ms: int = HEARTBEAT_TIMEOUT_MS
+) -> RecoveringRedisBroker:
+    broker = RecoveringRedisBroker(redis_url, broker_namespace(namespace), heartbeat_timeout_ms)
+    broker.add_middleware(KeepAlive(KEEP_ALIVE_MS / 1000, heartbeat_timeout_ms / 1000))
     broker.add_middleware(LogContext())
     broker.add_middleware(TracePropagation())
     return broker

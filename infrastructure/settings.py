@@ -15,6 +15,8 @@ PIXEVO_SIMULATOR_PORT     where ``pixevo up`` runs the provider simulator (defau
 PIXEVO_PROVIDER_<NAME>_URL / _KEY   a provider's base URL and API key (default: the simulator)
 PIXEVO_STREAM_SECRET      signs stream tokens; unset: one made in the data dir
 PIXEVO_SSE_HEARTBEAT_S    seconds between keep-alive comments on live feeds (default 15)
+PIXEVO_WORKER_HEARTBEAT_TIMEOUT_S  a worker silent this long is taken for dead and its messages
+                          run elsewhere (default 3, at least 2; the same on every worker)
 PIXEVO_MODERATION_NSFW_THRESHOLD   classifier score that blocks an image (default 0.8)
 PIXEVO_MODERATION_BLOCKED_BILLING  waive (default) or charge: is a blocked generation billed
 PIXEVO_MODERATION_RULES            a prompt rules TOML file (default: the shipped rules)
@@ -84,6 +86,7 @@ class Settings:
     simulator_port: int = 8001
     stream_secret: str | None = None
     sse_heartbeat_s: float = 15.0
+    worker_heartbeat_timeout_s: float = 3.0
     nsfw_threshold: float = 0.8
     blocked_billing: str = "waive"
     moderation_rules: Path | None = None
@@ -171,6 +174,9 @@ class Settings:
             simulator_port=sim_port,
             stream_secret=env.get("PIXEVO_STREAM_SECRET") or None,
             sse_heartbeat_s=heartbeat,
+            worker_heartbeat_timeout_s=_seconds(
+                env, "PIXEVO_WORKER_HEARTBEAT_TIMEOUT_S", "3", 2, 600
+            ),
             nsfw_threshold=nsfw_threshold,
             blocked_billing=billing,
             moderation_rules=Path(rules).absolute() if rules else None,
@@ -254,6 +260,7 @@ class Settings:
         if self.stream_secret:
             env["PIXEVO_STREAM_SECRET"] = self.stream_secret
         env["PIXEVO_SSE_HEARTBEAT_S"] = str(self.sse_heartbeat_s)
+        env["PIXEVO_WORKER_HEARTBEAT_TIMEOUT_S"] = str(self.worker_heartbeat_timeout_s)
         env["PIXEVO_MODERATION_NSFW_THRESHOLD"] = str(self.nsfw_threshold)
         env["PIXEVO_MODERATION_BLOCKED_BILLING"] = self.blocked_billing
         if self.moderation_rules:

@@ -457,7 +457,8 @@ class Container:
 
     @cached_property
     def broker(self) -> dramatiq.Broker:
-        broker = make_broker(self.redis_url, self.settings.redis_namespace)
+        timeout_ms = round(self.settings.worker_heartbeat_timeout_s * 1000)
+        broker = make_broker(self.redis_url, self.settings.redis_namespace, timeout_ms)
         dramatiq.set_broker(broker)
         return broker
 

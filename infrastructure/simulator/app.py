@@ -18,7 +18,8 @@ files                               GET /files/{id}.{ext}, GET /files/{id}/previ
 moderation                          POST /moderation/v1/classify (image bytes -> nsfw score);
                                     faults under the provider name "moderation"
 admin                               POST /_sim/faults/{provider}, DELETE /_sim/faults,
-                                    GET /_sim/stats
+                                    GET /_sim/stats, GET /_sim/jobs/{id} (when it was made,
+                                    its latency, when it was polled: monotonic seconds)
 """
 
 from __future__ import annotations
@@ -130,7 +131,9 @@ async def create_prediction(request: Request[Any, Any, Any]) -> dict[str, Any]:
 @get("/replicate/v1/predictions/{job_id:str}")
 async def get_prediction(request: Request[Any, Any, Any], job_id: str) -> dict[str, Any]:
     sim = _guard(request, "replicate", submission=False)
-    return _prediction(request, _job(sim, job_id, "replicate"))
+    job = _job(sim, job_id, "replicate")
+    sim.polled(job)
+    return _prediction(request, job)
 
 
 @post("/replicate/v1/predictions/{job_id:str}/cancel", status_code=200)
@@ -182,13 +185,16 @@ async def enqueue(request: Request[Any, Any, Any], model_key: str) -> dict[str, 
 @get("/fal/requests/{job_id:str}/status")
 async def queue_status(request: Request[Any, Any, Any], job_id: str) -> dict[str, Any]:
     sim = _guard(request, "fal", submission=False)
-    return _queue_status(sim, _job(sim, job_id, "fal"))
+    job = _job(sim, job_id, "fal")
+    sim.polled(job)
+    return _queue_status(sim, job)
 
 
 @get("/fal/requests/{job_id:str}/status/stream")
 async def queue_stream(request: Request[Any, Any, Any], job_id: str) -> ServerSentEvent:
     sim = _guard(request, "fal", submission=False)
     job = _job(sim, job_id, "fal")
+    sim.polled(job)
     base = str(request.base_url).rstrip("/")
 
     async def events() -> AsyncIterator[ServerSentEventMessage]:
@@ -374,6 +380,21 @@ async def stats(request: Request[Any, Any, Any]) -> dict[str, Counters]:
     return dict(_sim(request).counters)
 
 
+@get("/_sim/jobs/{job_id:str}")
+async def job_record(request: Request[Any, Any, Any], job_id: str) -> dict[str, Any]:
+    """A job as the simulator saw it; times in seconds on its monotonic clock (the host's
+    ``CLOCK_MONOTONIC``: comparable with ``time.monotonic()`` of other processes on the host)."""
+    job = _job_any(_sim(request), job_id)
+    return {
+        "id": job.id,
+        "provider": job.provider,
+        "model": job.model.key,
+        "created": job.created,
+        "latency_s": job.latency_s,
+        "polled_at": list(job.polled_at),
+    }
+
+
 def create_simulator(catalogue: Catalogue | None = None, latency_scale: float = 1.0) -> Litestar:
     app = Litestar(
         route_handlers=[
@@ -393,6 +414,7 @@ def create_simulator(catalogue: Catalogue | None = None, latency_scale: float = 
             set_faults,
             clear_faults,
             stats,
+            job_record,
         ],
         exception_handlers={ProviderError: _error},
         logging_config=None,

@@ -27,6 +27,7 @@ class Faults(msgspec.Struct, kw_only=True):
     poll_errors: int = 0  # the next N calls about submitted jobs (status, stream) answer 503
     reject_content: str | None = None  # prompts containing this end content-rejected
     latency_scale: float | None = None  # multiplies the model's latency; 0 = instant
+    latency_s: float | None = None  # every new job takes exactly this long (before any scale)
     nsfw_score: float | None = None  # the moderation classifier answers this for every image
 
 
@@ -45,6 +46,8 @@ class Job:
     #: The image inputs' bytes (an upscale's or an edit's image, an edit's mask).
     source: bytes | None = None
     mask: bytes | None = None
+    #: When it was asked about (status calls), on the simulator's monotonic clock (recent ones).
+    polled_at: list[float] = field(default_factory=list)
 
     @property
     def width(self) -> int:
@@ -156,7 +159,7 @@ class Simulator:
             model=model,
             input=payload,
             created=time.monotonic(),
-            latency_s=_latency(model, job_id) * scale,
+            latency_s=(faults.latency_s or _latency(model, job_id)) * scale,
             seed=seed,
             rejected=bool(faults.reject_content and faults.reject_content in prompt),
             hung=faults.hang,
@@ -170,6 +173,10 @@ class Simulator:
             counters.by_model[model.key] = counters.by_model.get(model.key, 0) + 1
             self.jobs[job_id] = job
         return job
+
+    def polled(self, job: Job) -> None:
+        with self._lock:
+            _arrived(job.polled_at)
 
     def cancel(self, job: Job) -> None:
         with self._lock:

@@ -341,6 +341,9 @@ def test_worker_killed_while_waiting_on_the_provider_resumes_without_resubmittin
     assert recovered_in < 30, f"took {recovered_in:.1f} s after the kill"
     after = httpx.get(f"{simulator}/_sim/stats").json()["replicate"]
     assert after["submissions"] - before.get("submissions", 0) == 1  # polled again, not resent
+    job_id = platform.generations.generation(None, UUID(generation_id)).job_id
+    job = httpx.get(f"{simulator}/_sim/jobs/{job_id}").json()  # times on this host's clock
+    assert any(t > killed_at for t in job["polled_at"])  # the new worker waited on that job
 
     def one_capture() -> bool:
         kinds = [

@@ -207,3 +207,20 @@ def test_a_hung_job_times_out_at_the_models_limit(providers: Providers, simulato
     assert failure.value.kind == "timeout"
     assert time.monotonic() - started < 5
     assert submissions(simulator, "replicate") == before + 1  # waited on, never resubmitted
+
+
+def test_the_simulator_records_when_it_was_asked_about_a_job(
+    providers: Providers, simulator: str
+) -> None:
+    faults(simulator, "replicate", latency_s=0.3, latency_scale=1.0)
+    spec = CATALOGUE.get("sim-instant")
+    adapter = providers.for_model(spec)
+    job = adapter.submit(spec, normalise(spec, GenerationRequest(model=spec.key, prompt="x")))
+    adapter.wait(spec, job.job_id or "")
+    record = httpx.get(f"{simulator}/_sim/jobs/{job.job_id}").json()
+    assert record["latency_s"] == 0.3  # exactly the fault's, whatever the model's timing
+    polled = record["polled_at"]
+    assert len(polled) >= 2
+    assert polled == sorted(polled)
+    assert record["created"] < polled[0]
+    assert polled[-1] >= record["created"] + 0.3  # the last one found it done
