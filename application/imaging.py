@@ -7,6 +7,11 @@ from typing import Protocol
 
 from application.errors import Unavailable
 
+#: An image's artefacts made before it is shown (the classifier judges the preview) ...
+VISIBLE_KINDS = ("thumb", "preview")
+#: ... and those made after (``derive_result``), which follow it within a moment.
+DERIVED_KINDS = ("social", "full", "modern", "original")
+
 
 @dataclass(frozen=True, slots=True)
 class Artefact:

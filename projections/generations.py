@@ -133,6 +133,7 @@ def _derived(row: dict[str, Any], event: Any) -> None:
     kinds = {a["kind"] for a in event.artefacts}
     kept = [a for a in processed.get("artefacts") or [] if a["kind"] not in kinds]
     processed["artefacts"] = [*kept, *event.artefacts]
+    processed["derived"] = True  # all there will be: a missing one is not coming
     row["result_metadata"] = {**meta, "processed": processed}
 
 

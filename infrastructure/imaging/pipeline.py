@@ -38,7 +38,12 @@ import av
 import blurhash
 import pyvips
 
-from application.imaging import Artefact, ProcessedImage, ProcessingFailed
+from application.imaging import (
+    DERIVED_KINDS,
+    Artefact,
+    ProcessedImage,
+    ProcessingFailed,
+)
 from infrastructure.imaging.video import MEDIA_TYPE as MP4_MEDIA_TYPE
 from infrastructure.imaging.video import first_frame, strip_metadata
 
@@ -48,9 +53,6 @@ SIZES = {"thumb": 256, "preview": 512}
 SOCIAL_SIZE = (1200, 630)
 #: The artefacts of an image, in the order they are recorded and listed (the original last).
 IMAGE_KINDS = ("thumb", "preview", "social", "full", "modern", "original")
-#: Made before the image is shown (the classifier judges the preview); the rest follow.
-VISIBLE_KINDS = ("thumb", "preview")
-DERIVED_KINDS = ("social", "full", "modern", "original")
 WEBP_Q, AVIF_Q, JPEG_Q = 80, 50, 85
 #: Encoder effort, measured (benchmarks/image_pipeline.py, 1024 px photo-like source): AVIF
 #: effort 0 encodes ~5x faster than 2 at the same size and PSNR (+-0.1 dB); effort 4 is ~10x

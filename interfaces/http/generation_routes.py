@@ -27,7 +27,7 @@ from interfaces.http import dto
 from interfaces.http.auth import STREAM_OPT, TokenQuery
 from interfaces.http.problems import ProblemError
 from interfaces.http.ratelimit import RATE_LIMITED
-from interfaces.http.views import asset_of, model_view, view_of, view_of_row
+from interfaces.http.views import asset_of, derivative_pending, model_view, view_of, view_of_row
 from projections import generation_queries, ledger_queries
 from projections.model_timings import Timings
 
@@ -229,6 +229,13 @@ class Generations(Controller):
         """The result (``original``) or a derivative; a blocked result is never served."""
         row = await generation_queries.generation(services.pool, request.user.id, generation_id)
         meta = row["result_metadata"] if row and row["status"] == "completed" else None
+        if meta and derivative_pending(meta, kind):
+            raise ProblemError(
+                503,
+                f"generation {generation_id}'s {kind} is being made: it follows the preview "
+                "within a moment (the live feeds send 'derivatives' when it is there)",
+                headers={"Retry-After": "1"},
+            )
         found = asset_of(meta, kind) if meta else None
         if found is None:
             raise ProblemError(404, f"generation {generation_id} has no {kind[:40]} to serve")

@@ -11,6 +11,7 @@ import msgspec
 from application import assets
 from application.catalogue import ModelSpec
 from application.generations import GenerationState
+from application.imaging import DERIVED_KINDS
 from domain.credits import format_credits
 from interfaces.http import dto
 
@@ -80,6 +81,18 @@ def _result(
             )
             for a in artefacts
         ],
+    )
+
+
+def derivative_pending(meta: dict[str, Any], kind: str) -> bool:
+    """Whether ``kind`` is one of a shown image's derivatives that are still being made."""
+    processed = meta.get("processed") or {}
+    have = {a["kind"] for a in processed.get("artefacts") or []}
+    return (
+        bool(processed)
+        and not processed.get("derived")
+        and kind in DERIVED_KINDS
+        and not have & set(DERIVED_KINDS)  # results from before they followed have them all
     )
 
 
