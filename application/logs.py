@@ -75,7 +75,13 @@ def decoder(mapper: Mapper[Any]) -> Callable[[StoredEvent], DomainEventProtocol[
         if type(value) is list:
             return [walk(v) if type(v) is dict or type(v) is list else v for v in value]
         for key, v in value.items():
-            if type(v) is dict or type(v) is list:
+            if type(v) is dict:
+                data = v.get("_data_")
+                if type(data) is str and len(v) == 2 and "_type_" in v:  # a UUID, a datetime
+                    value[key] = names[v["_type_"]].decode(data)
+                else:
+                    value[key] = walk(v)
+            elif type(v) is list:
                 value[key] = walk(v)
         if len(value) == 2 and "_type_" in value and "_data_" in value:
             return names[value["_type_"]].decode(value["_data_"])
