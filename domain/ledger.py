@@ -144,6 +144,7 @@ def apply(position: AccountPosition, event: object) -> tuple[AccountPosition, li
     after = replace(
         position, balance=balance, holds=holds, debts=debts, version=version, updated_at=at
     )
+    available = after.available
     entries = [
         LedgerEntry(
             id=entry_id(account_id, version, ":release" if i else ""),
@@ -151,8 +152,8 @@ def apply(position: AccountPosition, event: object) -> tuple[AccountPosition, li
             at=at,
             kind=kind,
             amount=amount,
-            balance_after=after.balance,
-            available_after=after.available,
+            balance_after=balance,
+            available_after=available,
             cause=cause,
             hold_id=hold_id,
             version=version,

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 
 from psycopg.sql import SQL, Identifier
 
+from projections import bulk
 from projections.base import timestamped
 from projections.runner import ProjectionRunner, lock_key
 
@@ -71,7 +72,8 @@ def rebuild(
     """Rebuilds ``live``'s tables from the event store and swaps them in.
 
     ``fresh`` is a runner of the same projection on an empty scratch schema. It catches up to the
-    head as it was when the rebuild began while the live tables keep serving; then, holding the
+    head as it was when the rebuild began while the live tables keep serving (in bulk, with
+    :func:`projections.bulk.build`, for the views that can be built so); then, holding the
     projection's lock exclusively (a live runner waits for it between batches), it catches up the
     last events and the schemas swap by renaming, in one transaction. Returns the position the
     rebuilt tables start from.
@@ -81,9 +83,17 @@ def rebuild(
         curs.execute(SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(Identifier(scratch)))
     fresh.start()
     head = fresh.upstream.max_notification_id() or 0
+
     # Both phases stop at a head read once: with writers busy, chasing the moving head could
     # last for ever. What lands after the swap is the live runner's, from the swapped-in position.
-    fresh.catch_up(lambda position: progress(position, head) if progress else None, until=head)
+    def report(position: int) -> None:
+        if progress is not None:
+            progress(position, head)
+
+    if isinstance(fresh.view, bulk.Bulk):  # nobody reads the fresh tables: fold, then COPY
+        bulk.build(fresh, head, report)
+    else:
+        fresh.catch_up(report, until=head)
     retired = f"{live_schema}_retired"
     with live.view.datastore.transaction(commit=True) as curs:
         curs.execute("SELECT pg_advisory_xact_lock(%s)", [lock_key(live.name)])

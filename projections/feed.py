@@ -43,16 +43,24 @@ class FeedView(ProjectionView):
         self._unpublished: list[LiveMessage] = []
         self._published_to: int | None = None  # recorded in the next batch's transaction
 
-    def _write_feed(self, curs: Cursor[DictRow], feed: list[tuple[datetime, LiveMessage]]) -> None:
+    @property
+    def feed_columns(self) -> tuple[str, ...]:
+        return ("position", "created_at", "user_id", self.feed_subject, "type", "data")
+
+    def feed_rows(self, feed: list[tuple[datetime, LiveMessage]]) -> list[tuple[Any, ...]]:
+        """The feed's rows of these messages (``(created_at, message)``), as ``feed_columns``."""
         subject = self.feed_subject
+        return [
+            (m.position, at, m.user_id, getattr(m, subject), m.type, Jsonb(m.data))
+            for at, m in feed
+        ]
+
+    def _write_feed(self, curs: Cursor[DictRow], feed: list[tuple[datetime, LiveMessage]]) -> None:
         if feed:
             curs.executemany(
-                f"INSERT INTO {self.schema}.feed (position, created_at, user_id, {subject}, "
-                "type, data) VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
-                [
-                    [m.position, at, m.user_id, getattr(m, subject), m.type, Jsonb(m.data)]
-                    for at, m in feed
-                ],
+                f"INSERT INTO {self.schema}.feed ({', '.join(self.feed_columns)}) "
+                "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                self.feed_rows(feed),
             )
         if self._published_to is not None:
             curs.execute(
@@ -67,6 +75,11 @@ class FeedView(ProjectionView):
                 self.publisher.publish(self._unpublished)
             self._published_to = self._unpublished[-1].position
         self._unpublished = []
+
+    def bulk_written(self, curs: Cursor[DictRow], position: int) -> None:
+        """A bulk build's messages are history: none is published (as none is while
+        rebuilding), and a runner starting on these tables has none to send again."""
+        curs.execute(f"UPDATE {self.schema}.feed_published SET position = %s", [position])
 
     def on_start(self, curs: Cursor[DictRow]) -> None:
         """Makes partitions, and publishes what a previous runner committed but did not send."""

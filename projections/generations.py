@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -21,6 +21,7 @@ from application.saga.deadlines import Patience
 from domain.credits import to_credits
 from domain.generation import STATUS_AFTER, TERMINAL, Generation
 from projections.base import NotifiedEvent, month_of
+from projections.bulk import Row
 from projections.feed import FeedView
 
 #: Counted by the live runner once its batch is committed (a retried batch counts once).
@@ -310,8 +311,19 @@ class GenerationsView(FeedView):
     def project(self, curs: Cursor[DictRow], batch: Sequence[NotifiedEvent]) -> None:
         self._ended: list[tuple[str, str]] = []
         ids = list({item.event.originator_id for item in batch})
+        rows: dict[UUID, dict[str, Any] | None] = self._load(curs, ids)
+        touched, feed = self._fold(rows, batch)
+        self._write(curs, batch, [row for key in touched if (row := rows.get(key)) is not None])
+        self._write_feed(curs, feed)
+
+    def _load(self, curs: Cursor[DictRow], ids: list[UUID]) -> dict[UUID, Any]:
         curs.execute(f"SELECT * FROM {self.schema}.generations WHERE id = ANY(%s)", [ids])
-        rows: dict[UUID, dict[str, Any] | None] = {row["id"]: dict(row) for row in curs}
+        return {row["id"]: dict(row) for row in curs}
+
+    def _fold(
+        self, rows: dict[UUID, dict[str, Any] | None], batch: Sequence[NotifiedEvent]
+    ) -> tuple[set[UUID], list[tuple[datetime, LiveMessage]]]:
+        """Folds the batch into ``rows``: the ids it touched, and the feed's new messages."""
         touched: set[UUID] = set()
         feed: list[tuple[datetime, LiveMessage]] = []
         for item in batch:
@@ -337,7 +349,11 @@ class GenerationsView(FeedView):
                     position=item.notification_id,
                 )
                 feed.append((item.event.timestamp, message))
-        changed = [row for key in touched if (row := rows.get(key)) is not None]
+        return touched, feed
+
+    def _write(
+        self, curs: Cursor[DictRow], batch: Sequence[NotifiedEvent], changed: list[dict[str, Any]]
+    ) -> None:
         months = {month_of(row["created_at"]) for row in changed}
         for table, month in [("generations", m) for m in months] + [
             ("feed", m) for m in {month_of(item.event.timestamp) for item in batch}
@@ -348,7 +364,6 @@ class GenerationsView(FeedView):
             )
         if changed:
             self._upsert(curs, changed)
-        self._write_feed(curs, feed)
 
     def after_commit(self) -> None:
         super().after_commit()
@@ -365,8 +380,30 @@ class GenerationsView(FeedView):
             f"INSERT INTO {self.schema}.generations AS g ({names}) VALUES ({placeholders}) "
             f"ON CONFLICT (id, created_at) DO UPDATE SET {updates} "
             "WHERE g.version < excluded.version",
-            [
-                [Jsonb(row[c]) if c in _JSON and row[c] is not None else row[c] for c in COLUMNS]
-                for row in rows
-            ],
+            [_values(row) for row in rows],
         )
+
+    # -- building in bulk (a rebuild's fresh tables: see projections.bulk) ------------------
+
+    @property
+    def bulk_columns(self) -> Mapping[str, Sequence[str]]:
+        return {"generations": COLUMNS, "feed": self.feed_columns}
+
+    def bulk_load(self, curs: Cursor[DictRow], keys: list[UUID]) -> dict[UUID, Any]:
+        return self._load(curs, keys)
+
+    def bulk_fold(self, states: dict[UUID, Any], batch: Sequence[NotifiedEvent]) -> list[Row]:
+        self._ended = []  # counted by the live runner only
+        _, feed = self._fold(states, batch)
+        return [("feed", row) for row in self.feed_rows(feed)]
+
+    def bulk_rows(self, states: Mapping[UUID, Any]) -> Iterator[Row]:
+        return (("generations", _values(row)) for row in states.values() if row is not None)
+
+    def bulk_forget(self, curs: Cursor[DictRow], keys: list[UUID]) -> None:
+        curs.execute(f"DELETE FROM {self.schema}.generations WHERE id = ANY(%s)", [keys])
+
+
+def _values(row: dict[str, Any]) -> tuple[Any, ...]:
+    """A row's values in the order of ``COLUMNS``, as the statements take them."""
+    return tuple(Jsonb(row[c]) if c in _JSON and row[c] is not None else row[c] for c in COLUMNS)
