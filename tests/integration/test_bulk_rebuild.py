@@ -158,6 +158,9 @@ LIVES: list[list[Callable[[Generation], Any]]] = [
         lambda g: g.queue(),
         produce,
         lambda g: g.complete(to_units(1)),
+        lambda g: g.derived(
+            [{"kind": "full", "storage_key": "f.webp", "width": 1024, "height": 768}]
+        ),
     ],
     [  # fell back, deferred, blocked before completing, reinstated; then blocked on a rescreen
         lambda g: (g.fund(uuid4()), g.queue()),
