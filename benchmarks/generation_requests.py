@@ -63,6 +63,7 @@ from typing import Any
 from uuid import UUID
 
 import httpx
+import psycopg
 
 from application.normalise import GenerationRequest
 from benchmarks._support import (
@@ -103,6 +104,46 @@ class HttpWindow:
     client_cpu: float
     api_cpu: float
     postgres_cpu: float
+    #: Of the scratch database's sessions sampled running a statement, the share waiting on a
+    #: heavyweight lock (the event table's ``LOCK TABLE ... EXCLUSIVE``, appends queueing).
+    lock_wait_share: float = 0.0
+
+
+class LockWaits:
+    """Samples ``pg_stat_activity`` of one database every ``interval_s`` on a thread: how many
+    of its sessions are running a statement, and how many of those wait on a lock."""
+
+    QUERY = (
+        "SELECT count(*) FILTER (WHERE state = 'active'), "
+        "count(*) FILTER (WHERE state = 'active' AND wait_event_type = 'Lock') "
+        "FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+    )
+
+    def __init__(self, database_url: str, interval_s: float = 0.005) -> None:
+        self.database_url, self.interval_s = database_url, interval_s
+        self.active = self.waiting = 0
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        with psycopg.connect(self.database_url, autocommit=True) as conn:
+            while not self.stopping.wait(self.interval_s):
+                row = conn.execute(self.QUERY).fetchone()
+                if row is not None:
+                    self.active += int(row[0])
+                    self.waiting += int(row[1])
+
+    def __enter__(self) -> LockWaits:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stopping.set()
+        self.thread.join(timeout=5)
+
+    @property
+    def share(self) -> float:
+        return self.waiting / self.active if self.active else 0.0
 
 
 async def post_load(
@@ -110,6 +151,7 @@ async def post_load(
     api_key: str,
     run: str,
     *,
+    database_url: str,
     clients: int,
     warmup: float,
     duration: float,
@@ -152,23 +194,25 @@ async def post_load(
         finally:
             await conn.close()
 
-    async def meter() -> tuple[float, float, float]:
+    async def meter() -> tuple[float, float, float, float]:
         await asyncio.sleep(max(0.0, window_start - loop.time()))
         processes = api.processes()
         c0, a0, t0 = time.process_time(), cpu_seconds(processes), time.perf_counter()
         pg0 = postgres_cpu_snapshot()
-        await asyncio.sleep(max(0.0, window_end - loop.time()))
+        with LockWaits(database_url) as locks:
+            await asyncio.sleep(max(0.0, window_end - loop.time()))
         elapsed = time.perf_counter() - t0
         return (
             (time.process_time() - c0) / elapsed,
             (cpu_seconds(processes) - a0) / elapsed,
             postgres_cpu_delta(pg0) / elapsed,
+            locks.share,
         )
 
     metering = asyncio.create_task(meter())
     try:
         await asyncio.gather(*(worker() for _ in range(clients)))
-        client_cpu, api_cpu, pg_cpu = await metering
+        client_cpu, api_cpu, pg_cpu, lock_share = await metering
     finally:
         metering.cancel()
     latencies.sort()
@@ -182,6 +226,7 @@ async def post_load(
         client_cpu=client_cpu,
         api_cpu=api_cpu,
         postgres_cpu=pg_cpu,
+        lock_wait_share=lock_share,
     )
 
 
@@ -197,6 +242,7 @@ class RawWindow:
     requests: int
     cpu: float  # cores used by this process
     postgres_cpu: float
+    lock_wait_share: float = 0.0  # as HttpWindow's
 
 
 def raw_appends(
@@ -235,9 +281,10 @@ def raw_appends(
     pg0 = postgres_cpu_snapshot()
     c0, t0 = time.process_time(), time.perf_counter()
     stop_at[0] = t0 + duration
-    barrier.wait()
-    for worker in workers:
-        worker.join()
+    with LockWaits(c.settings.database_url) as locks:
+        barrier.wait()
+        for worker in workers:
+            worker.join()
     elapsed = time.perf_counter() - t0
     cpu = (time.process_time() - c0) / elapsed
     pg_cpu = postgres_cpu_delta(pg0) / elapsed
@@ -252,6 +299,7 @@ def raw_appends(
         requests=len(latencies),
         cpu=cpu,
         postgres_cpu=pg_cpu,
+        lock_wait_share=locks.share,
     )
 
 
@@ -334,6 +382,7 @@ def measure(
                 api,
                 api_key,
                 run,
+                database_url=c.settings.database_url,
                 clients=args.clients,
                 warmup=args.warmup,
                 duration=args.duration,
@@ -347,6 +396,7 @@ def measure(
                 api,
                 api_key,
                 run,
+                database_url=c.settings.database_url,
                 clients=1,
                 warmup=min(args.warmup, 1.0),
                 duration=args.duration / 2,
@@ -367,7 +417,8 @@ def measure(
             f"  repeat {repeat + 1}/{args.repeats}: POST {window.accepted_per_s:6,.0f}/s "
             f"p50 {window.p50_ms:5.1f} ms p99 {window.p99_ms:5.1f} ms errors {window.errors} "
             f"(cpu client {window.client_cpu:.2f} api {window.api_cpu:.2f} "
-            f"pg {window.postgres_cpu:.2f}) | raw x1 {raws[0].requests_per_s:6,.0f}/s "
+            f"pg {window.postgres_cpu:.2f}, lock waits {window.lock_wait_share:.0%}) | raw x1 "
+            f"{raws[0].requests_per_s:6,.0f}/s "
             f"raw x{args.raw_threads} {raws[1].requests_per_s:6,.0f}/s | 1 client p99 "
             f"{single.p99_ms:5.1f} ms"
         )
@@ -438,6 +489,17 @@ def measure(
         f"p99 at {args.clients} clients / p99 at 1 client: {p99_ratio:.2f}; target <= 2: "
         f"{'MET' if p99_ratio <= 2 else 'NOT MET'}"
     )
+    lock_share = median([w.lock_wait_share for w in http_runs])
+    raw_lock = median([r.lock_wait_share for r in rawn_runs])
+    api_cpu = median([w.api_cpu for w in http_runs])
+    accepted = median([w.accepted_per_s for w in http_runs])
+    print(
+        f"what bounds it: of the database's sessions running a statement, {lock_share:.0%} "
+        f"waited on a lock (the event table's; {raw_lock:.0%} with the raw baseline's "
+        f"{args.raw_threads} threads); the API used {api_cpu:.2f} cores, "
+        f"{api_cpu / accepted * 1000 if accepted else float('nan'):.2f} ms of CPU per accepted "
+        f"request, with {args.api_workers} process(es) on {os.cpu_count()} cores"
+    )
     print(
         "note: 'py cpu' is the load generator + API processes for the POST row, this process "
         "for the raw rows; 'pg cpu' sums every postgres process on the machine. All share "
@@ -466,6 +528,8 @@ def measure(
                 "accepted_over_raw_1_thread_met": group_ratio >= 2,
                 "p99_over_1_client_p99": p99_ratio,
                 "p99_met": p99_ratio <= 2,
+                "lock_wait_share": lock_share,
+                "api_cpu_ms_per_request": api_cpu / accepted * 1000 if accepted else None,
             },
             "results": {
                 "http": {
