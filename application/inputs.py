@@ -168,8 +168,9 @@ def result_image(
     result: Mapping[str, Any], processed: Mapping[str, Any] | None
 ) -> tuple[str, int, int, str] | None:
     """(key, width, height, media type) of the image a generation shows as its result: the
-    processed ``original`` (metadata stripped), or the provider's bytes if never processed;
-    ``None`` when it is not a still image (a video)."""
+    processed ``original`` (metadata stripped), or the provider's bytes until it exists (never
+    processed, or shown before its derivatives: an input goes to a provider, not to a
+    viewer); ``None`` when it is not a still image (a video)."""
     for artefact in (processed or {}).get("artefacts") or []:
         if artefact["kind"] == "original":
             media_type = str(artefact["media_type"])
@@ -181,8 +182,6 @@ def result_image(
                 int(artefact["height"]),
                 media_type,
             )
-    if processed is not None:  # processed without an original: a video's poster and thumb
-        return None
     media_type = str(result.get("content_type", ""))
     if media_type not in ("image/png", "image/jpeg", "image/webp"):
         return None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -96,6 +97,17 @@ class GenerationServices:
 
 
 Services = NamedDependency[GenerationServices]
+#: How long a request for a derivative that is still being made waits for it (they follow a
+#: shown image within a moment: a client fetching ``result.url`` at ``completed`` gets it).
+DERIVATIVE_WAIT_S = 10.0
+DERIVATIVE_POLL_S = 0.05
+
+
+async def _completed_result(
+    services: GenerationServices, user_id: UUID, generation_id: UUID
+) -> dict[str, Any] | None:
+    row = await generation_queries.generation(services.pool, user_id, generation_id)
+    return row["result_metadata"] if row and row["status"] == "completed" else None
 
 
 async def _quote(services: GenerationServices, asked: GenerationRequest, user: UUID) -> Normalised:
@@ -227,15 +239,18 @@ class Generations(Controller):
         services: Services,
     ) -> Response[bytes]:
         """The result (``original``) or a derivative; a blocked result is never served."""
-        row = await generation_queries.generation(services.pool, request.user.id, generation_id)
-        meta = row["result_metadata"] if row and row["status"] == "completed" else None
-        if meta and derivative_pending(meta, kind):
-            raise ProblemError(
-                503,
-                f"generation {generation_id}'s {kind} is being made: it follows the preview "
-                "within a moment (the live feeds send 'derivatives' when it is there)",
-                headers={"Retry-After": "1"},
-            )
+        meta = await _completed_result(services, request.user.id, generation_id)
+        waited_until = time.monotonic() + DERIVATIVE_WAIT_S
+        while meta and derivative_pending(meta, kind):  # shown a moment before it was made
+            if time.monotonic() >= waited_until:
+                raise ProblemError(
+                    503,
+                    f"generation {generation_id}'s {kind} is still being made (the live feeds "
+                    "send 'derivatives' when it is there)",
+                    headers={"Retry-After": "1"},
+                )
+            await asyncio.sleep(DERIVATIVE_POLL_S)
+            meta = await _completed_result(services, request.user.id, generation_id)
         found = asset_of(meta, kind) if meta else None
         if found is None:
             raise ProblemError(404, f"generation {generation_id} has no {kind[:40]} to serve")

@@ -208,6 +208,7 @@ def completed_generation(
         "test",
     )
     generation.complete(generation.quote)
+    generation.derived([])  # none follow: the original is the provider's file, as it was
     apps.save(generation)
     container.billing.capture(generation.user_id, hold, generation.quote)
     return generation
