@@ -21,10 +21,10 @@ What it measures
     failed step has no fan-out rounds). Memory per connection: the least-squares slope of RSS
     over the steps held, and (RSS(N) - RSS(0)) / N per step.
 
-    Then a hold until every stream has had a heartbeat (one every 15 s per stream; every fourth,
-    jittered, is followed by a catch-up read of the feed table), ``/health`` sampled every 0.25 s
-    meanwhile. Last, the client closes every stream and times until the API has unsubscribed
-    from every Redis channel.
+    Then a hold until every stream has had a heartbeat since the hold began (one every 15 s per
+    stream; every fourth, jittered, is followed by a catch-up read of the feed table), ``/health``
+    sampled every 0.05 s meanwhile. Last, the client closes every stream and times until the API
+    has unsubscribed from every Redis channel.
     The API log is kept as ``benchmarks/results/sse_subscribers.api.log`` and its errors counted.
 
 Command
@@ -333,14 +333,17 @@ class Bench:
         }
 
     async def hold(self) -> dict[str, Any]:
-        """Waits until every stream had a heartbeat, sampling /health every 0.25 s."""
+        """Waits until every stream had a heartbeat since it began (a whole heartbeat period
+        of every stream), sampling /health every 0.05 s."""
         samples: list[float | None] = []
 
         async def sample() -> None:
             while True:
                 samples.append(await self.health_ms())
-                await asyncio.sleep(0.25)
+                await asyncio.sleep(0.05)
 
+        for stream in self.streams:
+            stream.heartbeats = 0
         started, sampler = time.perf_counter(), asyncio.create_task(sample())
         beaten = await wait_for(lambda: all(s.heartbeats for s in self.alive()), HEARTBEAT_WAIT_S)
         await asyncio.sleep(self.args.settle)  # each heartbeat is followed by a catch-up query
