@@ -28,8 +28,10 @@ from typing import Any, Generic, Protocol, TypeVar
 from uuid import UUID
 
 import msgspec
+import structlog
 from litestar.channels import ChannelsPlugin, Subscriber
 from psycopg_pool import AsyncConnectionPool
+from redis.exceptions import RedisError
 
 from application.live import (
     FINAL_TYPES,
@@ -48,6 +50,7 @@ from projections.model_timings import Timings
 from projections.workflow_queries import RUNS
 
 T = TypeVar("T")
+log = structlog.get_logger(__name__)
 
 #: Catch-up reads happen every this many heartbeats (jittered by 20 %).
 CATCH_UP_EVERY = 4
@@ -218,6 +221,7 @@ class Hub:
         # one at a time: concurrent first subscribes each open a pub/sub connection in
         # redis-py, and only the last one is ever read
         self._lock = asyncio.Lock()
+        self._unsubscribing: set[asyncio.Task[None]] = set()
 
     async def join(self, channel: str, receiver: Receiver) -> None:
         """Sends ``channel``'s messages to ``receiver`` from now on (until :meth:`leave`)."""
@@ -242,21 +246,30 @@ class Hub:
             raise TypeError("the channels plugin must be made with subscriber_class=Fanout")
         return subscriber
 
-    async def leave(self, channel: str, receiver: Receiver) -> None:
-        """Stops sending ``channel``'s messages to ``receiver``; the last one to leave ends
-        the process's subscription."""
+    def leave(self, channel: str, receiver: Receiver) -> None:
+        """Stops sending ``channel``'s messages to ``receiver`` at once; the last one to leave
+        ends the process's subscription, in a task of the hub's own: a stream leaves as its
+        client goes away, in a task being cancelled, which would cancel the UNSUBSCRIBE too
+        (and leave the channel subscribed for good)."""
         subscriber = self.subscribers.get(channel)
         if subscriber is None:
             return
         subscriber.receivers.discard(receiver)
-        if subscriber.receivers:
-            return
+        if not subscriber.receivers:
+            task = asyncio.get_running_loop().create_task(self._unsubscribe(channel, subscriber))
+            self._unsubscribing.add(task)
+            task.add_done_callback(self._unsubscribing.discard)
+
+    async def _unsubscribe(self, channel: str, subscriber: Fanout) -> None:
         # under the lock: an UNSUBSCRIBE must not follow a new stream's SUBSCRIBE
         async with self._lock:
             if subscriber.receivers or self.subscribers.get(channel) is not subscriber:
-                return  # a stream joined meanwhile
+                return  # a stream joined meanwhile, or another leave got here first
             del self.subscribers[channel]
-            await self.channels.unsubscribe(subscriber, [channel])
+            try:
+                await self.channels.unsubscribe(subscriber, [channel])
+            except (OSError, RedisError) as error:  # Redis drops it when it reconnects
+                log.warning("feed.unsubscribe_failed", channel=channel, error=str(error))
 
 
 class Subscription:
@@ -272,7 +285,7 @@ class Subscription:
         return self
 
     async def close(self) -> None:
-        await self.hub.leave(self.channel, self.receiver)
+        self.hub.leave(self.channel, self.receiver)
 
 
 class _Seen:
