@@ -4,15 +4,16 @@ What it measures
     One ``pixevo api`` process (uvicorn, one worker, ``PIXEVO_LOG_LEVEL=WARNING``) on a scratch
     database holding ``--users`` users (default 200). A client in this process (one uvloop event
     loop, raw asyncio streams) opens ``GET /v1/events`` streams with the users' bearer keys,
-    round-robin over the users (4,000 streams = 20 per user), in cumulative ``--steps`` (default
-    500, 1,000, 2,000, 3,000, 4,000), at most ``--open-concurrency`` connects in flight. A stream
+    round-robin over the users (10,000 streams = 50 per user), in cumulative ``--steps`` (default
+    1,000, 2,500, 5,000, 7,500, 10,000), at most ``--open-concurrency`` connects in flight. A stream
     counts once its ``: stream open`` comment arrived; all are read until the end, and one that
     ends early counts as dropped.
 
     Before the steps, 100 streams are opened and closed (the first one alone), so that one-time
     costs are not charged to connections; then the 0 point is taken. After each step and
     ``--settle`` seconds: the API's RSS and open fds (psutil, children included), the streams
-    alive, ``GET /health`` latency (20 requests on a connection of their own, 5 s timeout each)
+    alive, ``GET /health`` latency (``--health-samples`` requests on a connection of their own, 5 s
+    timeout each)
     and ``--rounds`` fan-out rounds: one ``status`` message per user published through
     ``RedisLivePublisher`` as the projection publishes them (positions above anything stored),
     timed from publish to each stream's delivery; every stream must get it within 10 s. The run
@@ -28,11 +29,17 @@ What it measures
     The API log is kept as ``benchmarks/results/sse_subscribers.api.log`` and its errors counted.
 
 Command
-    .venv/bin/python -m benchmarks.sse_subscribers [--steps 500,1000,2000,3000,4000]
-        [--users 200] [--rounds 3] [--open-concurrency 50] [--settle 2]
+    .venv/bin/python -m benchmarks.sse_subscribers [--steps 1000,2500,5000,7500,10000]
+        [--users 200] [--rounds 3] [--open-concurrency 50] [--settle 2] [--target 10000]
+        [--health-samples 200]
+    The benchmark raises its soft limit on open files (and so the API's) up to the hard one
+    (``ulimit -Hn``); it needs about the last step plus 1,000.
 
-Target
-    >= 2,000 concurrent subscribers held by one API process on this machine.
+Target (issue 14, item 5)
+    One API process holds 10,000 streams; ``/health`` p99 <= 10 ms (at the last step, over
+    ``--health-samples`` requests, and through the heartbeat hold); <= 30 MiB of RSS per 1,000
+    streams (the slope over the steps, and over the 0 point at the last step); the fan-out of a
+    message to every stream reported (p50/p99 of its deliveries, medians of the rounds).
 
 Output: a table per step (fan-out columns are medians of the rounds) and
 ``benchmarks/results/sse_subscribers.json``. The client, the API, Redis and PostgreSQL share this
