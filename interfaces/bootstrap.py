@@ -81,7 +81,7 @@ from infrastructure.tokens import StreamTokens, stream_secret
 from infrastructure.tracing import configure_tracing
 from infrastructure.webhooks import WebhookSender, resolve_host
 from interfaces.http.auth import KeyCache
-from interfaces.http.streams import LiveFeeds
+from interfaces.http.streams import Fanout, LiveFeeds
 from projections import generation_queries, webhook_queries, workflow_queries
 from projections.base import ProjectionView
 from projections.earnings import EarningsView
@@ -416,14 +416,14 @@ class Container:
             timeout=5,
             kwargs={"autocommit": True},
         )
-        # the live feeds: one pub/sub connection per process, fanned out to its subscribers
+        # the live feeds: one pub/sub connection per process, one subscriber per channel,
+        # which hands each message to the streams on it (no queue or task per stream)
         channels = ChannelsPlugin(
             backend=RedisChannelsPubSubBackend(
                 redis=aioredis.Redis.from_url(self.redis_url, socket_connect_timeout=2)
             ),
             arbitrary_channels_allowed=True,
-            subscriber_max_backlog=1000,
-            subscriber_backlog_strategy="dropleft",
+            subscriber_class=Fanout,
         )
         timings = Timings(pool, self.seed_timing)
         settings = self.settings

@@ -15,7 +15,6 @@ stored change.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncGenerator
 from typing import Any
 from uuid import UUID
@@ -27,9 +26,11 @@ from interfaces.http.streams import (
     CATCH_UP_LIMIT,
     HEARTBEAT,
     Beat,
+    Inbox,
     LiveFeeds,
     Out,
     Subscription,
+    Tagged,
     _Seen,
 )
 from projections import position_queries, workflow_queries
@@ -82,7 +83,7 @@ class RunStream:
 
     def __init__(self, feeds: LiveFeeds, run_id: UUID) -> None:
         self.feeds, self.run_id = feeds, run_id
-        self.queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
+        self.inbox: Inbox[tuple[str, bytes]] = Inbox()
         self.subscriptions: dict[str, Subscription] = {}
         #: node -> {"status", "generation_id", "op"}: what the stream knows of each node.
         self.nodes: dict[str, dict[str, Any]] = {}
@@ -90,12 +91,8 @@ class RunStream:
         self.best = 0.0  # the highest progress sent
 
     async def subscribe(self, tag: str, channel: str) -> None:
-        async def sink(data: bytes) -> None:
-            await self.queue.put((tag, data))
-
-        subscription = Subscription(self.feeds.channels, channel, sink)
-        await subscription.open(self.feeds.subscribe_lock)
-        self.subscriptions[tag] = subscription
+        subscription = Subscription(self.feeds.hub, channel, Tagged(tag, self.inbox))
+        self.subscriptions[tag] = await subscription.open()
 
     async def unsubscribe(self, tag: str) -> None:
         subscription = self.subscriptions.pop(tag, None)
@@ -203,9 +200,8 @@ class RunStream:
         await self.follow_nodes()
         beat = Beat(self.feeds.heartbeat_s)
         while not finished:
-            try:
-                tag, raw = await asyncio.wait_for(self.queue.get(), timeout=beat.wait())
-            except TimeoutError:
+            arrived = await self.inbox.take(within=beat.wait())
+            if not arrived:
                 heartbeat, catch_up = beat.due()
                 if heartbeat:
                     yield HEARTBEAT
@@ -220,6 +216,16 @@ class RunStream:
                         yield out
                     await self.follow_nodes()
                 continue
+            async for out in self._live(seen, arrived):
+                finished = out.type in FINAL_TYPES
+                yield out
+
+    async def _live(
+        self, seen: _Seen, arrived: list[tuple[str, bytes]]
+    ) -> AsyncGenerator[Out, None]:
+        """What to send of the messages that arrived: the run's changes (up to its final one)
+        and its running nodes' progress."""
+        for tag, raw in arrived:
             message = decode(raw)
             if tag != _RUN:
                 if (node_out := self.node_progress(tag, message, seen.position)) is not None:
@@ -227,8 +233,9 @@ class RunStream:
                 continue
             if (change := seen.take(message)) is not None:
                 out = self.render(change)
-                finished = out.type in FINAL_TYPES
                 yield out
+                if out.type in FINAL_TYPES:
+                    return
                 await self.follow_nodes()
 
 

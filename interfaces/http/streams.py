@@ -8,6 +8,11 @@ either in the stored read or arrives live: no gap and no duplicate across the ha
 every few heartbeats (jittered, and at most ``concurrent_reads`` at once per process) a catch-up
 read covers messages Redis lost (a restart, a publisher that died before it published).
 
+A process holds one Redis subscription per channel, however many of its streams follow it
+(a user's tabs, a generation watched twice): :class:`Hub` hands each message to every such
+stream's :class:`Inbox` as it arrives, with no queue or task per stream. An idle stream is
+one coroutine waiting on one future, so a process holds thousands of them.
+
 How the messages go over the wire (SSE, WebSocket) is :mod:`interfaces.http.sse`'s business.
 """
 
@@ -16,16 +21,17 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable
-from contextlib import AsyncExitStack
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 from uuid import UUID
 
 import msgspec
+import structlog
 from litestar.channels import ChannelsPlugin, Subscriber
 from psycopg_pool import AsyncConnectionPool
+from redis.exceptions import RedisError
 
 from application.live import (
     FINAL_TYPES,
@@ -43,12 +49,18 @@ from projections.generations import DERIVATIVES, GenerationsView, row_from_json
 from projections.model_timings import Timings
 from projections.workflow_queries import RUNS
 
+T = TypeVar("T")
+log = structlog.get_logger(__name__)
+
 #: Catch-up reads happen every this many heartbeats (jittered by 20 %).
 CATCH_UP_EVERY = 4
 ESTIMATE_EVERY_S = 0.5
 #: How far back ``GET /v1/events`` resumes from a ``Last-Event-ID``.
 RESUME_WINDOW = timedelta(days=7)
 SUBSCRIBE_TIMEOUT_S = 5.0
+#: Messages an inbox keeps for a stream that does not take them; older ones are dropped (the
+#: next catch-up read brings them back).
+INBOX_BACKLOG = 1000
 #: At most this many stored messages per read; the rest follow at the next heartbeat.
 CATCH_UP_LIMIT = 5000
 
@@ -126,43 +138,154 @@ class Beat:
         return beat, catch_up
 
 
-class Subscription:
-    """A subscriber's Redis channel, drained into a queue the stream reads with a timeout."""
+class Inbox(Generic[T]):
+    """What has arrived for one stream and it has not taken yet; the stream waits on it."""
 
-    def __init__(
-        self,
-        channels: ChannelsPlugin,
-        channel: str,
-        sink: Callable[[bytes], Awaitable[None]] | None = None,
-    ) -> None:
-        """``sink``: where messages go (several subscriptions may feed one stream); by
-        default :attr:`queue`."""
-        self.channels, self.channel = channels, channel
-        self.queue: asyncio.Queue[bytes] = asyncio.Queue()
-        self.sink = sink or self.queue.put
-        self._stack = AsyncExitStack()
-        self._subscriber: Subscriber | None = None
+    __slots__ = ("_waiter", "items")
 
-    async def open(self, lock: asyncio.Lock) -> Subscription:
+    def __init__(self) -> None:
+        self.items: list[T] = []
+        self._waiter: asyncio.Future[None] | None = None
+
+    def put(self, item: T) -> None:
+        self.items.append(item)
+        if len(self.items) > INBOX_BACKLOG:  # a stream that stopped taking: keep the newest
+            del self.items[:-INBOX_BACKLOG]
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def take(self, *, within: float) -> list[T]:
+        """Everything that arrived, oldest first; waits up to ``within`` seconds for something
+        (an empty list: nothing came)."""
+        if not self.items and within > 0:
+            loop = asyncio.get_running_loop()
+            waiter = self._waiter = loop.create_future()
+            timer = loop.call_later(within, _wake, waiter)
+            try:
+                await waiter
+            finally:
+                timer.cancel()
+                self._waiter = None
+        items, self.items = self.items, []
+        return items
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+class Receiver(Protocol):
+    """Where a channel's messages go: an :class:`Inbox` of bytes, or one of its adapters."""
+
+    def put(self, item: bytes, /) -> None: ...
+
+
+class Tagged:
+    """A receiver that puts ``(tag, message)`` into an inbox several channels share."""
+
+    __slots__ = ("inbox", "tag")
+
+    def __init__(self, tag: str, inbox: Inbox[tuple[str, bytes]]) -> None:
+        self.tag, self.inbox = tag, inbox
+
+    def put(self, item: bytes, /) -> None:
+        self.inbox.put((self.tag, item))
+
+
+class Fanout(Subscriber):
+    """A channel's one subscriber in this process: hands each message to every receiver of
+    the channel as it arrives, instead of queueing it for a task of its own.
+
+    The channels plugin must be made with ``subscriber_class=Fanout``.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.receivers: set[Receiver] = set()
+
+    def put_nowait(self, item: bytes | None) -> bool:
+        if item is None:  # the plugin's "stop": nothing runs in the background to stop
+            return True
+        for receiver in tuple(self.receivers):  # a stream may leave while this loops
+            receiver.put(item)
+        return True
+
+
+class Hub:
+    """An API process's Redis subscriptions: one per channel, shared by its streams."""
+
+    def __init__(self, channels: ChannelsPlugin) -> None:
+        self.channels = channels
+        self.subscribers: dict[str, Fanout] = {}
         # one at a time: concurrent first subscribes each open a pub/sub connection in
         # redis-py, and only the last one is ever read
-        async with lock:
-            try:  # a hung Redis must not hold every new stream behind this lock
-                self._subscriber = await asyncio.wait_for(
-                    self.channels.subscribe([self.channel]), SUBSCRIBE_TIMEOUT_S
-                )
-            except TimeoutError:
-                raise ProblemError(503, "live updates are unavailable; try again shortly") from None
-        await self._stack.enter_async_context(
-            self._subscriber.run_in_background(self.sink, join=False)
-        )
+        self._lock = asyncio.Lock()
+        self._unsubscribing: set[asyncio.Task[None]] = set()
+
+    async def join(self, channel: str, receiver: Receiver) -> None:
+        """Sends ``channel``'s messages to ``receiver`` from now on (until :meth:`leave`)."""
+        subscriber = self.subscribers.get(channel)
+        if subscriber is None:
+            async with self._lock:
+                subscriber = self.subscribers.get(channel)
+                if subscriber is None:
+                    subscriber = await self._subscribe(channel)
+                    self.subscribers[channel] = subscriber
+        subscriber.receivers.add(receiver)
+
+    async def _subscribe(self, channel: str) -> Fanout:
+        try:  # a hung Redis must not hold every new stream behind the lock
+            subscriber = await asyncio.wait_for(
+                self.channels.subscribe([channel]), SUBSCRIBE_TIMEOUT_S
+            )
+        except TimeoutError:
+            raise ProblemError(503, "live updates are unavailable; try again shortly") from None
+        if not isinstance(subscriber, Fanout):
+            await self.channels.unsubscribe(subscriber, [channel])
+            raise TypeError("the channels plugin must be made with subscriber_class=Fanout")
+        return subscriber
+
+    def leave(self, channel: str, receiver: Receiver) -> None:
+        """Stops sending ``channel``'s messages to ``receiver`` at once; the last one to leave
+        ends the process's subscription, in a task of the hub's own: a stream leaves as its
+        client goes away, in a task being cancelled, which would cancel the UNSUBSCRIBE too
+        (and leave the channel subscribed for good)."""
+        subscriber = self.subscribers.get(channel)
+        if subscriber is None:
+            return
+        subscriber.receivers.discard(receiver)
+        if not subscriber.receivers:
+            task = asyncio.get_running_loop().create_task(self._unsubscribe(channel, subscriber))
+            self._unsubscribing.add(task)
+            task.add_done_callback(self._unsubscribing.discard)
+
+    async def _unsubscribe(self, channel: str, subscriber: Fanout) -> None:
+        # under the lock: an UNSUBSCRIBE must not follow a new stream's SUBSCRIBE
+        async with self._lock:
+            if subscriber.receivers or self.subscribers.get(channel) is not subscriber:
+                return  # a stream joined meanwhile, or another leave got here first
+            del self.subscribers[channel]
+            try:
+                await self.channels.unsubscribe(subscriber, [channel])
+            except (OSError, RedisError) as error:  # Redis drops it when it reconnects
+                log.warning("feed.unsubscribe_failed", channel=channel, error=str(error))
+
+
+class Subscription:
+    """A stream's place on one channel of the :class:`Hub`."""
+
+    __slots__ = ("channel", "hub", "receiver")
+
+    def __init__(self, hub: Hub, channel: str, receiver: Receiver) -> None:
+        self.hub, self.channel, self.receiver = hub, channel, receiver
+
+    async def open(self) -> Subscription:
+        await self.hub.join(self.channel, self.receiver)
         return self
 
     async def close(self) -> None:
-        await self._stack.aclose()
-        if self._subscriber is not None:
-            await self.channels.unsubscribe(self._subscriber)
-            self._subscriber = None
+        self.hub.leave(self.channel, self.receiver)
 
 
 class _Seen:
@@ -198,6 +321,16 @@ class _Seen:
         self.position = message.position
         self.note(message)
         return out
+
+    def take_arrived(self, arrived: list[bytes]) -> list[Out]:
+        """The messages to send of those that came live, up to a generation's last word."""
+        outs = []
+        for raw in arrived:
+            if (out := self.take(decode(raw))) is not None:
+                outs.append(out)
+                if self.finished:
+                    break
+        return outs
 
     def take_all(self, messages: list[LiveMessage]) -> list[Out]:
         return [out for message in messages if (out := self.take(message)) is not None]
@@ -252,7 +385,7 @@ class LiveFeeds:
         self.heartbeat_s = heartbeat_s
         self.streaming_models = streaming_models
         self.reads = asyncio.Semaphore(concurrent_reads)
-        self.subscribe_lock = asyncio.Lock()
+        self.hub = Hub(channels)
 
     # -- the stored feed -------------------------------------------------------------------
 
@@ -281,9 +414,9 @@ class LiveFeeds:
         """(the stream, whether the client already has everything it will ever get)."""
         if generation_id.version != 7:
             raise ProblemError(404, f"no generation {generation_id}")
-        subscription = await Subscription(
-            self.channels, generation_channel(self.namespace, generation_id)
-        ).open(self.subscribe_lock)
+        inbox: Inbox[bytes] = Inbox()
+        channel = generation_channel(self.namespace, generation_id)
+        subscription = await Subscription(self.hub, channel, inbox).open()
         try:
             stored = await self._owned(user_id, generation_id)
             ended = _ended(stored)
@@ -293,7 +426,7 @@ class LiveFeeds:
         except BaseException:
             await subscription.close()
             raise
-        stream = self.generation_stream(generation_id, last, stored, subscription.queue)
+        stream = self.generation_stream(generation_id, last, stored, inbox)
         return _closing(stream, subscription), done
 
     async def _owned(self, user_id: UUID, generation_id: UUID) -> list[LiveMessage]:
@@ -319,10 +452,10 @@ class LiveFeeds:
     async def open_user(
         self, user_id: UUID, last: UserPosition | None
     ) -> AsyncGenerator[Out, None]:
-        subscription = await Subscription(
-            self.channels, user_channel(self.namespace, user_id)
-        ).open(self.subscribe_lock)
-        return _closing(self.user_stream(user_id, last, subscription.queue), subscription)
+        inbox: Inbox[bytes] = Inbox()
+        channel = user_channel(self.namespace, user_id)
+        subscription = await Subscription(self.hub, channel, inbox).open()
+        return self.user_stream(user_id, last, inbox, subscription)
 
     # -- the streams -----------------------------------------------------------------------
 
@@ -331,7 +464,7 @@ class LiveFeeds:
         generation_id: UUID,
         last: int | None,
         stored: list[LiveMessage],
-        queue: asyncio.Queue[bytes],
+        inbox: Inbox[bytes],
     ) -> AsyncGenerator[Out, None]:
         """The events of one generation: missed ones from the store, then live, then it closes."""
         ended = _ended(stored)
@@ -351,9 +484,8 @@ class LiveFeeds:
             wait = beat.wait()
             if seen.estimating(streaming):
                 wait = min(wait, ESTIMATE_EVERY_S - (time.monotonic() - last_estimate))
-            try:
-                raw = await asyncio.wait_for(queue.get(), timeout=max(wait, 0.0))
-            except TimeoutError:
+            arrived = await inbox.take(within=wait)
+            if not arrived:
                 heartbeat, catch_up = beat.due()
                 if heartbeat:
                     yield HEARTBEAT
@@ -368,14 +500,28 @@ class LiveFeeds:
                 if seen.waited_enough():
                     return
                 continue
-            if (live := seen.take(decode(raw))) is not None:
+            for live in seen.take_arrived(arrived):
                 yield live
 
     async def user_stream(
-        self, user_id: UUID, last: UserPosition | None, queue: asyncio.Queue[bytes]
+        self,
+        user_id: UUID,
+        last: UserPosition | None,
+        inbox: Inbox[bytes],
+        subscription: Subscription,
     ) -> AsyncGenerator[Out, None]:
         """Every change to the user's generations and workflow runs: missed ones (with a
-        Last-Event-ID), then live. Ids are :class:`UserPosition` s."""
+        Last-Event-ID), then live. Ids are :class:`UserPosition` s. Ends ``subscription``
+        when it ends or the client goes away."""
+        try:
+            async for out in self._user_stream(user_id, last, inbox):
+                yield out
+        finally:
+            await subscription.close()
+
+    async def _user_stream(
+        self, user_id: UUID, last: UserPosition | None, inbox: Inbox[bytes]
+    ) -> AsyncGenerator[Out, None]:
         if last is None:
             last = UserPosition(
                 await self.user_head(user_id), await self.user_head(user_id, RUNS), resumed=False
@@ -403,9 +549,8 @@ class LiveFeeds:
                 yield missed
         beat = Beat(self.heartbeat_s)
         while True:
-            try:
-                raw = await asyncio.wait_for(queue.get(), timeout=beat.wait())
-            except TimeoutError:
+            arrived = await inbox.take(within=beat.wait())
+            if not arrived:
                 heartbeat, catch_up_now = beat.due()
                 if heartbeat:
                     yield HEARTBEAT
@@ -413,10 +558,11 @@ class LiveFeeds:
                     async for missed in catch_up():
                         yield missed
                 continue
-            message = decode(raw)
-            run = message.run_id is not None
-            if (live := (runs if run else generations).take(message)) is not None:
-                yield out(live, run=run)
+            for raw in arrived:
+                message = decode(raw)
+                run = message.run_id is not None
+                if (live := (runs if run else generations).take(message)) is not None:
+                    yield out(live, run=run)
 
 
 @dataclass(frozen=True, slots=True)
