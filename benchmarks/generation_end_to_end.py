@@ -18,7 +18,10 @@ What it measures
         Overhead = that minus the provider's time, which is read back from the simulator for
         each job (``GET /replicate/v1/predictions/{job}`` ``metrics.predict_time``; 0.000 s at
         latency scale 0, so overhead = end-to-end time). The poll adds up to one interval plus
-        one GET (~1-3 ms) to each sample: the measure is slightly pessimistic.
+        one GET (~1-3 ms) to each sample: the measure is slightly pessimistic. The next one is
+        sent once this one's derivatives are made too (polled, untimed), so that each sample,
+        like the floor, starts on an idle platform; ``--overlap`` sends it at once instead,
+        while they are being made (on 2 cores their pixel work then slows the next one).
         Breakdown, from the generation's own events in the event store (their timestamps are
         taken by the process that made them, on this machine's clock): accept (POST sent ->
         ``Requested``), fund (``Requested`` -> ``Funded``/``Queued``: dispatcher, Redis, worker
@@ -50,7 +53,7 @@ What it measures
 Command
     .venv/bin/python -m benchmarks.generation_end_to_end [--sequential 30] [--burst 200]
         [--submitters 16] [--repeats 3] [--poll-ms 5] [--worker-processes 2]
-        [--worker-threads 8] [--worker-timeout-ms N]
+        [--worker-threads 8] [--worker-timeout-ms N] [--overlap]
 
     ``--worker-timeout-ms`` sets Dramatiq's ``dramatiq_worker_timeout`` environment variable for
     the worker (its idle consumer's longest back-off between Redis fetches, 1000 ms by default):
@@ -132,9 +135,12 @@ async def sequential(
     count: int,
     first_seed: int,
     poll_s: float,
+    isolated: bool = True,
     timeout_s: float = 30.0,
 ) -> list[dict[str, Any]]:
-    """POSTs ``count`` generations one after the other; for each, when each status was seen."""
+    """POSTs ``count`` generations one after the other; for each, when each status was seen.
+    ``isolated``: the next is sent once this one's derivatives are made too (untimed), so each
+    sample starts on an idle platform, as the floor does."""
     headers = {"Authorization": f"Bearer {api_key}"}
     poster = HttpConnection("127.0.0.1", api.port, headers)
     poller = HttpConnection("127.0.0.1", api.port, headers)
@@ -169,6 +175,13 @@ async def sequential(
                 if now - sent > timeout_s:
                     raise RuntimeError(f"generation {generation_id} not finished in {timeout_s} s")
                 await asyncio.sleep(poll_s)
+            if isolated and view["status"] == "completed":  # its derivatives, untimed
+                while len((view.get("result") or {}).get("derivatives") or []) <= 2:
+                    if time.perf_counter() - sent > timeout_s:
+                        raise RuntimeError(f"generation {generation_id}: no derivatives")
+                    await asyncio.sleep(poll_s)
+                    code, data = await poller.request("GET", f"/v1/generations/{generation_id}")
+                    view = json.loads(data) if code == 200 else view
             samples.append(
                 {
                     "id": generation_id,
@@ -421,6 +434,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--poll-ms", type=float, default=5.0, help="GET poll interval")
     parser.add_argument("--warmup", type=int, default=5, help="unmeasured generations first")
+    parser.add_argument(
+        "--overlap",
+        action="store_true",
+        help="send the next sequential generation as soon as one is visible, while its "
+        "derivatives are still being made (default: once they are, untimed)",
+    )
     parser.add_argument("--worker-processes", type=int, default=2)
     parser.add_argument("--worker-threads", type=int, default=8)
     parser.add_argument("--api-workers", type=int, default=1)
@@ -514,7 +533,15 @@ def _measure(
     for repeat in range(args.repeats):
         wait_settled(api, api_key)
         samples = run_async(
-            sequential(api, api_key, run, count=args.sequential, first_seed=seed, poll_s=poll_s)
+            sequential(
+                api,
+                api_key,
+                run,
+                count=args.sequential,
+                first_seed=seed,
+                poll_s=poll_s,
+                isolated=not args.overlap,
+            )
         )
         seed += args.sequential
         overheads, stages, providers = analyse(c, sim_url, samples)
@@ -710,6 +737,7 @@ def _measure(
                 "repeats": args.repeats,
                 "poll_ms": args.poll_ms,
                 "warmup": args.warmup,
+                "overlap": args.overlap,
                 "worker_processes": args.worker_processes,
                 "worker_threads": args.worker_threads,
                 "worker_timeout_ms": args.worker_timeout_ms,
