@@ -14,7 +14,7 @@ redelivered message records nothing twice.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -49,16 +49,27 @@ CLASSIFIER_RETRY_S = 10.0
 CLASSIFIER_PATIENCE = timedelta(minutes=10)
 
 
-def _stored(generation_id: UUID, artefact: Artefact) -> dict[str, Any]:
-    return {
-        "kind": artefact.kind,
-        "storage_key": artefact_key(generation_id, artefact.kind, artefact.format),
-        "width": artefact.width,
-        "height": artefact.height,
-        "format": artefact.format,
-        "media_type": artefact.media_type,
-        "bytes": len(artefact.data),
-    }
+def _store(
+    blobs: BlobStore, generation_id: UUID, artefacts: Sequence[Artefact]
+) -> list[dict[str, Any]]:
+    """Stores a generation's artefacts (a repeated run overwrites the same keys) and answers
+    what the events record of each."""
+    stored = []
+    for artefact in artefacts:
+        key = artefact_key(generation_id, artefact.kind, artefact.format)
+        blobs.put(key, artefact.data, artefact.media_type)
+        stored.append(
+            {
+                "kind": artefact.kind,
+                "storage_key": key,
+                "width": artefact.width,
+                "height": artefact.height,
+                "format": artefact.format,
+                "media_type": artefact.media_type,
+                "bytes": len(artefact.data),
+            }
+        )
+    return stored
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,9 +117,7 @@ class ProcessResult(Reaction):
                 processed = self.pipeline.process(
                     self.blobs.get(str(result["storage_key"])), video=spec.kind == "video"
                 )
-                for artefact in processed.artefacts:
-                    key = artefact_key(generation.id, artefact.kind, artefact.format)
-                    self.blobs.put(key, artefact.data, artefact.media_type)
+                artefacts = _store(self.blobs, generation.id, processed.artefacts)
             judged = next(a for a in processed.artefacts if a.kind in CLASSIFIED)
             with tracing.span("moderation.classify"):
                 classification = self.classifier.classify(judged.data, judged.media_type)
@@ -121,7 +130,6 @@ class ProcessResult(Reaction):
         except ProcessingFailed as failed:
             return self._fail(tracking, generation.id, str(failed))
         verdict = verdict_of(classification, self.generations.moderation)
-        artefacts = [_stored(generation.id, a) for a in processed.artefacts]
 
         def judge(current: Generation) -> None:
             current.process(
@@ -184,12 +192,9 @@ class DeriveResult(Reaction):
                 made = self.pipeline.derive(
                     source, generation.output_format, video=spec.kind == "video"
                 )
-                for artefact in made:
-                    key = artefact_key(generation.id, artefact.kind, artefact.format)
-                    self.blobs.put(key, artefact.data, artefact.media_type)
+                artefacts = _store(self.blobs, generation.id, made)
         except ProcessingFailed:  # it decoded for the preview: shown as it is, without them
-            made = []  # recorded all the same: a stream waiting for them learns there are none
-        artefacts = [_stored(generation.id, a) for a in made]
+            artefacts = []  # recorded all the same: a stream waiting for them learns of none
         return self.generations.change_tracked(
             tracking,
             generation,
