@@ -27,6 +27,7 @@ from application import tracing
 from application.assets import artefact_key
 from application.generations import GenerationsApplication
 from application.imaging import (
+    DERIVED_KINDS,
     Artefact,
     Classification,
     ClassifierUnavailable,
@@ -47,6 +48,12 @@ CLASSIFIER_RETRY_S = 10.0
 #: How long a result waits for the classifier before its generation fails (nothing charged);
 #: well inside the broker's retry budget (100 retries), so it never stays ``processing``.
 CLASSIFIER_PATIENCE = timedelta(minutes=10)
+
+
+def _derived_kinds(processed: dict[str, Any]) -> bool:
+    """Whether a result has its derivatives: a cached copy of a source that had them does (it
+    shares them); one copied before the source's were made gets its own."""
+    return any(a["kind"] in DERIVED_KINDS for a in processed.get("artefacts") or [])
 
 
 def _store(
@@ -181,7 +188,7 @@ class DeriveResult(Reaction):
         if (
             generation.status != "completed"
             or generation.processed is None
-            or generation.from_cache is not None  # it has what its source had
+            or (generation.from_cache is not None and _derived_kinds(generation.processed))
             or self.generations.already_processed(tracking)
         ):
             return False

@@ -101,7 +101,11 @@ def test_a_clean_image_is_processed_then_completed_at_its_cost() -> None:
 
 
 def derive(
-    app: GenerationsApplication, blobs: MemoryBlobs, generation: Generation, pipeline: Pipeline
+    app: GenerationsApplication,
+    blobs: MemoryBlobs,
+    generation: Generation,
+    pipeline: Pipeline,
+    position: int = 6,
 ) -> bool:
     """Delivers the generation's last ``Completed`` event to ``derive_result`` (as 6)."""
     reaction = DeriveResult(app, blobs, pipeline)
@@ -110,7 +114,7 @@ def derive(
         for e in reversed(list(app.events.get(generation.id)))
         if isinstance(e, Generation.Completed)
     )
-    return reaction.handle(event, Tracking("generations", 6))
+    return reaction.handle(event, Tracking("generations", position))
 
 
 def test_derivatives_follow_a_shown_result_once() -> None:
@@ -141,6 +145,32 @@ def test_derivatives_that_cannot_be_made_are_recorded_as_none() -> None:
     assert last.artefacts == []
     assert done.processed is not None
     assert [a["kind"] for a in done.processed["artefacts"]] == list(SHOWN)
+
+
+def cached_copy(app: GenerationsApplication, source: Generation) -> Generation:
+    """An identical request served from ``source``'s result as it stands now."""
+    ask = GenerationRequest(model="flux-schnell", prompt="a fox", params={"seed": 1})
+    copy = app.generation(None, app.request(uuid4(), ask)[0].id)
+    copy.fund(uuid4())
+    shown = app.generation(None, source.id)
+    copy.serve_from_cache(source.id, {**(shown.result or {}), "processed": shown.processed}, 0)
+    app.save(copy)
+    return copy
+
+
+def test_a_copy_served_before_its_sources_derivatives_gets_its_own_and_a_later_one_none() -> None:
+    app, blobs, source = produced(ModerationPolicy())
+    assert run(app, blobs, source)
+    early = cached_copy(app, source)  # the source is shown; its derivatives are not made yet
+    pipeline = Pipeline()
+    assert derive(app, blobs, early, pipeline, position=10)
+    made = app.generation(None, early.id).processed
+    assert made is not None
+    assert [a["kind"] for a in made["artefacts"]] == [*SHOWN, *DERIVED]
+    assert derive(app, blobs, source, pipeline, position=11)
+    late = cached_copy(app, source)  # it shares the source's derivatives
+    assert not derive(app, blobs, late, pipeline, position=12)
+    assert pipeline.derived == 2
 
 
 def test_a_blocked_result_gets_no_derivatives() -> None:
